@@ -1,0 +1,159 @@
+//! Wire types of the Tandem coordinator's HTTP contract (`shared/contract/http-api.md`, v1).
+//!
+//! Everything that crosses the network between a client, the coordinator and a
+//! participant is defined here once: identifiers, statuses, request and response
+//! bodies, callbacks and problem details. The coordinator serves these types
+//! (and derives its OpenAPI document from them); the SDK sends and receives them.
+
+mod ids;
+mod problem;
+mod status;
+
+pub use ids::{BranchId, IdError, Xid};
+pub use problem::{ErrorCode, Problem, PROBLEM_CONTENT_TYPE};
+pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, UnknownValue};
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The HTTP header that carries the xid between services.
+pub const XID_HEADER: &str = "Tandem-Xid";
+
+/// Default transaction timeout when `timeout_ms` is not given (contract: 60000).
+pub const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+
+/// `POST /v1/transactions`: begin a global transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BeginRequest {
+    /// Transaction mode; decides how branches are driven in phase 2.
+    pub mode: Mode,
+    /// Free-form name for operators (for example `place-order`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Time after which an undecided transaction is rolled back. Default 60000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /v1/transactions/{xid}/branches`: register a branch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RegisterBranchRequest {
+    /// Name of the participant's resource (for example `inventory`).
+    pub resource: String,
+    /// Where the coordinator POSTs phase-2 callbacks for this branch.
+    pub callback_url: String,
+    /// Opaque JSON handed back in every callback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// Global lock keys (AT mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_keys: Option<Vec<String>>,
+}
+
+/// `POST /v1/transactions/{xid}/branches/{branch_id}/report`: phase-1 result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportRequest {
+    /// `prepared` or `phase1_failed`.
+    pub status: ReportStatus,
+    /// Human-readable detail, kept as the branch's `last_error` on failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// A branch of a global transaction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Branch {
+    /// Identifier chosen by the coordinator.
+    pub branch_id: BranchId,
+    /// Participant resource name.
+    pub resource: String,
+    /// Callback endpoint of the participant.
+    pub callback_url: String,
+    /// Branch status.
+    pub status: BranchStatus,
+    /// Payload as registered.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+    /// Global lock keys held by this branch (AT mode).
+    pub lock_keys: Vec<String>,
+    /// Callback attempts made so far.
+    pub attempts: u32,
+    /// Last callback error, if any.
+    pub last_error: Option<String>,
+}
+
+/// A global transaction with its branches in registration order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Transaction {
+    /// Global transaction id.
+    pub xid: Xid,
+    /// Mode.
+    pub mode: Mode,
+    /// Optional name given at begin.
+    pub name: Option<String>,
+    /// Global status.
+    pub status: GlobalStatus,
+    /// Why it rolled back, once a rollback is decided.
+    pub rollback_reason: Option<RollbackReason>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// `created_at + timeout_ms`.
+    pub deadline: DateTime<Utc>,
+    /// When commit or rollback was decided.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// When phase 2 finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Branches in registration order.
+    pub branches: Vec<Branch>,
+}
+
+/// `GET /v1/transactions`: one page, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TransactionList {
+    /// The page.
+    pub transactions: Vec<Transaction>,
+    /// Cursor for the next page (`after=`), or null at the end.
+    pub next: Option<String>,
+}
+
+/// Phase-2 (and, for 3PC, phase-1) actions sent to participants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackAction {
+    /// Make the branch's effects final (TCC confirm, XA commit).
+    Commit,
+    /// Undo the branch (TCC cancel, XA rollback); may arrive for a branch whose phase 1 never ran.
+    Rollback,
+}
+
+impl CallbackAction {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackAction::Commit => "commit",
+            CallbackAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Body of `POST {callback_url}` from the coordinator to a participant.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallbackRequest {
+    /// Global transaction id.
+    pub xid: Xid,
+    /// Branch being driven.
+    pub branch_id: BranchId,
+    /// Mode of the global transaction.
+    pub mode: Mode,
+    /// What to do.
+    pub action: CallbackAction,
+    /// Resource the branch registered.
+    pub resource: String,
+    /// Payload as registered.
+    #[schema(value_type = Option<Object>)]
+    pub payload: Option<serde_json::Value>,
+}

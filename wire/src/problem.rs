@@ -1,0 +1,100 @@
+//! RFC 9457 problem details with the contract's stable error codes.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Media type of every error response.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Stable, snake_case error codes of the contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request is malformed or fails validation (400/422).
+    ValidationFailed,
+    /// Unknown xid (404).
+    TransactionNotFound,
+    /// Unknown branch id (404).
+    BranchNotFound,
+    /// The transaction is not in a state that allows the operation (409).
+    InvalidState,
+    /// A global lock is held by another transaction (409, AT mode).
+    LockConflict,
+    /// The body is larger than the configured limit (413).
+    PayloadTooLarge,
+    /// Missing or wrong credentials (401).
+    Unauthorized,
+    /// The same `Idempotency-Key` was used for a different request (422). Extension.
+    IdempotencyKeyReused,
+    /// The mode is valid but not served by this coordinator yet (422). Extension.
+    ModeNotSupported,
+    /// No route for this path (404). Extension.
+    NotFound,
+    /// The method is not allowed on this path (405). Extension.
+    MethodNotAllowed,
+    /// The body is not JSON (415). Extension.
+    UnsupportedMediaType,
+    /// The request took longer than the server's request timeout (408). Extension.
+    RequestTimeout,
+    /// The coordinator could not complete the request; safe to retry (503). Extension.
+    Unavailable,
+    /// An unexpected server error (500). Extension.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::ValidationFailed => "validation_failed",
+            ErrorCode::TransactionNotFound => "transaction_not_found",
+            ErrorCode::BranchNotFound => "branch_not_found",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::LockConflict => "lock_conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
+            ErrorCode::ModeNotSupported => "mode_not_supported",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// An `application/problem+json` body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// URI reference naming the problem type.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong in this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code.
+    pub code: ErrorCode,
+    /// For `invalid_state` answers to commit/rollback: the transaction as it now stands. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub transaction: Option<Box<crate::Transaction>>,
+}
+
+impl Problem {
+    /// A problem with `type` derived from the code.
+    pub fn new(status: u16, code: ErrorCode, title: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            type_: format!("https://tandem.dev/problems/{}", code.as_str()),
+            title: title.to_owned(),
+            status,
+            detail: detail.into(),
+            code,
+            transaction: None,
+        }
+    }
+}

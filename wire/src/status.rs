@@ -1,0 +1,175 @@
+//! Modes and statuses, with their stable text forms (used on the wire and in the database).
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A text value that names no known variant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {kind} {value:?}")]
+pub struct UnknownValue {
+    /// What was being parsed (`mode`, `status`, ...).
+    pub kind: &'static str,
+    /// The offending text.
+    pub value: String,
+}
+
+macro_rules! text_enum {
+    ($(#[$doc:meta])* $name:ident, $kind:literal { $($(#[$vdoc:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        pub enum $name {
+            $($(#[$vdoc])* #[serde(rename = $text)] #[schema(rename = $text)] $variant),+
+        }
+
+        impl $name {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// Stable text form.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text),+ }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = UnknownValue;
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
+                match s {
+                    $($text => Ok($name::$variant),)+
+                    _ => Err(UnknownValue { kind: $kind, value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum!(
+    /// Transaction mode.
+    Mode, "mode" {
+        /// Try-Confirm-Cancel: the participant supplies all three actions.
+        Tcc = "tcc",
+        /// Two-phase commit on real database prepares.
+        Xa = "xa",
+        /// Automatic compensation from undo logs.
+        At = "at",
+        /// Three-phase commit with participant timeouts.
+        ThreePc = "3pc",
+        /// Saga (reserved).
+        Saga = "saga",
+    }
+);
+
+text_enum!(
+    /// Status of a global transaction.
+    GlobalStatus, "global status" {
+        /// Begun; branches may register; not decided.
+        Active = "active",
+        /// Commit decided (durably); phase 2 running.
+        Committing = "committing",
+        /// Every branch committed. Terminal.
+        Committed = "committed",
+        /// Rollback decided (durably); phase 2 running.
+        RollingBack = "rolling_back",
+        /// Every branch rolled back. Terminal.
+        RolledBack = "rolled_back",
+        /// A branch refused its commit permanently; an operator must look. Terminal.
+        CommitFailed = "commit_failed",
+        /// A branch refused its rollback permanently; an operator must look. Terminal.
+        RollbackFailed = "rollback_failed",
+    }
+);
+
+text_enum!(
+    /// Status of a branch.
+    BranchStatus, "branch status" {
+        /// Registered; phase 1 running or done without a report.
+        Registered = "registered",
+        /// Phase 1 done and reported ready to commit.
+        Prepared = "prepared",
+        /// Phase 1 failed; the transaction cannot commit.
+        Phase1Failed = "phase1_failed",
+        /// Phase 2 commit delivered and acknowledged.
+        Committed = "committed",
+        /// Phase 2 rollback delivered and acknowledged.
+        RolledBack = "rolled_back",
+        /// The participant refused the commit permanently (409).
+        CommitFailed = "commit_failed",
+        /// The participant refused the rollback permanently (409).
+        RollbackFailed = "rollback_failed",
+    }
+);
+
+text_enum!(
+    /// Why a transaction rolled back.
+    RollbackReason, "rollback reason" {
+        /// A client asked for rollback.
+        Requested = "requested",
+        /// The deadline passed before a decision.
+        Timeout = "timeout",
+        /// A branch reported `phase1_failed` (commit was asked and refused).
+        BranchFailed = "branch_failed",
+    }
+);
+
+text_enum!(
+    /// What a participant may report about phase 1.
+    ReportStatus, "report status" {
+        /// Ready to commit.
+        Prepared = "prepared",
+        /// Phase 1 failed.
+        Phase1Failed = "phase1_failed",
+    }
+);
+
+impl GlobalStatus {
+    /// No further transition is possible.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            GlobalStatus::Committed
+                | GlobalStatus::RolledBack
+                | GlobalStatus::CommitFailed
+                | GlobalStatus::RollbackFailed
+        )
+    }
+}
+
+impl BranchStatus {
+    /// Phase 2 is finished for this branch.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            BranchStatus::Committed
+                | BranchStatus::RolledBack
+                | BranchStatus::CommitFailed
+                | BranchStatus::RollbackFailed
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_round_trips() {
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>(), Ok(*m));
+            assert_eq!(serde_json::to_string(m).ok(), Some(format!("\"{}\"", m.as_str())));
+        }
+        for s in GlobalStatus::ALL {
+            assert_eq!(s.as_str().parse::<GlobalStatus>(), Ok(*s));
+        }
+        for s in BranchStatus::ALL {
+            assert_eq!(s.as_str().parse::<BranchStatus>(), Ok(*s));
+        }
+        assert!("nope".parse::<Mode>().is_err());
+        assert_eq!("3pc".parse::<Mode>(), Ok(Mode::ThreePc));
+    }
+}
