@@ -1,0 +1,59 @@
+//! Operational endpoints: liveness, readiness, metrics, OpenAPI.
+
+use super::error::ApiError;
+use crate::Coordinator;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use tandem_wire::ErrorCode;
+
+/// Liveness: the process serves HTTP.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the database answers and migrations are applied.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
+pub async fn readyz(State(c): State<Coordinator>) -> Result<&'static str, ApiError> {
+    match c.store().ready().await {
+        Ok(true) => Ok("ready"),
+        Ok(false) => {
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "migrations not applied"))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            format!("database unreachable: {e}"),
+        )),
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
+pub async fn metrics(State(c): State<Coordinator>) -> impl IntoResponse {
+    let m = c.metrics();
+    match c.store().in_flight_counts().await {
+        Ok(counts) => {
+            m.in_flight.reset();
+            for s in ["active", "committing", "rolling_back"] {
+                m.in_flight.with_label_values(&[s]).set(0);
+            }
+            for (status, n) in counts {
+                m.in_flight.with_label_values(&[status.as_str()]).set(n);
+            }
+        }
+        // Handled here: the gauge keeps its last value, the rest still renders.
+        Err(e) => tracing::warn!(error = %e, "could not count in-flight transactions"),
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+}
+
+/// This API as OpenAPI 3.1.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
+pub async fn openapi() -> impl IntoResponse {
+    axum::Json(super::openapi::document().clone())
+}

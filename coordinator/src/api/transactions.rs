@@ -1,0 +1,191 @@
+//! `/v1/transactions` handlers.
+
+use super::error::ApiError;
+use super::extract::{ApiJson, ApiQuery};
+use crate::transaction::service::{DecideReply, ListFilter, MAX_PAGE};
+use crate::transaction::state::Decision;
+use crate::Coordinator;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use std::time::Duration;
+use tandem_wire::{
+    BeginRequest, Branch, ErrorCode, GlobalStatus, Mode, Problem, RegisterBranchRequest, ReportRequest, Transaction,
+    TransactionList, Xid,
+};
+use utoipa::IntoParams;
+
+/// Default of commit/rollback `wait_ms`.
+const DEFAULT_WAIT_MS: u64 = 5_000;
+
+fn validation(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, detail)
+}
+
+/// Begin a global transaction.
+#[utoipa::path(post, path = "/v1/transactions", tag = "transactions",
+    request_body = BeginRequest,
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "Same key → same transaction (answered 201 again, with `Idempotent-Replayed: true`)")),
+    responses(
+        (status = 201, description = "Begun", body = Transaction),
+        (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unsupported mode", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn begin(
+    State(c): State<Coordinator>,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<BeginRequest>,
+) -> Result<Response, ApiError> {
+    let key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => Some(v.to_str().map_err(|_| validation("Idempotency-Key must be visible ASCII"))?.to_owned()),
+    };
+    let (tx, created) = c.begin(req, key).await?;
+    let mut resp = (StatusCode::CREATED, Json(tx)).into_response();
+    if !created {
+        resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
+}
+
+/// Read one transaction with its branches.
+#[utoipa::path(get, path = "/v1/transactions/{xid}", tag = "transactions",
+    params(("xid" = String, Path, description = "Global transaction id")),
+    responses(
+        (status = 200, body = Transaction),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get(State(c): State<Coordinator>, Path(xid): Path<String>) -> Result<Json<Transaction>, ApiError> {
+    Ok(Json(c.get(&xid).await?))
+}
+
+/// Query of `GET /v1/transactions`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListParams {
+    /// Only transactions in this status.
+    status: Option<String>,
+    /// Only transactions of this mode.
+    mode: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    limit: Option<i64>,
+    /// Cursor: the `next` of the previous page.
+    after: Option<String>,
+}
+
+/// List transactions, newest first, paged.
+#[utoipa::path(get, path = "/v1/transactions", tag = "transactions", params(ListParams),
+    responses(
+        (status = 200, body = TransactionList),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list(
+    State(c): State<Coordinator>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Json<TransactionList>, ApiError> {
+    let status = p.status.map(|s| s.parse::<GlobalStatus>()).transpose().map_err(|e| validation(e.to_string()))?;
+    let mode = p.mode.map(|s| s.parse::<Mode>()).transpose().map_err(|e| validation(e.to_string()))?;
+    let limit = p.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(validation(format!("limit must be 1 to {MAX_PAGE}")));
+    }
+    let after = p.after.map(Xid::parse).transpose().map_err(|e| validation(format!("after: {e}")))?;
+    Ok(Json(c.list(ListFilter { status, mode, limit, after }).await?))
+}
+
+/// Register a branch.
+#[utoipa::path(post, path = "/v1/transactions/{xid}/branches", tag = "branches",
+    params(("xid" = String, Path, description = "Global transaction id")),
+    request_body = RegisterBranchRequest,
+    responses(
+        (status = 201, body = Branch),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "invalid_state: no longer active; lock_conflict (AT)", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 413, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn register(
+    State(c): State<Coordinator>,
+    Path(xid): Path<String>,
+    ApiJson(req): ApiJson<RegisterBranchRequest>,
+) -> Result<(StatusCode, Json<Branch>), ApiError> {
+    Ok((StatusCode::CREATED, Json(c.register(&xid, req).await?)))
+}
+
+/// Report a branch's phase-1 result.
+#[utoipa::path(post, path = "/v1/transactions/{xid}/branches/{branch_id}/report", tag = "branches",
+    params(("xid" = String, Path), ("branch_id" = String, Path)),
+    request_body = ReportRequest,
+    responses(
+        (status = 200, body = Branch),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn report(
+    State(c): State<Coordinator>,
+    Path((xid, branch_id)): Path<(String, String)>,
+    ApiJson(req): ApiJson<ReportRequest>,
+) -> Result<Json<Branch>, ApiError> {
+    Ok(Json(c.report(&xid, &branch_id, req).await?))
+}
+
+/// Query of commit and rollback.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct WaitParams {
+    /// How long to wait for phase 2 before answering 202 (default 5000).
+    wait_ms: Option<u64>,
+}
+
+async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+    let wait = Duration::from_millis(p.wait_ms.unwrap_or(DEFAULT_WAIT_MS));
+    let max = c.timing().max_wait;
+    if wait > max {
+        return Err(validation(format!("wait_ms must be at most {}", max.as_millis())));
+    }
+    Ok(match c.decide(&xid, d, wait).await? {
+        DecideReply::Finished(t) => (StatusCode::OK, Json(*t)).into_response(),
+        DecideReply::InProgress(t) => (StatusCode::ACCEPTED, Json(*t)).into_response(),
+    })
+}
+
+/// Decide commit.
+#[utoipa::path(post, path = "/v1/transactions/{xid}/commit", tag = "transactions",
+    params(("xid" = String, Path), WaitParams),
+    responses(
+        (status = 200, description = "Terminal", body = Transaction),
+        (status = 202, description = "Decided durably; phase 2 still running", body = Transaction),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already rolled back, or rolled back instead (the problem's `transaction` shows the state)",
+            body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn commit(
+    State(c): State<Coordinator>,
+    Path(xid): Path<String>,
+    ApiQuery(p): ApiQuery<WaitParams>,
+) -> Result<Response, ApiError> {
+    decide(c, xid, Decision::Commit, p).await
+}
+
+/// Decide rollback.
+#[utoipa::path(post, path = "/v1/transactions/{xid}/rollback", tag = "transactions",
+    params(("xid" = String, Path), WaitParams),
+    responses(
+        (status = 200, description = "Terminal", body = Transaction),
+        (status = 202, description = "Decided durably; phase 2 still running", body = Transaction),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Already committed", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn rollback(
+    State(c): State<Coordinator>,
+    Path(xid): Path<String>,
+    ApiQuery(p): ApiQuery<WaitParams>,
+) -> Result<Response, ApiError> {
+    decide(c, xid, Decision::Rollback, p).await
+}

@@ -1,0 +1,41 @@
+//! Errors of the coordinator's service layer. `api::error` maps them to HTTP
+//! in one place.
+
+use crate::store::StoreError;
+use tandem_wire::{Mode, Transaction};
+
+/// What a coordinator operation can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    /// The request is well-formed JSON but invalid.
+    #[error("{0}")]
+    Validation(String),
+    /// A mode this coordinator does not drive yet.
+    #[error("mode {0} is not supported by this coordinator yet")]
+    ModeNotSupported(Mode),
+    /// An `Idempotency-Key` reused with a different request.
+    #[error("Idempotency-Key was already used for a different request (transaction {0})")]
+    IdempotencyKeyReused(String),
+    /// Unknown xid.
+    #[error("no transaction with xid {0:?}")]
+    TransactionNotFound(String),
+    /// Unknown branch.
+    #[error("no branch {branch_id:?} in transaction {xid:?}")]
+    BranchNotFound {
+        /// The transaction.
+        xid: String,
+        /// The unknown branch id.
+        branch_id: String,
+    },
+    /// The transaction or branch is in a state that forbids the operation.
+    #[error("{detail}")]
+    InvalidState {
+        /// What is wrong.
+        detail: String,
+        /// The transaction as it now stands, when useful to the caller.
+        transaction: Option<Box<Transaction>>,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

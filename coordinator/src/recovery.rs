@@ -1,0 +1,83 @@
+//! The recovery worker: rolls back transactions past their deadline and
+//! resumes phase 2 of decided transactions whose lease expired (a crashed or
+//! stopped coordinator) or whose retry is due. Several coordinators run it
+//! against one database; `FOR UPDATE SKIP LOCKED` and the lease keep them
+//! from driving the same transaction at once.
+
+use crate::phase2::Phase2Job;
+use crate::store::{StoreError, TxRow};
+use crate::Coordinator;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Transactions this worker drives at once (each holds a lease).
+const MAX_DRIVERS: usize = 64;
+/// Transactions claimed per query.
+const BATCH: usize = 32;
+
+/// Runs until the coordinator's shutdown token is cancelled.
+pub async fn run(coordinator: Coordinator) {
+    let permits = Arc::new(Semaphore::new(MAX_DRIVERS));
+    let interval = coordinator.timing().recovery_interval;
+    let shutdown = coordinator.shutdown_token().clone();
+    loop {
+        if let Err(e) = pass(&coordinator, &permits).await {
+            // Handled here: the next tick tries again.
+            tracing::warn!(error = %e, "recovery pass failed");
+        }
+        // Spread the scans of several coordinators (±20 %).
+        let jitter = rand::random::<f64>() * 0.4 + 0.8;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(interval.mul_f64(jitter)) => {}
+        }
+    }
+}
+
+/// One scan: claims as many transactions as there are free driver slots.
+pub async fn pass(coordinator: &Coordinator, permits: &Arc<Semaphore>) -> Result<(), StoreError> {
+    let store = coordinator.store();
+    let lease = coordinator.timing().lease;
+    let owner = coordinator.instance_id();
+    loop {
+        let free = permits.available_permits().min(BATCH);
+        if free == 0 || coordinator.shutdown_token().is_cancelled() {
+            return Ok(());
+        }
+        let expired = store.claim_expired(owner, lease, free as i64).await?;
+        let left = free - expired.len();
+        let due = if left > 0 { store.claim_due(owner, lease, left as i64).await? } else { Vec::new() };
+        let claimed = expired.len() + due.len();
+        if !expired.is_empty() {
+            tracing::info!(count = expired.len(), "rolling back transactions past their deadline");
+        }
+        for (kind, rows) in [("timeout", expired), ("resume", due)] {
+            coordinator.metrics().recovered.with_label_values(&[kind]).inc_by(rows.len() as u64);
+            start(coordinator, permits, rows).await?;
+        }
+        if claimed < free {
+            return Ok(());
+        }
+        // A full batch: there may be more; yield briefly and claim again.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, rows: Vec<TxRow>) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let xids: Vec<_> = rows.iter().map(|t| t.xid.clone()).collect();
+    let mut branches = coordinator.store().branches_of(&xids).await?;
+    for tx in rows {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Cannot happen (claims are bounded by free permits); the lease expires and it is claimed again.
+            continue;
+        };
+        let branches = branches.remove(&tx.xid).unwrap_or_default();
+        tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives phase 2");
+        coordinator.spawn_phase2(Phase2Job { tx, branches }, Some(permit));
+    }
+    Ok(())
+}

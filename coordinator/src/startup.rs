@@ -1,0 +1,129 @@
+//! Building and running the coordinator process: database, migrations, HTTP
+//! server, recovery worker, graceful shutdown.
+
+use crate::callbacks::CallbackClient;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreConfig, StoreError};
+use crate::{api, recovery, Coordinator};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Why the coordinator could not start or stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    /// Metrics registry.
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// HTTP client for callbacks.
+    #[error("callback client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// Database or migrations.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Listening socket or server.
+    #[error("listen/serve: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A built coordinator, listening, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    coordinator: Coordinator,
+    router: axum::Router,
+}
+
+impl Application {
+    /// Connects, migrates and binds. Port 0 picks a free port (tests, benchmark).
+    pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
+        let metrics = Metrics::new()?;
+        let timing = settings.timing();
+        let store = Store::connect(
+            &StoreConfig {
+                database_url: settings.database_url.clone(),
+                max_connections: settings.db_max_connections.max(2),
+                relaxed_connections: settings.db_relaxed_connections.max(1),
+                acquire_timeout: Duration::from_secs(5),
+            },
+            metrics.clone(),
+        )?;
+        store.migrate().await?;
+        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone())?;
+        let instance_id = settings.instance_id.clone().unwrap_or_else(default_instance_id);
+        let coordinator = Coordinator::new(store, metrics, callbacks, timing, instance_id);
+        let router = api::router(
+            coordinator.clone(),
+            settings.max_body_bytes,
+            Duration::from_millis(settings.request_timeout_ms),
+        );
+        let listener = TcpListener::bind(settings.listen).await?;
+        Ok(Application { listener, coordinator, router })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> Result<SocketAddr, std::io::Error> {
+        self.listener.local_addr()
+    }
+
+    /// Cancel this to shut the coordinator down gracefully.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.coordinator.shutdown_token().clone()
+    }
+
+    /// The coordinator (for embedding).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// Serves until the shutdown token is cancelled, then stops accepting,
+    /// finishes in-flight requests, lets phase-2 passes end (releasing their
+    /// leases) within the grace period, and closes the pools.
+    pub async fn run(self) -> Result<(), StartupError> {
+        let Application { listener, coordinator, router } = self;
+        let shutdown = coordinator.shutdown_token().clone();
+        tracing::info!(addr = %listener.local_addr()?, instance = coordinator.instance_id(), "coordinator listening");
+        let worker = tokio::spawn(recovery::run(coordinator.clone()));
+        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+        shutdown.cancel();
+        let tasks = coordinator.tasks();
+        tasks.close();
+        if tokio::time::timeout(coordinator.timing().shutdown_grace, tasks.wait()).await.is_err() {
+            tracing::warn!("phase-2 work still running at the end of the grace period; leases will expire");
+        }
+        // The worker ends at its next select on the cancelled token.
+        let _ = worker.await;
+        coordinator.store().close().await;
+        tracing::info!("coordinator stopped");
+        Ok(served?)
+    }
+}
+
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "tandem".into());
+    format!("{host}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..8])
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

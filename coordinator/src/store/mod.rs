@@ -1,0 +1,159 @@
+//! Persistence: every SQL statement of the coordinator lives in this module.
+//!
+//! Two pools reach the same database. `durable` commits synchronously (the
+//! commit waits for the WAL flush) and carries every write that something
+//! outside the coordinator will act on: branch registrations, reports and
+//! decisions. `relaxed` commits with `synchronous_commit = off` and carries the
+//! writes whose loss after a PostgreSQL crash is harmless: a begin that no
+//! durable row depends on yet (a later durable commit flushes the WAL up to and
+//! past it), phase-2 bookkeeping (lost → phase 2 is re-driven, callbacks are
+//! idempotent), leases and retry schedules.
+//!
+//! Every call is timed into `tandem_db_query_duration_seconds{query}`.
+
+mod rows;
+mod transactions;
+
+pub use rows::{BranchRow, TxRow};
+pub use transactions::{BranchUpdate, DecideResult, NewBranch, NewTransaction, ReportResult};
+
+use crate::metrics::Metrics;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// Errors of the persistence layer, classified by SQLSTATE and error kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or the pool is exhausted; retry later.
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    /// A serialization failure or deadlock (SQLSTATE 40001 / 40P01); retry the operation.
+    #[error("transient database conflict: {0}")]
+    Transient(#[source] sqlx::Error),
+    /// A unique constraint was violated (SQLSTATE 23505).
+    #[error("unique violation on {constraint}")]
+    UniqueViolation {
+        /// Name of the violated constraint.
+        constraint: String,
+    },
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(#[source] sqlx::Error),
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e),
+            sqlx::Error::Database(db) => {
+                let code = db.code().unwrap_or_default();
+                match code.as_ref() {
+                    "40001" | "40P01" => StoreError::Transient(e),
+                    "23505" => {
+                        StoreError::UniqueViolation { constraint: db.constraint().unwrap_or_default().to_owned() }
+                    }
+                    // Class 08: connection exception; 57P01..03: shutdown / cannot connect now.
+                    c if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03") => StoreError::Unavailable(e),
+                    _ => StoreError::Database(e),
+                }
+            }
+            _ => StoreError::Database(e),
+        }
+    }
+}
+
+/// Database connection settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// PostgreSQL URL.
+    pub database_url: String,
+    /// Connections of the durable (synchronous-commit) pool.
+    pub max_connections: u32,
+    /// Connections of the relaxed (asynchronous-commit) pool.
+    pub relaxed_connections: u32,
+    /// How long a request waits for a free connection.
+    pub acquire_timeout: Duration,
+}
+
+/// The coordinator's persistence handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    /// Synchronous-commit pool: writes that must survive a PostgreSQL crash.
+    durable: PgPool,
+    /// `synchronous_commit = off` pool: writes whose loss is repaired by recovery.
+    relaxed: PgPool,
+    /// Where query timings go.
+    metrics: Metrics,
+}
+
+/// The migrations of `migrations/`, embedded at build time.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+impl Store {
+    /// Opens both pools (lazily: no connection is made until first use).
+    pub fn connect(cfg: &StoreConfig, metrics: Metrics) -> Result<Store, StoreError> {
+        let opts = PgConnectOptions::from_str(&cfg.database_url).map_err(StoreError::Database)?;
+        let relaxed_opts = opts.clone().options([("synchronous_commit", "off")]);
+        let durable = PgPoolOptions::new()
+            .max_connections(cfg.max_connections)
+            .acquire_timeout(cfg.acquire_timeout)
+            .connect_lazy_with(opts);
+        let relaxed = PgPoolOptions::new()
+            .max_connections(cfg.relaxed_connections)
+            .acquire_timeout(cfg.acquire_timeout)
+            .connect_lazy_with(relaxed_opts);
+        Ok(Store { durable, relaxed, metrics })
+    }
+
+    /// Applies pending migrations (serialized across processes by sqlx's advisory lock).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let r = MIGRATOR.run(&self.durable).await;
+        self.observe("migrate", started);
+        Ok(r?)
+    }
+
+    /// Readiness: the database answers and every embedded migration is applied.
+    pub async fn ready(&self) -> Result<bool, StoreError> {
+        let latest = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        let applied: Option<i64> = self
+            .timed(
+                "ready",
+                sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&self.durable),
+            )
+            .await?;
+        Ok(applied.unwrap_or(0) >= latest)
+    }
+
+    /// Closes both pools.
+    pub async fn close(&self) {
+        self.durable.close().await;
+        self.relaxed.close().await;
+    }
+
+    fn observe(&self, query: &'static str, started: Instant) {
+        self.metrics.db_seconds.with_label_values(&[query]).observe(started.elapsed().as_secs_f64());
+    }
+
+    /// Runs one database call, timing it under `query`.
+    async fn timed<T>(
+        &self,
+        query: &'static str,
+        f: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        let started = Instant::now();
+        let r = f.await;
+        self.observe(query, started);
+        Ok(r?)
+    }
+}

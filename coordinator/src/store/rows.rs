@@ -1,0 +1,172 @@
+//! Row types and their conversion to wire types.
+
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::{FromRow, Row};
+use std::str::FromStr;
+use tandem_wire::{Branch, BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Transaction, Xid};
+
+/// Column list of [`TxRow`], for `concat!` into statements.
+macro_rules! tx_cols {
+    () => {
+        "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
+         finished_at, owner, attempts, (deadline <= now()) AS expired"
+    };
+}
+/// Column list of [`BranchRow`].
+macro_rules! branch_cols {
+    () => {
+        "branch_id, xid, seq, resource, callback_url, status, payload, lock_keys, attempts, last_error"
+    };
+}
+pub(crate) use {branch_cols, tx_cols};
+
+/// A `global_transactions` row.
+#[derive(Debug, Clone)]
+pub struct TxRow {
+    /// Global transaction id.
+    pub xid: Xid,
+    /// Mode.
+    pub mode: Mode,
+    /// Optional name.
+    pub name: Option<String>,
+    /// Status.
+    pub status: GlobalStatus,
+    /// Why it rolled back.
+    pub rollback_reason: Option<RollbackReason>,
+    /// Timeout in ms.
+    pub timeout_ms: i64,
+    /// Creation time (database clock).
+    pub created_at: DateTime<Utc>,
+    /// Deadline (database clock).
+    pub deadline: DateTime<Utc>,
+    /// Decision time.
+    pub decided_at: Option<DateTime<Utc>>,
+    /// Phase-2 end.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Lease holder.
+    pub owner: Option<String>,
+    /// Phase-2 passes that ended unknown.
+    pub attempts: i32,
+    /// `deadline <= now()` when the row was read.
+    pub expired: bool,
+}
+
+/// A `branches` row.
+#[derive(Debug, Clone)]
+pub struct BranchRow {
+    /// Branch id.
+    pub branch_id: BranchId,
+    /// Owning transaction.
+    pub xid: Xid,
+    /// Registration order.
+    pub seq: i64,
+    /// Resource name.
+    pub resource: String,
+    /// Callback URL.
+    pub callback_url: String,
+    /// Status.
+    pub status: BranchStatus,
+    /// Registered payload.
+    pub payload: Option<serde_json::Value>,
+    /// Global lock keys.
+    pub lock_keys: Vec<String>,
+    /// Callback attempts.
+    pub attempts: i32,
+    /// Last callback error.
+    pub last_error: Option<String>,
+}
+
+fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
+    sqlx::Error::ColumnDecode { index: col.to_owned(), source: Box::new(e) }
+}
+
+fn parsed<T>(row: &PgRow, col: &str) -> Result<T, sqlx::Error>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: String = row.try_get(col)?;
+    s.parse().map_err(|e| decode_err(col, e))
+}
+
+fn parsed_opt<T>(row: &PgRow, col: &str) -> Result<Option<T>, sqlx::Error>
+where
+    T: FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let s: Option<String> = row.try_get(col)?;
+    s.map(|s| s.parse().map_err(|e| decode_err(col, e))).transpose()
+}
+
+impl<'r> FromRow<'r, PgRow> for TxRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(TxRow {
+            xid: parsed(row, "xid")?,
+            mode: parsed(row, "mode")?,
+            name: row.try_get("name")?,
+            status: parsed(row, "status")?,
+            rollback_reason: parsed_opt(row, "rollback_reason")?,
+            timeout_ms: row.try_get("timeout_ms")?,
+            created_at: row.try_get("created_at")?,
+            deadline: row.try_get("deadline")?,
+            decided_at: row.try_get("decided_at")?,
+            finished_at: row.try_get("finished_at")?,
+            owner: row.try_get("owner")?,
+            attempts: row.try_get("attempts")?,
+            expired: row.try_get("expired")?,
+        })
+    }
+}
+
+impl<'r> FromRow<'r, PgRow> for BranchRow {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(BranchRow {
+            branch_id: parsed(row, "branch_id")?,
+            xid: parsed(row, "xid")?,
+            seq: row.try_get("seq")?,
+            resource: row.try_get("resource")?,
+            callback_url: row.try_get("callback_url")?,
+            status: parsed(row, "status")?,
+            payload: row.try_get("payload")?,
+            lock_keys: row.try_get("lock_keys")?,
+            attempts: row.try_get("attempts")?,
+            last_error: row.try_get("last_error")?,
+        })
+    }
+}
+
+impl BranchRow {
+    /// The wire form.
+    pub fn to_wire(&self) -> Branch {
+        Branch {
+            branch_id: self.branch_id.clone(),
+            resource: self.resource.clone(),
+            callback_url: self.callback_url.clone(),
+            status: self.status,
+            payload: self.payload.clone(),
+            lock_keys: self.lock_keys.clone(),
+            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            last_error: self.last_error.clone(),
+        }
+    }
+}
+
+impl TxRow {
+    /// The wire form, with `branches` in registration order.
+    pub fn to_wire(&self, branches: &[BranchRow]) -> Transaction {
+        Transaction {
+            xid: self.xid.clone(),
+            mode: self.mode,
+            name: self.name.clone(),
+            status: self.status,
+            rollback_reason: self.rollback_reason,
+            timeout_ms: u64::try_from(self.timeout_ms).unwrap_or(0),
+            created_at: self.created_at,
+            deadline: self.deadline,
+            decided_at: self.decided_at,
+            finished_at: self.finished_at,
+            branches: branches.iter().map(BranchRow::to_wire).collect(),
+        }
+    }
+}

@@ -1,0 +1,528 @@
+//! Statements on `global_transactions` and `branches`.
+
+use super::rows::{branch_cols, tx_cols, BranchRow, TxRow};
+use super::{Store, StoreError};
+use crate::transaction::state::DecisionOutcome;
+use chrono::{DateTime, Utc};
+use std::collections::HashMap;
+use std::time::Duration;
+use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Xid};
+
+/// A transaction to insert.
+#[derive(Debug, Clone)]
+pub struct NewTransaction {
+    /// Fresh xid.
+    pub xid: Xid,
+    /// Mode.
+    pub mode: Mode,
+    /// Optional name.
+    pub name: Option<String>,
+    /// Timeout (validated positive).
+    pub timeout_ms: i64,
+    /// Optional client idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// A branch to insert.
+#[derive(Debug, Clone)]
+pub struct NewBranch {
+    /// Fresh branch id.
+    pub branch_id: BranchId,
+    /// Resource name.
+    pub resource: String,
+    /// Callback URL.
+    pub callback_url: String,
+    /// Payload.
+    pub payload: Option<serde_json::Value>,
+    /// Lock keys.
+    pub lock_keys: Vec<String>,
+}
+
+/// A branch's phase-2 progress to record.
+#[derive(Debug, Clone)]
+pub struct BranchUpdate {
+    /// Which branch.
+    pub branch_id: BranchId,
+    /// Its status now (unchanged if the outcome is still unknown).
+    pub status: BranchStatus,
+    /// Callback attempts made in this pass.
+    pub attempts_added: i32,
+    /// Last error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Result of a decision attempt, read and written under the transaction's row lock.
+#[derive(Debug, Clone)]
+pub struct DecideResult {
+    /// The transaction after the decision (or as it was, if nothing was written).
+    pub tx: TxRow,
+    /// Its branches in registration order.
+    pub branches: Vec<BranchRow>,
+    /// What the state machine answered.
+    pub outcome: DecisionOutcome,
+}
+
+/// Result of a phase-1 report.
+#[derive(Debug, Clone)]
+pub enum ReportResult<R> {
+    /// No such transaction.
+    NoTransaction,
+    /// No such branch in that transaction.
+    NoBranch,
+    /// The state machine refused.
+    Refused(R),
+    /// Applied (or already so).
+    Applied(BranchRow),
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl Store {
+    /// Inserts a new active transaction. Returns `None` if `idempotency_key`
+    /// is already taken (the caller then reads that transaction).
+    ///
+    /// Relaxed commit: nothing outside depends on this row until a branch
+    /// registers, and that durable commit flushes the WAL past this insert.
+    pub async fn insert_transaction(&self, t: &NewTransaction) -> Result<Option<TxRow>, StoreError> {
+        self.timed(
+            "insert_transaction",
+            sqlx::query_as::<_, TxRow>(concat!(
+                "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key) \
+                 VALUES ($1, $2, $3, 'active', $4, now() + $4 * interval '1 millisecond', $5) \
+                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
+                tx_cols!()
+            ))
+            .bind(t.xid.as_str())
+            .bind(t.mode.as_str())
+            .bind(&t.name)
+            .bind(t.timeout_ms)
+            .bind(&t.idempotency_key)
+            .fetch_optional(&self.relaxed),
+        )
+        .await
+    }
+
+    /// The transaction begun with this idempotency key.
+    pub async fn transaction_by_idempotency_key(&self, key: &str) -> Result<Option<TxRow>, StoreError> {
+        self.timed(
+            "transaction_by_idempotency_key",
+            sqlx::query_as::<_, TxRow>(concat!(
+                "SELECT ",
+                tx_cols!(),
+                " FROM global_transactions WHERE idempotency_key = $1"
+            ))
+            .bind(key)
+            .fetch_optional(&self.relaxed),
+        )
+        .await
+    }
+
+    /// One transaction row.
+    pub async fn transaction(&self, xid: &Xid) -> Result<Option<TxRow>, StoreError> {
+        self.timed(
+            "transaction",
+            sqlx::query_as::<_, TxRow>(concat!("SELECT ", tx_cols!(), " FROM global_transactions WHERE xid = $1"))
+                .bind(xid.as_str())
+                .fetch_optional(&self.relaxed),
+        )
+        .await
+    }
+
+    /// Branches of one transaction in registration order.
+    pub async fn branches(&self, xid: &Xid) -> Result<Vec<BranchRow>, StoreError> {
+        self.timed(
+            "branches",
+            sqlx::query_as::<_, BranchRow>(concat!(
+                "SELECT ",
+                branch_cols!(),
+                " FROM branches WHERE xid = $1 ORDER BY seq"
+            ))
+            .bind(xid.as_str())
+            .fetch_all(&self.relaxed),
+        )
+        .await
+    }
+
+    /// Branches of several transactions, grouped by xid, each in registration order.
+    pub async fn branches_of(&self, xids: &[Xid]) -> Result<HashMap<Xid, Vec<BranchRow>>, StoreError> {
+        if xids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids: Vec<&str> = xids.iter().map(Xid::as_str).collect();
+        let rows = self
+            .timed(
+                "branches_of",
+                sqlx::query_as::<_, BranchRow>(concat!(
+                    "SELECT ",
+                    branch_cols!(),
+                    " FROM branches WHERE xid = ANY($1) ORDER BY xid, seq"
+                ))
+                .bind(&ids)
+                .fetch_all(&self.relaxed),
+            )
+            .await?;
+        let mut map: HashMap<Xid, Vec<BranchRow>> = HashMap::new();
+        for r in rows {
+            map.entry(r.xid.clone()).or_default().push(r);
+        }
+        Ok(map)
+    }
+
+    /// A page of transactions, newest first, strictly older than `after` (an xid).
+    pub async fn list_transactions(
+        &self,
+        status: Option<GlobalStatus>,
+        mode: Option<Mode>,
+        limit: i64,
+        after: Option<&Xid>,
+    ) -> Result<Vec<TxRow>, StoreError> {
+        self.timed(
+            "list_transactions",
+            sqlx::query_as::<_, TxRow>(concat!(
+                "SELECT ",
+                tx_cols!(),
+                " FROM global_transactions \
+                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
+                   AND ($3::text IS NULL OR (created_at, xid) < \
+                        (SELECT created_at, xid FROM global_transactions WHERE xid = $3)) \
+                 ORDER BY created_at DESC, xid DESC LIMIT $4"
+            ))
+            .bind(status.map(GlobalStatus::as_str))
+            .bind(mode.map(Mode::as_str))
+            .bind(after.map(Xid::as_str))
+            .bind(limit)
+            .fetch_all(&self.relaxed),
+        )
+        .await
+    }
+
+    /// Registers a branch if the transaction is active and not past its
+    /// deadline. `None` means it is not (the caller finds out why).
+    ///
+    /// Durable: the participant runs its phase 1 once this returns. The
+    /// `FOR SHARE` lock on the transaction row orders this insert against a
+    /// concurrent decision, which takes `FOR UPDATE` before reading branches.
+    pub async fn insert_branch(&self, xid: &Xid, b: &NewBranch) -> Result<Option<BranchRow>, StoreError> {
+        self.timed(
+            "insert_branch",
+            sqlx::query_as::<_, BranchRow>(concat!(
+                "WITH t AS (SELECT xid FROM global_transactions \
+                            WHERE xid = $1 AND status = 'active' AND deadline > now() FOR SHARE) \
+                 INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
+                 SELECT $2, t.xid, $3, $4, 'registered', $5, $6 FROM t RETURNING ",
+                branch_cols!()
+            ))
+            .bind(xid.as_str())
+            .bind(b.branch_id.as_str())
+            .bind(&b.resource)
+            .bind(&b.callback_url)
+            .bind(&b.payload)
+            .bind(&b.lock_keys)
+            .fetch_optional(&self.durable),
+        )
+        .await
+    }
+
+    /// Applies a phase-1 report under the transaction's share lock and the
+    /// branch's row lock; `apply` is the pure transition. Durable.
+    pub async fn report_branch<R>(
+        &self,
+        xid: &Xid,
+        branch_id: &BranchId,
+        detail: Option<&str>,
+        apply: impl FnOnce(GlobalStatus, BranchStatus) -> Result<BranchStatus, R>,
+    ) -> Result<ReportResult<R>, StoreError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let mut db = self.durable.begin().await?;
+            let Some(tx) = sqlx::query_as::<_, TxRow>(concat!(
+                "SELECT ",
+                tx_cols!(),
+                " FROM global_transactions WHERE xid = $1 FOR SHARE"
+            ))
+            .bind(xid.as_str())
+            .fetch_optional(&mut *db)
+            .await?
+            else {
+                return Ok(ReportResult::NoTransaction);
+            };
+            let Some(branch) = sqlx::query_as::<_, BranchRow>(concat!(
+                "SELECT ",
+                branch_cols!(),
+                " FROM branches WHERE xid = $1 AND branch_id = $2 FOR UPDATE"
+            ))
+            .bind(xid.as_str())
+            .bind(branch_id.as_str())
+            .fetch_optional(&mut *db)
+            .await?
+            else {
+                return Ok(ReportResult::NoBranch);
+            };
+            let next = match apply(tx.status, branch.status) {
+                Ok(next) => next,
+                Err(refusal) => return Ok(ReportResult::Refused(refusal)),
+            };
+            if next == branch.status {
+                return Ok(ReportResult::Applied(branch));
+            }
+            let updated = sqlx::query_as::<_, BranchRow>(concat!(
+                "UPDATE branches SET status = $3, last_error = COALESCE($4, last_error) \
+                 WHERE xid = $1 AND branch_id = $2 RETURNING ",
+                branch_cols!()
+            ))
+            .bind(xid.as_str())
+            .bind(branch_id.as_str())
+            .bind(next.as_str())
+            .bind(detail)
+            .fetch_one(&mut *db)
+            .await?;
+            db.commit().await?;
+            Ok::<_, sqlx::Error>(ReportResult::Applied(updated))
+        }
+        .await;
+        self.observe("report_branch", started);
+        Ok(r?)
+    }
+
+    /// Decides commit or rollback. Locks the transaction row `FOR UPDATE`
+    /// (waiting out in-flight registrations and reports), reads the branches in
+    /// a fresh statement, asks `decide` (pure), and records its decision with
+    /// a lease for `owner`. Durable: the commit returns only once the decision
+    /// is flushed, and phase 2 starts only after that.
+    pub async fn decide(
+        &self,
+        xid: &Xid,
+        owner: &str,
+        lease: Duration,
+        decide: impl FnOnce(&TxRow, &[BranchRow]) -> DecisionOutcome,
+    ) -> Result<Option<DecideResult>, StoreError> {
+        let started = std::time::Instant::now();
+        let r = async {
+            let mut db = self.durable.begin().await?;
+            let Some(tx) = sqlx::query_as::<_, TxRow>(concat!(
+                "SELECT ",
+                tx_cols!(),
+                " FROM global_transactions WHERE xid = $1 FOR UPDATE"
+            ))
+            .bind(xid.as_str())
+            .fetch_optional(&mut *db)
+            .await?
+            else {
+                return Ok(None);
+            };
+            let branches = sqlx::query_as::<_, BranchRow>(concat!(
+                "SELECT ",
+                branch_cols!(),
+                " FROM branches WHERE xid = $1 ORDER BY seq"
+            ))
+            .bind(xid.as_str())
+            .fetch_all(&mut *db)
+            .await?;
+            let outcome = decide(&tx, &branches);
+            let tx = match outcome {
+                DecisionOutcome::Decide { decision, reason, .. } => {
+                    let tx = sqlx::query_as::<_, TxRow>(concat!(
+                        "UPDATE global_transactions SET status = $2, rollback_reason = $3, decided_at = now(), \
+                         owner = $4, next_attempt_at = now() + $5 * interval '1 millisecond' \
+                         WHERE xid = $1 RETURNING ",
+                        tx_cols!()
+                    ))
+                    .bind(xid.as_str())
+                    .bind(decision.deciding_status().as_str())
+                    .bind(reason.map(RollbackReason::as_str))
+                    .bind(owner)
+                    .bind(ms(lease))
+                    .fetch_one(&mut *db)
+                    .await?;
+                    db.commit().await?;
+                    tx
+                }
+                DecisionOutcome::AlreadyDecided | DecisionOutcome::Conflict => {
+                    db.rollback().await?;
+                    tx
+                }
+            };
+            Ok::<_, sqlx::Error>(Some(DecideResult { tx, branches, outcome }))
+        }
+        .await;
+        self.observe("decide", started);
+        Ok(r?)
+    }
+
+    /// Records the end of phase 2: branch statuses and the terminal global
+    /// status, in one statement. Relaxed: if lost, recovery drives phase 2
+    /// again and idempotent callbacks make that harmless. Returns the finish
+    /// time, or `None` if the transaction was no longer in `decided`.
+    pub async fn finish(
+        &self,
+        xid: &Xid,
+        decided: GlobalStatus,
+        terminal: GlobalStatus,
+        updates: &[BranchUpdate],
+    ) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (ids, statuses, attempts, errors) = split_updates(updates);
+        self.timed(
+            "finish",
+            sqlx::query_scalar(
+                "WITH b AS ( \
+                   UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
+                          last_error = COALESCE(u.last_error, branches.last_error) \
+                   FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(branch_id, status, attempts, last_error) \
+                   WHERE branches.xid = $1 AND branches.branch_id = u.branch_id) \
+                 UPDATE global_transactions SET status = $6, finished_at = now(), owner = NULL, next_attempt_at = NULL \
+                 WHERE xid = $1 AND status = $7 RETURNING finished_at",
+            )
+            .bind(xid.as_str())
+            .bind(&ids)
+            .bind(&statuses)
+            .bind(&attempts)
+            .bind(&errors)
+            .bind(terminal.as_str())
+            .bind(decided.as_str())
+            .fetch_optional(&self.relaxed),
+        )
+        .await
+    }
+
+    /// Records a phase-2 pass that ended with a branch in an unknown state and
+    /// schedules the next pass after `delay` (any coordinator may take it then).
+    /// Only while `owner` still holds the lease. Relaxed.
+    pub async fn schedule_retry(
+        &self,
+        xid: &Xid,
+        owner: &str,
+        updates: &[BranchUpdate],
+        delay: Duration,
+    ) -> Result<bool, StoreError> {
+        let (ids, statuses, attempts, errors) = split_updates(updates);
+        let n: Option<i32> = self
+            .timed(
+                "schedule_retry",
+                sqlx::query_scalar(
+                    "WITH b AS ( \
+                       UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
+                              last_error = COALESCE(u.last_error, branches.last_error) \
+                       FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(branch_id, status, attempts, last_error) \
+                       WHERE branches.xid = $1 AND branches.branch_id = u.branch_id) \
+                     UPDATE global_transactions SET attempts = attempts + 1, owner = NULL, \
+                            next_attempt_at = now() + $7 * interval '1 millisecond' \
+                     WHERE xid = $1 AND owner = $6 AND status IN ('committing', 'rolling_back') RETURNING attempts",
+                )
+                .bind(xid.as_str())
+                .bind(&ids)
+                .bind(&statuses)
+                .bind(&attempts)
+                .bind(&errors)
+                .bind(owner)
+                .bind(ms(delay))
+                .fetch_optional(&self.relaxed),
+            )
+            .await?;
+        Ok(n.is_some())
+    }
+
+    /// Extends `owner`'s lease. `false` means the lease was lost (another
+    /// coordinator took over, or the transaction finished): stop driving it.
+    pub async fn renew_lease(&self, xid: &Xid, owner: &str, lease: Duration) -> Result<bool, StoreError> {
+        let n = self
+            .timed(
+                "renew_lease",
+                sqlx::query(
+                    "UPDATE global_transactions SET next_attempt_at = now() + $3 * interval '1 millisecond' \
+                     WHERE xid = $1 AND owner = $2 AND status IN ('committing', 'rolling_back')",
+                )
+                .bind(xid.as_str())
+                .bind(owner)
+                .bind(ms(lease))
+                .execute(&self.relaxed),
+            )
+            .await?;
+        Ok(n.rows_affected() == 1)
+    }
+
+    /// Gives the lease up so that any coordinator may take phase 2 at once
+    /// (graceful shutdown).
+    pub async fn release_lease(&self, xid: &Xid, owner: &str) -> Result<(), StoreError> {
+        self.timed(
+            "release_lease",
+            sqlx::query(
+                "UPDATE global_transactions SET owner = NULL, next_attempt_at = now() \
+                 WHERE xid = $1 AND owner = $2 AND status IN ('committing', 'rolling_back')",
+            )
+            .bind(xid.as_str())
+            .bind(owner)
+            .execute(&self.relaxed),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Decides rollback (`timeout`) for up to `limit` active transactions past
+    /// their deadline, leased to `owner`. Rows locked by a concurrent
+    /// registration or decision are skipped this round. Durable: a decision.
+    pub async fn claim_expired(&self, owner: &str, lease: Duration, limit: i64) -> Result<Vec<TxRow>, StoreError> {
+        self.timed(
+            "claim_expired",
+            sqlx::query_as::<_, TxRow>(concat!(
+                "UPDATE global_transactions SET status = 'rolling_back', rollback_reason = 'timeout', \
+                        decided_at = now(), owner = $1, next_attempt_at = now() + $2 * interval '1 millisecond' \
+                 WHERE xid IN (SELECT xid FROM global_transactions WHERE status = 'active' AND deadline <= now() \
+                               ORDER BY deadline LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+                tx_cols!()
+            ))
+            .bind(owner)
+            .bind(ms(lease))
+            .bind(limit)
+            .fetch_all(&self.durable),
+        )
+        .await
+    }
+
+    /// Leases up to `limit` decided, unfinished transactions whose lease has
+    /// expired or whose retry is due. `FOR UPDATE SKIP LOCKED` keeps two
+    /// coordinators from taking the same one. Relaxed: a lost lease write only
+    /// means it is taken again.
+    pub async fn claim_due(&self, owner: &str, lease: Duration, limit: i64) -> Result<Vec<TxRow>, StoreError> {
+        self.timed(
+            "claim_due",
+            sqlx::query_as::<_, TxRow>(concat!(
+                "UPDATE global_transactions SET owner = $1, next_attempt_at = now() + $2 * interval '1 millisecond' \
+                 WHERE xid IN (SELECT xid FROM global_transactions \
+                               WHERE status IN ('committing', 'rolling_back') AND next_attempt_at <= now() \
+                               ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
+                tx_cols!()
+            ))
+            .bind(owner)
+            .bind(ms(lease))
+            .bind(limit)
+            .fetch_all(&self.relaxed),
+        )
+        .await
+    }
+
+    /// Count of non-terminal transactions by status.
+    pub async fn in_flight_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.timed(
+            "in_flight_counts",
+            sqlx::query_as::<_, (String, i64)>(
+                "SELECT status, count(*) FROM global_transactions \
+                 WHERE status IN ('active', 'committing', 'rolling_back') GROUP BY status",
+            )
+            .fetch_all(&self.relaxed),
+        )
+        .await
+    }
+}
+
+type SplitUpdates<'a> = (Vec<&'a str>, Vec<&'static str>, Vec<i32>, Vec<Option<&'a str>>);
+
+fn split_updates(updates: &[BranchUpdate]) -> SplitUpdates<'_> {
+    (
+        updates.iter().map(|u| u.branch_id.as_str()).collect(),
+        updates.iter().map(|u| u.status.as_str()).collect(),
+        updates.iter().map(|u| u.attempts_added).collect(),
+        updates.iter().map(|u| u.last_error.as_deref()).collect(),
+    )
+}

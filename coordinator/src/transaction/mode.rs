@@ -1,0 +1,52 @@
+//! Per-mode policy: which modes this coordinator serves, the order of phase 2,
+//! and what phase 1 must have reported before commit.
+
+use super::state::Decision;
+use tandem_wire::Mode;
+
+/// Whether this coordinator drives transactions of `mode` (others answer 422).
+pub fn is_supported(mode: Mode) -> bool {
+    matches!(mode, Mode::Tcc)
+}
+
+/// Whether commit requires every branch to have reported `prepared`.
+pub fn requires_prepared(mode: Mode) -> bool {
+    matches!(mode, Mode::Xa | Mode::ThreePc)
+}
+
+/// Phase-2 order for `mode`: `true` walks branches newest first.
+///
+/// TCC runs phase 2 in reverse registration order (a later branch may depend
+/// on an earlier one's reservation, as in Seata); XA and the others in
+/// registration order.
+pub fn reverse_order(mode: Mode, _decision: Decision) -> bool {
+    matches!(mode, Mode::Tcc)
+}
+
+/// Orders items (given in registration order) for phase 2.
+pub fn phase2_order<T>(mode: Mode, decision: Decision, mut items: Vec<T>) -> Vec<T> {
+    if reverse_order(mode, decision) {
+        items.reverse();
+    }
+    items
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tcc_is_reversed_both_ways() {
+        assert_eq!(phase2_order(Mode::Tcc, Decision::Commit, vec![1, 2, 3]), vec![3, 2, 1]);
+        assert_eq!(phase2_order(Mode::Tcc, Decision::Rollback, vec![1, 2, 3]), vec![3, 2, 1]);
+        assert_eq!(phase2_order(Mode::Xa, Decision::Commit, vec![1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn only_tcc_is_served_yet() {
+        assert!(is_supported(Mode::Tcc));
+        assert!(!is_supported(Mode::Xa));
+        assert!(requires_prepared(Mode::Xa));
+        assert!(!requires_prepared(Mode::Tcc));
+    }
+}

@@ -1,0 +1,377 @@
+//! The coordinator's operations, as the API exposes them. Each reads and
+//! writes through the store and asks the pure state machine what is allowed.
+
+use super::mode;
+use super::state::{self, Decision, DecisionInput, DecisionOutcome, RegisterRefusal, ReportRefusal};
+use crate::callbacks::CallbackClient;
+use crate::config::Timing;
+use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
+use crate::phase2::{Phase2Job, Phase2Outcome};
+use crate::store::{NewBranch, NewTransaction, ReportResult, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_wire::{
+    BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, Mode, RegisterBranchRequest, ReportRequest,
+    Transaction, TransactionList, Xid,
+};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Limits on client-supplied fields.
+const MAX_NAME_LEN: usize = 256;
+const MAX_RESOURCE_LEN: usize = 128;
+const MAX_URL_LEN: usize = 2048;
+const MAX_LOCK_KEYS: usize = 10_000;
+const MAX_LOCK_KEY_LEN: usize = 512;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+/// Largest page of `GET /v1/transactions`.
+pub const MAX_PAGE: i64 = 500;
+
+/// The coordinator: shared state of one process. Cheap to clone.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Persistence.
+    store: Store,
+    /// Metrics registry.
+    metrics: Metrics,
+    /// Participant HTTP client.
+    callbacks: CallbackClient,
+    /// Timing knobs.
+    timing: Timing,
+    /// This process's name in leases.
+    instance_id: String,
+    /// Phase-2 tasks, awaited on shutdown.
+    tasks: TaskTracker,
+    /// Cancelled on shutdown: drivers release their leases, workers stop.
+    shutdown: CancellationToken,
+}
+
+/// Result of a commit or rollback request.
+#[derive(Debug, Clone)]
+pub enum DecideReply {
+    /// Terminal (200).
+    Finished(Box<Transaction>),
+    /// Decided durably, phase 2 still running (202).
+    InProgress(Box<Transaction>),
+}
+
+/// Filters of `GET /v1/transactions`.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this status.
+    pub status: Option<GlobalStatus>,
+    /// Only this mode.
+    pub mode: Option<Mode>,
+    /// Page size (1..=500).
+    pub limit: i64,
+    /// Cursor: the last xid of the previous page.
+    pub after: Option<Xid>,
+}
+
+fn invalid(detail: impl Into<String>, tx: Option<Transaction>) -> CoordinatorError {
+    CoordinatorError::InvalidState { detail: detail.into(), transaction: tx.map(Box::new) }
+}
+
+fn parse_xid(xid: &str) -> Result<Xid, CoordinatorError> {
+    Xid::parse(xid).map_err(|_| CoordinatorError::TransactionNotFound(xid.to_owned()))
+}
+
+impl Coordinator {
+    /// Assembles a coordinator.
+    pub fn new(
+        store: Store,
+        metrics: Metrics,
+        callbacks: CallbackClient,
+        timing: Timing,
+        instance_id: String,
+    ) -> Coordinator {
+        Coordinator {
+            inner: Arc::new(Inner {
+                store,
+                metrics,
+                callbacks,
+                timing,
+                instance_id,
+                tasks: TaskTracker::new(),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Persistence handle.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+    /// Metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+    /// Timing knobs.
+    pub fn timing(&self) -> &Timing {
+        &self.inner.timing
+    }
+    /// This process's lease name.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+    /// Phase-2 task tracker.
+    pub fn tasks(&self) -> &TaskTracker {
+        &self.inner.tasks
+    }
+    /// Shutdown signal.
+    pub fn shutdown_token(&self) -> &CancellationToken {
+        &self.inner.shutdown
+    }
+    pub(crate) fn callbacks(&self) -> &CallbackClient {
+        &self.inner.callbacks
+    }
+
+    /// Begins a transaction. Returns it and whether it was created now
+    /// (`false`: an earlier begin with the same idempotency key).
+    #[tracing::instrument(skip_all, fields(mode = %req.mode))]
+    pub async fn begin(
+        &self,
+        req: BeginRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<(Transaction, bool), CoordinatorError> {
+        if !mode::is_supported(req.mode) {
+            return Err(CoordinatorError::ModeNotSupported(req.mode));
+        }
+        if req.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_LEN) {
+            return Err(CoordinatorError::Validation(format!("name is longer than {MAX_NAME_LEN} bytes")));
+        }
+        let timing = self.timing();
+        let timeout = match req.timeout_ms {
+            None => timing.default_timeout,
+            Some(0) => return Err(CoordinatorError::Validation("timeout_ms must be positive".into())),
+            Some(ms) if Duration::from_millis(ms) > timing.max_timeout => {
+                return Err(CoordinatorError::Validation(format!(
+                    "timeout_ms must be at most {}",
+                    timing.max_timeout.as_millis()
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(CoordinatorError::Validation(format!(
+                    "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
+                )));
+            }
+        }
+        let new = NewTransaction {
+            xid: Xid::generate(),
+            mode: req.mode,
+            name: req.name,
+            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            idempotency_key,
+        };
+        if let Some(row) = self.store().insert_transaction(&new).await? {
+            self.metrics().begun.with_label_values(&[row.mode.as_str()]).inc();
+            tracing::debug!(xid = %row.xid, "transaction begun");
+            return Ok((row.to_wire(&[]), true));
+        }
+        // The idempotency key is taken: same request → same transaction.
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
+            return Err(CoordinatorError::Validation("Idempotency-Key conflict; retry".into()));
+        };
+        if row.mode != new.mode || row.name != new.name || row.timeout_ms != new.timeout_ms {
+            return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
+        }
+        let branches = self.store().branches(&row.xid).await?;
+        Ok((row.to_wire(&branches), false))
+    }
+
+    /// One transaction with its branches.
+    pub async fn get(&self, xid: &str) -> Result<Transaction, CoordinatorError> {
+        let xid = parse_xid(xid)?;
+        let Some(row) = self.store().transaction(&xid).await? else {
+            return Err(CoordinatorError::TransactionNotFound(xid.to_string()));
+        };
+        let branches = self.store().branches(&xid).await?;
+        Ok(row.to_wire(&branches))
+    }
+
+    /// A page of transactions, newest first.
+    pub async fn list(&self, filter: ListFilter) -> Result<TransactionList, CoordinatorError> {
+        let rows =
+            self.store().list_transactions(filter.status, filter.mode, filter.limit, filter.after.as_ref()).await?;
+        let xids: Vec<Xid> = rows.iter().map(|r| r.xid.clone()).collect();
+        let mut branches = self.store().branches_of(&xids).await?;
+        let next = if rows.len() as i64 == filter.limit { xids.last().map(|x| x.to_string()) } else { None };
+        let transactions = rows.iter().map(|r| r.to_wire(&branches.remove(&r.xid).unwrap_or_default())).collect();
+        Ok(TransactionList { transactions, next })
+    }
+
+    /// Registers a branch on an active transaction.
+    #[tracing::instrument(skip_all, fields(xid = %xid))]
+    pub async fn register(&self, xid: &str, req: RegisterBranchRequest) -> Result<Branch, CoordinatorError> {
+        let xid = parse_xid(xid)?;
+        validate_register(&req)?;
+        let new = NewBranch {
+            branch_id: BranchId::generate(),
+            resource: req.resource,
+            callback_url: req.callback_url,
+            payload: req.payload,
+            lock_keys: req.lock_keys.unwrap_or_default(),
+        };
+        if let Some(row) = self.store().insert_branch(&xid, &new).await? {
+            tracing::debug!(branch_id = %row.branch_id, resource = %row.resource, "branch registered");
+            return Ok(row.to_wire());
+        }
+        let Some(tx) = self.store().transaction(&xid).await? else {
+            return Err(CoordinatorError::TransactionNotFound(xid.to_string()));
+        };
+        let detail = match state::may_register(tx.status, tx.expired) {
+            Err(RegisterRefusal::NotActive(s)) => format!("cannot register a branch: transaction is {s}"),
+            Err(RegisterRefusal::Expired) => {
+                "cannot register a branch: the transaction's deadline has passed and it is rolling back".into()
+            }
+            Ok(()) => "cannot register a branch right now; retry".into(),
+        };
+        Err(invalid(detail, None))
+    }
+
+    /// Records a participant's phase-1 result.
+    #[tracing::instrument(skip_all, fields(xid = %xid, branch_id = %branch_id))]
+    pub async fn report(&self, xid: &str, branch_id: &str, req: ReportRequest) -> Result<Branch, CoordinatorError> {
+        let parsed_xid = parse_xid(xid)?;
+        let not_found = || CoordinatorError::BranchNotFound { xid: xid.to_owned(), branch_id: branch_id.to_owned() };
+        let bid = BranchId::parse(branch_id).map_err(|_| not_found())?;
+        if req.detail.as_ref().is_some_and(|d| d.len() > 4096) {
+            return Err(CoordinatorError::Validation("detail is longer than 4096 bytes".into()));
+        }
+        let r = self
+            .store()
+            .report_branch(&parsed_xid, &bid, req.detail.as_deref(), |g, b| state::apply_report(g, b, req.status))
+            .await?;
+        match r {
+            ReportResult::NoTransaction => Err(CoordinatorError::TransactionNotFound(xid.to_owned())),
+            ReportResult::NoBranch => Err(not_found()),
+            ReportResult::Refused(ReportRefusal::TransactionDecided(s)) => {
+                Err(invalid(format!("cannot report phase 1: transaction is already {s}"), None))
+            }
+            ReportResult::Refused(ReportRefusal::BranchState(s)) => {
+                Err(invalid(format!("cannot report {}: branch is {s}", req.status), None))
+            }
+            ReportResult::Applied(row) => Ok(row.to_wire()),
+        }
+    }
+
+    /// Decides commit or rollback, drives phase 2, and waits up to `wait` for it.
+    #[tracing::instrument(skip_all, fields(xid = %xid, decision = ?requested))]
+    pub async fn decide(
+        &self,
+        xid: &str,
+        requested: Decision,
+        wait: Duration,
+    ) -> Result<DecideReply, CoordinatorError> {
+        let xid = parse_xid(xid)?;
+        let started = Instant::now();
+        let timing = self.timing();
+        let r = self
+            .store()
+            .decide(&xid, self.instance_id(), timing.lease, |tx, branches| {
+                state::decide(
+                    requested,
+                    DecisionInput {
+                        status: tx.status,
+                        expired: tx.expired,
+                        any_phase1_failed: branches.iter().any(|b| b.status == BranchStatus::Phase1Failed),
+                        all_prepared: branches.iter().all(|b| b.status == BranchStatus::Prepared),
+                        requires_prepared: mode::requires_prepared(tx.mode),
+                    },
+                )
+            })
+            .await?;
+        let Some(r) = r else {
+            return Err(CoordinatorError::TransactionNotFound(xid.to_string()));
+        };
+        match r.outcome {
+            DecisionOutcome::Decide { overridden, .. } => {
+                tracing::debug!(status = %r.tx.status, "decision recorded");
+                let handle = self.spawn_phase2(Phase2Job { tx: r.tx, branches: r.branches }, None);
+                let remaining = wait.saturating_sub(started.elapsed());
+                let reply = match tokio::time::timeout(remaining, handle).await {
+                    Ok(Ok(Phase2Outcome::Finished(t))) => DecideReply::Finished(t),
+                    _ => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await?,
+                };
+                if overridden {
+                    let t = match reply {
+                        DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
+                    };
+                    let why = match t.rollback_reason {
+                        Some(tandem_wire::RollbackReason::Timeout) => "its deadline had passed",
+                        _ => "a branch failed phase 1",
+                    };
+                    return Err(invalid(
+                        format!("commit refused: the transaction was rolled back because {why}"),
+                        Some(*t),
+                    ));
+                }
+                Ok(reply)
+            }
+            DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
+            DecisionOutcome::Conflict => {
+                let current = r.tx.to_wire(&r.branches);
+                Err(invalid(
+                    format!(
+                        "transaction is already {} and cannot be {}",
+                        current.status,
+                        match requested {
+                            Decision::Commit => "committed",
+                            Decision::Rollback => "rolled back",
+                        }
+                    ),
+                    Some(current),
+                ))
+            }
+        }
+    }
+
+    /// Polls until the transaction is terminal or `wait` has passed.
+    async fn wait_terminal(&self, xid: &Xid, wait: Duration) -> Result<DecideReply, CoordinatorError> {
+        let deadline = Instant::now() + wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let t = self.get(xid.as_str()).await?;
+            if t.status.is_terminal() {
+                return Ok(DecideReply::Finished(Box::new(t)));
+            }
+            if Instant::now() + pause > deadline {
+                return Ok(DecideReply::InProgress(Box::new(t)));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+}
+
+fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError> {
+    let bad = |m: String| Err(CoordinatorError::Validation(m));
+    if req.resource.is_empty() || req.resource.len() > MAX_RESOURCE_LEN {
+        return bad(format!("resource must be 1 to {MAX_RESOURCE_LEN} bytes"));
+    }
+    if req.callback_url.len() > MAX_URL_LEN {
+        return bad(format!("callback_url is longer than {MAX_URL_LEN} bytes"));
+    }
+    match reqwest::Url::parse(&req.callback_url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+        _ => return bad(format!("callback_url {:?} is not an absolute http(s) URL", req.callback_url)),
+    }
+    if let Some(keys) = &req.lock_keys {
+        if keys.len() > MAX_LOCK_KEYS {
+            return bad(format!("at most {MAX_LOCK_KEYS} lock_keys"));
+        }
+        if keys.iter().any(|k| k.is_empty() || k.len() > MAX_LOCK_KEY_LEN) {
+            return bad(format!("each lock key must be 1 to {MAX_LOCK_KEY_LEN} bytes"));
+        }
+    }
+    Ok(())
+}
