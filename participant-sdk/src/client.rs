@@ -1,0 +1,209 @@
+//! Typed client for the coordinator's HTTP contract.
+
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+use tandem_wire::{
+    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, Mode, Problem, RegisterBranchRequest, ReportRequest,
+    Transaction, TransactionList, Xid,
+};
+
+/// Errors of [`TandemClient`].
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The request did not complete (connection, timeout, body).
+    #[error("coordinator request failed: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The coordinator answered with a problem.
+    #[error("coordinator answered {}: {} ({})", .0.status, .0.detail, .0.code.as_str())]
+    Problem(Box<Problem>),
+    /// The coordinator answered something that is not the contract.
+    #[error("unexpected answer {status}: {body}")]
+    Unexpected {
+        /// HTTP status.
+        status: u16,
+        /// Body prefix.
+        body: String,
+    },
+    /// The base URL is not a valid URL.
+    #[error("invalid coordinator URL {0:?}")]
+    BadUrl(String),
+}
+
+impl ClientError {
+    /// The contract's error code, when the coordinator sent a problem.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Problem(p) => Some(p.code),
+            _ => None,
+        }
+    }
+    /// HTTP status of the answer, if there was one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Problem(p) => Some(p.status),
+            ClientError::Unexpected { status, .. } => Some(*status),
+            ClientError::Http(e) => e.status().map(|s| s.as_u16()),
+            ClientError::BadUrl(_) => None,
+        }
+    }
+}
+
+/// Result of commit or rollback.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    /// The transaction as the coordinator returned it.
+    pub transaction: Transaction,
+    /// `true` for 200 (terminal), `false` for 202 (phase 2 still running).
+    pub finished: bool,
+}
+
+/// Query of [`TandemClient::list`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ListQuery {
+    /// Only this status.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<GlobalStatus>,
+    /// Only this mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// Page size.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Cursor from the previous page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+}
+
+/// Client of one coordinator (or a load balancer in front of several). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TandemClient {
+    /// Base URL without trailing slash, e.g. `http://127.0.0.1:7070`.
+    base: String,
+    /// Pooled HTTP client.
+    http: reqwest::Client,
+}
+
+impl TandemClient {
+    /// A client with a 30 s request timeout.
+    pub fn new(base_url: &str) -> Result<TandemClient, ClientError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .build()?;
+        TandemClient::with_http(base_url, http)
+    }
+
+    /// A client using your own `reqwest::Client`.
+    pub fn with_http(base_url: &str, http: reqwest::Client) -> Result<TandemClient, ClientError> {
+        let url = reqwest::Url::parse(base_url).map_err(|_| ClientError::BadUrl(base_url.to_owned()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ClientError::BadUrl(base_url.to_owned()));
+        }
+        Ok(TandemClient { base: base_url.trim_end_matches('/').to_owned(), http })
+    }
+
+    /// The base URL.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+        headers: &[(&str, &str)],
+    ) -> Result<(StatusCode, T), ClientError> {
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map(|v| (status, v)).map_err(|_| ClientError::Unexpected {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+            });
+        }
+        match serde_json::from_slice::<Problem>(&bytes) {
+            Ok(p) => Err(ClientError::Problem(Box::new(p))),
+            Err(_) => Err(ClientError::Unexpected {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+            }),
+        }
+    }
+
+    /// `POST /v1/transactions`.
+    pub async fn begin(&self, req: &BeginRequest) -> Result<Transaction, ClientError> {
+        Ok(self.call(Method::POST, "/v1/transactions", Some(req), &[]).await?.1)
+    }
+
+    /// `POST /v1/transactions` with an `Idempotency-Key`.
+    pub async fn begin_idempotent(&self, req: &BeginRequest, key: &str) -> Result<Transaction, ClientError> {
+        Ok(self.call(Method::POST, "/v1/transactions", Some(req), &[("idempotency-key", key)]).await?.1)
+    }
+
+    /// `GET /v1/transactions/{xid}`.
+    pub async fn get(&self, xid: &Xid) -> Result<Transaction, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, &format!("/v1/transactions/{xid}"), None, &[]).await?.1)
+    }
+
+    /// `GET /v1/transactions`.
+    pub async fn list(&self, q: &ListQuery) -> Result<TransactionList, ClientError> {
+        let mut path = String::from("/v1/transactions?");
+        if let Some(s) = q.status {
+            path.push_str(&format!("status={s}&"));
+        }
+        if let Some(m) = q.mode {
+            path.push_str(&format!("mode={m}&"));
+        }
+        if let Some(l) = q.limit {
+            path.push_str(&format!("limit={l}&"));
+        }
+        if let Some(a) = &q.after {
+            // Cursors are xids: URL-safe characters only.
+            path.push_str(&format!("after={a}&"));
+        }
+        Ok(self.call::<(), _>(Method::GET, path.trim_end_matches(['&', '?']), None, &[]).await?.1)
+    }
+
+    /// `POST /v1/transactions/{xid}/branches`.
+    pub async fn register(&self, xid: &Xid, req: &RegisterBranchRequest) -> Result<Branch, ClientError> {
+        Ok(self.call(Method::POST, &format!("/v1/transactions/{xid}/branches"), Some(req), &[]).await?.1)
+    }
+
+    /// `POST /v1/transactions/{xid}/branches/{branch_id}/report`.
+    pub async fn report(&self, xid: &Xid, branch: &BranchId, req: &ReportRequest) -> Result<Branch, ClientError> {
+        let path = format!("/v1/transactions/{xid}/branches/{branch}/report");
+        Ok(self.call(Method::POST, &path, Some(req), &[]).await?.1)
+    }
+
+    async fn decide(&self, xid: &Xid, verb: &str, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        let path = match wait {
+            Some(w) => format!("/v1/transactions/{xid}/{verb}?wait_ms={}", w.as_millis()),
+            None => format!("/v1/transactions/{xid}/{verb}"),
+        };
+        let (status, transaction) = self.call::<(), Transaction>(Method::POST, &path, None, &[]).await?;
+        Ok(Decided { transaction, finished: status == StatusCode::OK })
+    }
+
+    /// `POST /v1/transactions/{xid}/commit`. A commit that the coordinator turned
+    /// into a rollback is an `invalid_state` problem carrying the transaction.
+    pub async fn commit(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        self.decide(xid, "commit", wait).await
+    }
+
+    /// `POST /v1/transactions/{xid}/rollback`.
+    pub async fn rollback(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        self.decide(xid, "rollback", wait).await
+    }
+}

@@ -1,0 +1,23 @@
+//! Tandem participant and client SDK.
+//!
+//! Module map:
+//! - [`client`]: typed HTTP client for the coordinator's contract.
+//! - [`propagation`]: the `Tandem-Xid` header: an axum middleware and extractor
+//!   for incoming requests, a task-local current xid, and a reqwest helper for
+//!   outgoing ones.
+//! - [`global`]: run an async closure inside a global transaction (commit on
+//!   `Ok`, rollback on `Err`).
+//! - [`tcc`]: the TCC participant: try / confirm / cancel in the participant's
+//!   own sqlx transaction, guarded by the fence table, and the callback router.
+//!
+//! Wire types are re-exported from `tandem-wire` as [`wire`].
+
+pub mod client;
+pub mod global;
+pub mod propagation;
+pub mod tcc;
+
+pub use client::{ClientError, Decided, TandemClient};
+pub use global::{in_transaction, GlobalError};
+pub use propagation::{current_xid, with_xid, GlobalXid, RequestBuilderExt};
+pub use tandem_wire as wire;

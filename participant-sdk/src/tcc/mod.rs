@@ -1,0 +1,349 @@
+//! The TCC participant.
+//!
+//! A [`TccResource`] supplies the three business steps. [`TccParticipant`]
+//! runs each inside the participant's own sqlx transaction together with its
+//! fence row (see [`fence`]), which makes
+//! - confirm and cancel idempotent (a repeat finds `committed` / `rolled_back`
+//!   and does nothing),
+//! - a cancel without a try an empty rollback (it writes `suspended` and skips
+//!   the business cancel),
+//! - a try after its cancel refused (it finds `suspended`: anti-suspension).
+//!
+//! A try's effects must all be written through the connection it is given: if
+//! the try fails, its local transaction rolls back with the fence row, and the
+//! cancel that follows is rightly an empty rollback.
+
+pub mod fence;
+mod router;
+
+pub use fence::{FenceStatus, FENCE_MIGRATION};
+pub use router::CALLBACK_PATH;
+
+use crate::client::{ClientError, TandemClient};
+use async_trait::async_trait;
+use sqlx::{PgConnection, PgPool};
+use std::collections::HashMap;
+use std::sync::Arc;
+use tandem_wire::{BranchId, CallbackAction, CallbackRequest, RegisterBranchRequest, ReportRequest, ReportStatus, Xid};
+
+/// Boxed error of a business step.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Identity of the branch a step runs for.
+#[derive(Debug, Clone)]
+pub struct BranchContext {
+    /// Global transaction.
+    pub xid: Xid,
+    /// This branch.
+    pub branch_id: BranchId,
+    /// Resource name.
+    pub resource: String,
+}
+
+/// How a business step failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// Transient (database down, deadlock): phase 2 is retried by the coordinator.
+    #[error("{0}")]
+    Retry(BoxError),
+    /// Will never succeed: a failed try; in phase 2 the coordinator marks the
+    /// branch `commit_failed` / `rollback_failed` for an operator.
+    #[error("{0}")]
+    Permanent(BoxError),
+}
+
+impl StepError {
+    /// A permanent failure with a message (for example "insufficient funds").
+    pub fn reject(msg: impl Into<String>) -> StepError {
+        StepError::Permanent(msg.into().into())
+    }
+}
+
+impl From<sqlx::Error> for StepError {
+    fn from(e: sqlx::Error) -> StepError {
+        StepError::Retry(Box::new(e))
+    }
+}
+
+/// The three business steps of a TCC resource. Each receives the connection
+/// of the local transaction that also writes the fence row.
+#[async_trait]
+pub trait TccResource: Send + Sync + 'static {
+    /// Resource name, as registered with the coordinator.
+    fn name(&self) -> &str;
+    /// Reserve (check and hold) what the business operation needs.
+    async fn try_(
+        &self,
+        db: &mut PgConnection,
+        branch: &BranchContext,
+        payload: &serde_json::Value,
+    ) -> Result<(), StepError>;
+    /// Make the reservation final.
+    async fn confirm(
+        &self,
+        db: &mut PgConnection,
+        branch: &BranchContext,
+        payload: &serde_json::Value,
+    ) -> Result<(), StepError>;
+    /// Release the reservation.
+    async fn cancel(
+        &self,
+        db: &mut PgConnection,
+        branch: &BranchContext,
+        payload: &serde_json::Value,
+    ) -> Result<(), StepError>;
+}
+
+/// Errors of the participant side.
+#[derive(Debug, thiserror::Error)]
+pub enum TccError {
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Coordinator(#[from] ClientError),
+    /// The try arrived after its cancel (suspension); it did nothing.
+    #[error("try refused: branch {0} was already rolled back")]
+    Suspended(BranchId),
+    /// The business try failed; nothing was written; reported `phase1_failed`.
+    #[error("try failed: {0}")]
+    TryFailed(StepError),
+    /// A business confirm or cancel failed.
+    #[error("{action} failed: {error}")]
+    StepFailed {
+        /// `commit` or `rollback`.
+        action: &'static str,
+        /// The step's error.
+        error: StepError,
+    },
+    /// Phase 2 contradicts the fence (confirm after cancel, cancel after confirm,
+    /// confirm without try): never retried.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// No resource of that name in this participant.
+    #[error("unknown resource {0:?}")]
+    UnknownResource(String),
+    /// The participant's database failed.
+    #[error("participant database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// What a phase-2 callback did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase2Result {
+    /// The business confirm or cancel ran now.
+    Applied,
+    /// It had already run (duplicate delivery); nothing done.
+    AlreadyDone,
+    /// Cancel before any try: marker written, business cancel skipped.
+    EmptyRollback,
+}
+
+/// Creates the fence table if missing (serialized across processes).
+pub async fn install_fence(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7419253001)").execute(&mut *tx).await?;
+    sqlx::raw_sql(FENCE_MIGRATION).execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// The participant: registers branches, runs tries, serves callbacks. Cheap to clone.
+#[derive(Clone)]
+pub struct TccParticipant {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The participant's own database (business tables and fence).
+    pool: PgPool,
+    /// Coordinator client.
+    client: TandemClient,
+    /// Where the coordinator reaches [`TccParticipant::router`].
+    callback_url: String,
+    /// Resources by name.
+    resources: HashMap<String, Arc<dyn TccResource>>,
+}
+
+/// Builder of [`TccParticipant`].
+pub struct TccParticipantBuilder {
+    pool: PgPool,
+    client: TandemClient,
+    callback_url: String,
+    resources: HashMap<String, Arc<dyn TccResource>>,
+}
+
+impl TccParticipantBuilder {
+    /// Adds a resource.
+    pub fn resource(mut self, r: impl TccResource) -> Self {
+        self.resources.insert(r.name().to_owned(), Arc::new(r));
+        self
+    }
+    /// Finishes.
+    pub fn build(self) -> TccParticipant {
+        TccParticipant {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                client: self.client,
+                callback_url: self.callback_url,
+                resources: self.resources,
+            }),
+        }
+    }
+}
+
+impl TccParticipant {
+    /// `public_base_url` is how the coordinator reaches this service (for
+    /// example `http://inventory:8080`); callbacks go to `{public_base_url}`[`CALLBACK_PATH`].
+    pub fn builder(pool: PgPool, client: TandemClient, public_base_url: &str) -> TccParticipantBuilder {
+        TccParticipantBuilder {
+            pool,
+            client,
+            callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
+            resources: HashMap::new(),
+        }
+    }
+
+    /// The participant's database pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The callback URL registered with each branch.
+    pub fn callback_url(&self) -> &str {
+        &self.inner.callback_url
+    }
+
+    fn resource(&self, name: &str) -> Result<Arc<dyn TccResource>, TccError> {
+        self.inner.resources.get(name).cloned().ok_or_else(|| TccError::UnknownResource(name.to_owned()))
+    }
+
+    /// Phase 1 in one call: registers a branch of `resource` on `xid`, then runs the try.
+    pub async fn try_branch(
+        &self,
+        xid: &Xid,
+        resource: &str,
+        payload: serde_json::Value,
+    ) -> Result<BranchContext, TccError> {
+        let ctx = self.register(xid, resource, &payload).await?;
+        self.execute_try(&ctx, &payload).await?;
+        Ok(ctx)
+    }
+
+    /// Registers a branch (before its try runs, so that a crash after the try
+    /// still leaves the coordinator able to cancel it).
+    pub async fn register(
+        &self,
+        xid: &Xid,
+        resource: &str,
+        payload: &serde_json::Value,
+    ) -> Result<BranchContext, TccError> {
+        self.resource(resource)?;
+        let branch = self
+            .inner
+            .client
+            .register(
+                xid,
+                &RegisterBranchRequest {
+                    resource: resource.to_owned(),
+                    callback_url: self.inner.callback_url.clone(),
+                    payload: Some(payload.clone()),
+                    lock_keys: None,
+                },
+            )
+            .await?;
+        Ok(BranchContext { xid: xid.clone(), branch_id: branch.branch_id, resource: resource.to_owned() })
+    }
+
+    /// Runs the try of a registered branch inside one local transaction with
+    /// its fence row. Refused if the branch was already cancelled; a repeated
+    /// try of a tried branch does nothing.
+    #[tracing::instrument(skip_all, fields(xid = %ctx.xid, branch_id = %ctx.branch_id))]
+    pub async fn execute_try(&self, ctx: &BranchContext, payload: &serde_json::Value) -> Result<(), TccError> {
+        let resource = self.resource(&ctx.resource)?;
+        let mut tx = self.inner.pool.begin().await?;
+        if !fence::insert(&mut tx, &ctx.xid, &ctx.branch_id, &ctx.resource, FenceStatus::Tried).await? {
+            let status = fence::lock(&mut tx, &ctx.xid, &ctx.branch_id).await?;
+            tx.rollback().await?;
+            return match status {
+                Some(FenceStatus::Tried | FenceStatus::Committed) => Ok(()),
+                _ => Err(TccError::Suspended(ctx.branch_id.clone())),
+            };
+        }
+        if let Err(e) = resource.try_(&mut tx, ctx, payload).await {
+            tx.rollback().await?;
+            let report = ReportRequest { status: ReportStatus::Phase1Failed, detail: Some(e.to_string()) };
+            if let Err(re) = self.inner.client.report(&ctx.xid, &ctx.branch_id, &report).await {
+                // The caller's rollback (or the timeout) still cancels the branch.
+                tracing::warn!(error = %re, "could not report phase1_failed");
+            }
+            return Err(TccError::TryFailed(e));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Handles one coordinator callback (confirm or cancel).
+    #[tracing::instrument(skip_all, fields(xid = %req.xid, branch_id = %req.branch_id, action = req.action.as_str()))]
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Phase2Result, TccError> {
+        let resource = self.resource(&req.resource)?;
+        let ctx =
+            BranchContext { xid: req.xid.clone(), branch_id: req.branch_id.clone(), resource: req.resource.clone() };
+        let payload = req.payload.clone().unwrap_or(serde_json::Value::Null);
+        match req.action {
+            CallbackAction::Commit => self.confirm(resource.as_ref(), &ctx, &payload).await,
+            CallbackAction::Rollback => self.cancel(resource.as_ref(), &ctx, &payload).await,
+        }
+    }
+
+    async fn confirm(
+        &self,
+        resource: &dyn TccResource,
+        ctx: &BranchContext,
+        payload: &serde_json::Value,
+    ) -> Result<Phase2Result, TccError> {
+        let mut tx = self.inner.pool.begin().await?;
+        match fence::lock(&mut tx, &ctx.xid, &ctx.branch_id).await? {
+            Some(FenceStatus::Committed) => Ok(Phase2Result::AlreadyDone),
+            Some(FenceStatus::Tried) => {
+                resource
+                    .confirm(&mut tx, ctx, payload)
+                    .await
+                    .map_err(|error| TccError::StepFailed { action: "commit", error })?;
+                fence::set(&mut tx, &ctx.xid, &ctx.branch_id, FenceStatus::Committed).await?;
+                tx.commit().await?;
+                Ok(Phase2Result::Applied)
+            }
+            Some(FenceStatus::RolledBack | FenceStatus::Suspended) => {
+                Err(TccError::Conflict("confirm for a branch that was rolled back".into()))
+            }
+            None => Err(TccError::Conflict("confirm for a branch whose try never committed".into())),
+        }
+    }
+
+    async fn cancel(
+        &self,
+        resource: &dyn TccResource,
+        ctx: &BranchContext,
+        payload: &serde_json::Value,
+    ) -> Result<Phase2Result, TccError> {
+        let mut tx = self.inner.pool.begin().await?;
+        if fence::insert(&mut tx, &ctx.xid, &ctx.branch_id, &ctx.resource, FenceStatus::Suspended).await? {
+            tx.commit().await?;
+            tracing::info!("empty rollback: cancel before try; a late try will be refused");
+            return Ok(Phase2Result::EmptyRollback);
+        }
+        match fence::lock(&mut tx, &ctx.xid, &ctx.branch_id).await? {
+            Some(FenceStatus::RolledBack | FenceStatus::Suspended) => Ok(Phase2Result::AlreadyDone),
+            Some(FenceStatus::Tried) => {
+                resource
+                    .cancel(&mut tx, ctx, payload)
+                    .await
+                    .map_err(|error| TccError::StepFailed { action: "rollback", error })?;
+                fence::set(&mut tx, &ctx.xid, &ctx.branch_id, FenceStatus::RolledBack).await?;
+                tx.commit().await?;
+                Ok(Phase2Result::Applied)
+            }
+            Some(FenceStatus::Committed) => Err(TccError::Conflict("cancel for a branch that was confirmed".into())),
+            // The row existed at insert time and rows are only deleted by purge.
+            None => Err(TccError::Conflict("fence row vanished during cancel".into())),
+        }
+    }
+}
