@@ -1,9 +1,12 @@
 -- Global transactions and their branches.
 --
 -- Text statuses with CHECK constraints (not enum types) so that later modes can
--- add statuses with a constraint swap instead of ALTER TYPE.
+-- add statuses with a constraint swap instead of ALTER TYPE. Few indexes: every
+-- global transaction inserts and updates these rows several times, and each
+-- index is paid on each of those writes.
 
 CREATE TABLE global_transactions (
+    -- UUIDv7 text: sorts by creation time, so "newest first" is ORDER BY xid DESC.
     xid              text        PRIMARY KEY,
     mode             text        NOT NULL CHECK (mode IN ('tcc', 'xa', 'at', '3pc', 'saga')),
     name             text,
@@ -16,27 +19,38 @@ CREATE TABLE global_transactions (
     decided_at       timestamptz,
     finished_at      timestamptz,
     -- Client-supplied Idempotency-Key of the begin request.
-    idempotency_key  text        UNIQUE,
+    idempotency_key  text,
     -- Coordinator instance that holds the phase-2 lease (diagnostic and fencing).
     owner            text,
-    -- While deciding or decided and unfinished: the time after which any
-    -- coordinator may take phase 2 over (lease expiry, or the next retry).
+    -- While decided and unfinished: the time after which any coordinator may
+    -- take phase 2 over (lease expiry, or the next retry).
     next_attempt_at  timestamptz,
     -- Phase-2 passes that ended with a branch in an unknown state (drives backoff).
-    attempts         integer     NOT NULL DEFAULT 0
-);
+    attempts         integer     NOT NULL DEFAULT 0,
+    -- Bumped by every branch registration and report: a decision computed from
+    -- a read at version v is written only if the row is still at v.
+    version          integer     NOT NULL DEFAULT 0,
+    -- Counters kept by registration and report, so that the common decision
+    -- can be checked and written in one statement (see store::decide).
+    branch_count        integer  NOT NULL DEFAULT 0,
+    branches_failed     integer  NOT NULL DEFAULT 0,  -- in phase1_failed
+    branches_unprepared integer  NOT NULL DEFAULT 0   -- not in prepared
+) WITH (fillfactor = 70);  -- room for HOT updates of version / lease columns
 
+CREATE UNIQUE INDEX global_transactions_idempotency_key ON global_transactions (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 -- Recovery scans: undecided past deadline, decided and due.
 CREATE INDEX global_transactions_deadline_active ON global_transactions (deadline)
     WHERE status = 'active';
 CREATE INDEX global_transactions_due ON global_transactions (next_attempt_at)
     WHERE status IN ('committing', 'rolling_back');
--- Listing, newest first.
-CREATE INDEX global_transactions_created ON global_transactions (created_at DESC, xid DESC);
 
+-- No foreign key to global_transactions: a branch is only ever inserted by a
+-- statement that has just updated (and so locked) its active transaction row,
+-- and the RI trigger would cost a query per registration.
 CREATE TABLE branches (
-    branch_id     text        PRIMARY KEY,
-    xid           text        NOT NULL REFERENCES global_transactions (xid) ON DELETE CASCADE,
+    xid           text        NOT NULL,
+    branch_id     text        NOT NULL,
     -- Registration order (phase 2 walks it forwards or backwards by mode).
     seq           bigint      GENERATED ALWAYS AS IDENTITY,
     resource      text        NOT NULL,
@@ -47,7 +61,6 @@ CREATE TABLE branches (
     lock_keys     text[]      NOT NULL DEFAULT '{}',
     attempts      integer     NOT NULL DEFAULT 0,
     last_error    text,
-    created_at    timestamptz NOT NULL DEFAULT now()
-);
-
-CREATE INDEX branches_xid_seq ON branches (xid, seq);
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (xid, branch_id)
+) WITH (fillfactor = 80);

@@ -83,6 +83,24 @@ impl Metrics {
         })
     }
 
+    /// Count and total seconds of each database statement so far, by query name
+    /// (for the benchmark's report).
+    pub fn db_summary(&self) -> Vec<(String, u64, f64)> {
+        let mut out = Vec::new();
+        for family in self.registry.gather() {
+            if family.name() != "tandem_db_query_duration_seconds" {
+                continue;
+            }
+            for m in family.get_metric() {
+                let query = m.get_label().iter().find(|l| l.name() == "query").map(|l| l.value().to_owned());
+                let h = m.get_histogram();
+                out.push((query.unwrap_or_default(), h.get_sample_count(), h.get_sample_sum()));
+            }
+        }
+        out.sort_by(|a, b| b.2.total_cmp(&a.2));
+        out
+    }
+
     /// Renders the Prometheus text format.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();

@@ -83,8 +83,14 @@ impl Application {
     pub async fn run(self) -> Result<(), StartupError> {
         let Application { listener, coordinator, router } = self;
         let shutdown = coordinator.shutdown_token().clone();
-        tracing::info!(addr = %listener.local_addr()?, instance = coordinator.instance_id(), "coordinator listening");
+        tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, instance = coordinator.instance_id(), "coordinator listening");
         let worker = tokio::spawn(recovery::run(coordinator.clone()));
+        // Request/response traffic: never let Nagle hold a small answer back.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+            }
+        });
         let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
         shutdown.cancel();
         let tasks = coordinator.tasks();

@@ -41,7 +41,7 @@ impl From<CoordinatorError> for ApiError {
             E::Store(e) => {
                 // Logged here, where it is handled, and only here.
                 match &e {
-                    StoreError::Unavailable(_) | StoreError::Transient(_) => {
+                    StoreError::Unavailable(_) | StoreError::Transient(_) | StoreError::Contended => {
                         tracing::warn!(error = %e, "database unavailable");
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,

@@ -42,6 +42,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// An optimistic write lost to concurrent changes too many times in a row.
+    #[error("transaction changed concurrently too often; retry")]
+    Contended,
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -102,13 +105,27 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 impl Store {
     /// Opens both pools (lazily: no connection is made until first use).
     pub fn connect(cfg: &StoreConfig, metrics: Metrics) -> Result<Store, StoreError> {
-        let opts = PgConnectOptions::from_str(&cfg.database_url).map_err(StoreError::Database)?;
+        // Generic plans, made with sequential scans ruled out: no planning per
+        // execution, and plans that stay right as the tables grow (a plan
+        // cached while a table is empty would otherwise scan it forever after).
+        // Every statement here is meant to be served by an index. Hot
+        // statements also bind their statuses instead of using literals, so
+        // that no generic plan prefers a partial index (whose dead entries grow
+        // between vacuums) over the primary key.
+        let opts = PgConnectOptions::from_str(&cfg.database_url)
+            .map_err(StoreError::Database)?
+            .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
         let relaxed_opts = opts.clone().options([("synchronous_commit", "off")]);
+        // No ping on acquire: it is a round trip per statement. A dead
+        // connection fails its statement with `Unavailable` instead, which
+        // every caller handles (503 to clients, retry in workers).
         let durable = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(cfg.max_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(opts);
         let relaxed = PgPoolOptions::new()
+            .test_before_acquire(false)
             .max_connections(cfg.relaxed_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(relaxed_opts);

@@ -10,7 +10,7 @@ use tandem_wire::{Branch, BranchId, BranchStatus, GlobalStatus, Mode, RollbackRe
 macro_rules! tx_cols {
     () => {
         "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
-         finished_at, owner, attempts, (deadline <= now()) AS expired"
+         finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired"
     };
 }
 /// Column list of [`BranchRow`].
@@ -19,7 +19,15 @@ macro_rules! branch_cols {
         "branch_id, xid, seq, resource, callback_url, status, payload, lock_keys, attempts, last_error"
     };
 }
-pub(crate) use {branch_cols, tx_cols};
+/// [`branch_cols`] from alias `b`, prefixed `b_` (for joins with the transaction).
+macro_rules! branch_cols_b {
+    () => {
+        "b.branch_id AS b_branch_id, b.xid AS b_xid, b.seq AS b_seq, b.resource AS b_resource, \
+         b.callback_url AS b_callback_url, b.status AS b_status, b.payload AS b_payload, \
+         b.lock_keys AS b_lock_keys, b.attempts AS b_attempts, b.last_error AS b_last_error"
+    };
+}
+pub(crate) use {branch_cols, branch_cols_b, tx_cols};
 
 /// A `global_transactions` row.
 #[derive(Debug, Clone)]
@@ -48,6 +56,10 @@ pub struct TxRow {
     pub owner: Option<String>,
     /// Phase-2 passes that ended unknown.
     pub attempts: i32,
+    /// Optimistic-concurrency version (bumped by registrations and reports).
+    pub version: i32,
+    /// Branches registered so far.
+    pub branch_count: i32,
     /// `deadline <= now()` when the row was read.
     pub expired: bool,
 }
@@ -114,6 +126,8 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
             finished_at: row.try_get("finished_at")?,
             owner: row.try_get("owner")?,
             attempts: row.try_get("attempts")?,
+            version: row.try_get("version")?,
+            branch_count: row.try_get("branch_count")?,
             expired: row.try_get("expired")?,
         })
     }
@@ -121,17 +135,25 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
 
 impl<'r> FromRow<'r, PgRow> for BranchRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        BranchRow::from_prefixed(row, "")
+    }
+}
+
+impl BranchRow {
+    /// Reads a branch whose columns carry `prefix` (joined reads use `b_`).
+    pub(super) fn from_prefixed(row: &PgRow, prefix: &str) -> Result<BranchRow, sqlx::Error> {
+        let c = |name: &str| format!("{prefix}{name}");
         Ok(BranchRow {
-            branch_id: parsed(row, "branch_id")?,
-            xid: parsed(row, "xid")?,
-            seq: row.try_get("seq")?,
-            resource: row.try_get("resource")?,
-            callback_url: row.try_get("callback_url")?,
-            status: parsed(row, "status")?,
-            payload: row.try_get("payload")?,
-            lock_keys: row.try_get("lock_keys")?,
-            attempts: row.try_get("attempts")?,
-            last_error: row.try_get("last_error")?,
+            branch_id: parsed(row, &c("branch_id"))?,
+            xid: parsed(row, &c("xid"))?,
+            seq: row.try_get(c("seq").as_str())?,
+            resource: row.try_get(c("resource").as_str())?,
+            callback_url: row.try_get(c("callback_url").as_str())?,
+            status: parsed(row, &c("status"))?,
+            payload: row.try_get(c("payload").as_str())?,
+            lock_keys: row.try_get(c("lock_keys").as_str())?,
+            attempts: row.try_get(c("attempts").as_str())?,
+            last_error: row.try_get(c("last_error").as_str())?,
         })
     }
 }

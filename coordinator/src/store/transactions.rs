@@ -1,9 +1,11 @@
 //! Statements on `global_transactions` and `branches`.
 
-use super::rows::{branch_cols, tx_cols, BranchRow, TxRow};
+use super::rows::{branch_cols, branch_cols_b, tx_cols, BranchRow, TxRow};
 use super::{Store, StoreError};
 use crate::transaction::state::DecisionOutcome;
 use chrono::{DateTime, Utc};
+use sqlx::FromRow;
+use sqlx::Row;
 use std::collections::HashMap;
 use std::time::Duration;
 use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Xid};
@@ -75,6 +77,24 @@ pub enum ReportResult<R> {
     Applied(BranchRow),
 }
 
+/// Parses rows of a transaction joined with its branches (`b_` columns).
+fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let tx = TxRow::from_row(first)?;
+    let mut branches = Vec::with_capacity(rows.len());
+    for r in rows {
+        if r.try_get::<Option<String>, _>("b_branch_id")?.is_some() {
+            branches.push(BranchRow::from_prefixed(r, "b_")?);
+        }
+    }
+    Ok(Some((tx, branches)))
+}
+
+/// Statuses of a decided, unfinished transaction (bound as a parameter).
+const DECIDED: &[&str] = &["committing", "rolling_back"];
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -91,7 +111,7 @@ impl Store {
             sqlx::query_as::<_, TxRow>(concat!(
                 "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key) \
                  VALUES ($1, $2, $3, 'active', $4, now() + $4 * interval '1 millisecond', $5) \
-                 ON CONFLICT (idempotency_key) DO NOTHING RETURNING ",
+                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
                 tx_cols!()
             ))
             .bind(t.xid.as_str())
@@ -170,7 +190,8 @@ impl Store {
         Ok(map)
     }
 
-    /// A page of transactions, newest first, strictly older than `after` (an xid).
+    /// A page of transactions, newest first (xids are UUIDv7, time-ordered),
+    /// strictly older than `after` (an xid).
     pub async fn list_transactions(
         &self,
         status: Option<GlobalStatus>,
@@ -185,9 +206,8 @@ impl Store {
                 tx_cols!(),
                 " FROM global_transactions \
                  WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
-                   AND ($3::text IS NULL OR (created_at, xid) < \
-                        (SELECT created_at, xid FROM global_transactions WHERE xid = $3)) \
-                 ORDER BY created_at DESC, xid DESC LIMIT $4"
+                   AND ($3::text IS NULL OR xid < $3) \
+                 ORDER BY xid DESC LIMIT $4"
             ))
             .bind(status.map(GlobalStatus::as_str))
             .bind(mode.map(Mode::as_str))
@@ -201,17 +221,20 @@ impl Store {
     /// Registers a branch if the transaction is active and not past its
     /// deadline. `None` means it is not (the caller finds out why).
     ///
-    /// Durable: the participant runs its phase 1 once this returns. The
-    /// `FOR SHARE` lock on the transaction row orders this insert against a
-    /// concurrent decision, which takes `FOR UPDATE` before reading branches.
+    /// Durable: the participant runs its phase 1 once this returns. Bumping
+    /// the transaction's `version` in the same statement row-locks it against
+    /// a concurrent decision and invalidates any decision computed before.
     pub async fn insert_branch(&self, xid: &Xid, b: &NewBranch) -> Result<Option<BranchRow>, StoreError> {
         self.timed(
             "insert_branch",
             sqlx::query_as::<_, BranchRow>(concat!(
-                "WITH t AS (SELECT xid FROM global_transactions \
-                            WHERE xid = $1 AND status = 'active' AND deadline > now() FOR SHARE) \
+                // Statuses are bound, not literal, in hot statements: a literal lets
+                // a generic plan prefer a partial index (see `Store::connect`).
+                "WITH t AS (UPDATE global_transactions SET version = version + 1, branch_count = branch_count + 1, \
+                                   branches_unprepared = branches_unprepared + 1 \
+                            WHERE xid = $1 AND status = $7 RETURNING xid, deadline) \
                  INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
-                 SELECT $2, t.xid, $3, $4, 'registered', $5, $6 FROM t RETURNING ",
+                 SELECT $2, t.xid, $3, $4, 'registered', $5, $6 FROM t WHERE t.deadline > now() RETURNING ",
                 branch_cols!()
             ))
             .bind(xid.as_str())
@@ -220,13 +243,15 @@ impl Store {
             .bind(&b.callback_url)
             .bind(&b.payload)
             .bind(&b.lock_keys)
+            .bind(GlobalStatus::Active.as_str())
             .fetch_optional(&self.durable),
         )
         .await
     }
 
-    /// Applies a phase-1 report under the transaction's share lock and the
-    /// branch's row lock; `apply` is the pure transition. Durable.
+    /// Applies a phase-1 report under the transaction's and the branch's row
+    /// locks, bumping the transaction's `version`; `apply` is the pure
+    /// transition. Durable.
     pub async fn report_branch<R>(
         &self,
         xid: &Xid,
@@ -240,7 +265,7 @@ impl Store {
             let Some(tx) = sqlx::query_as::<_, TxRow>(concat!(
                 "SELECT ",
                 tx_cols!(),
-                " FROM global_transactions WHERE xid = $1 FOR SHARE"
+                " FROM global_transactions WHERE xid = $1 FOR UPDATE"
             ))
             .bind(xid.as_str())
             .fetch_optional(&mut *db)
@@ -278,6 +303,17 @@ impl Store {
             .bind(detail)
             .fetch_one(&mut *db)
             .await?;
+            let failed = |s: BranchStatus| i32::from(s == BranchStatus::Phase1Failed);
+            let unprepared = |s: BranchStatus| i32::from(s != BranchStatus::Prepared);
+            sqlx::query(
+                "UPDATE global_transactions SET version = version + 1, branches_failed = branches_failed + $2, \
+                 branches_unprepared = branches_unprepared + $3 WHERE xid = $1",
+            )
+            .bind(xid.as_str())
+            .bind(failed(next) - failed(branch.status))
+            .bind(unprepared(next) - unprepared(branch.status))
+            .execute(&mut *db)
+            .await?;
             db.commit().await?;
             Ok::<_, sqlx::Error>(ReportResult::Applied(updated))
         }
@@ -286,47 +322,106 @@ impl Store {
         Ok(r?)
     }
 
-    /// Decides commit or rollback. Locks the transaction row `FOR UPDATE`
-    /// (waiting out in-flight registrations and reports), reads the branches in
-    /// a fresh statement, asks `decide` (pure), and records its decision with
-    /// a lease for `owner`. Durable: the commit returns only once the decision
-    /// is flushed, and phase 2 starts only after that.
+    /// The transaction and its branches (registration order), read in one statement.
+    pub async fn transaction_with_branches(&self, xid: &Xid) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
+        let rows = self
+            .timed(
+                "transaction_with_branches",
+                sqlx::query(concat!(
+                    "SELECT t.*, ",
+                    branch_cols_b!(),
+                    " FROM (SELECT ",
+                    tx_cols!(),
+                    " FROM global_transactions WHERE xid = $1) t \
+                     LEFT JOIN branches b ON b.xid = t.xid ORDER BY b.seq"
+                ))
+                .bind(xid.as_str())
+                .fetch_all(&self.relaxed),
+            )
+            .await?;
+        tx_with_branches(&rows)
+    }
+
+    /// The common decision in one statement: writes `outcome` (what the state
+    /// machine answers for an active, unexpired transaction with no failed
+    /// branch and, where `modes_needing_prepared` includes its mode, every
+    /// branch prepared) only if the row is exactly in that state, and returns
+    /// the decided row with its branches. `None`: the row is in another state
+    /// (or absent); use [`Store::decide`]. `strict` is false for a rollback
+    /// request, which only needs the transaction to be active.
+    pub async fn decide_expected(
+        &self,
+        xid: &Xid,
+        outcome: (GlobalStatus, Option<RollbackReason>),
+        strict: bool,
+        modes_needing_prepared: &[&str],
+        owner: &str,
+        lease: Duration,
+    ) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
+        let rows = self
+            .timed(
+                "decide_expected",
+                sqlx::query(concat!(
+                    "WITH d AS (UPDATE global_transactions SET status = $2, rollback_reason = $3, decided_at = now(), \
+                                owner = $4, next_attempt_at = now() + $5 * interval '1 millisecond' \
+                     WHERE xid = $1 AND status = $6 AND ($7 IS FALSE OR (deadline > now() AND branches_failed = 0 \
+                           AND (branches_unprepared = 0 OR NOT (mode = ANY($8))))) RETURNING ",
+                    tx_cols!(),
+                    ") SELECT d.*, ",
+                    branch_cols_b!(),
+                    " FROM d LEFT JOIN branches b ON b.xid = d.xid ORDER BY b.seq"
+                ))
+                .bind(xid.as_str())
+                .bind(outcome.0.as_str())
+                .bind(outcome.1.map(RollbackReason::as_str))
+                .bind(owner)
+                .bind(ms(lease))
+                .bind(GlobalStatus::Active.as_str())
+                .bind(strict)
+                .bind(modes_needing_prepared)
+                .fetch_all(&self.durable),
+            )
+            .await?;
+        let Some((tx, mut branches)) = tx_with_branches(&rows)? else {
+            return Ok(None);
+        };
+        // The join read the statement's snapshot; a registration that committed
+        // while this update waited for the row lock is counted but not seen.
+        if branches.len() != usize::try_from(tx.branch_count).unwrap_or(0) {
+            branches = self.branches(xid).await?;
+        }
+        Ok(Some((tx, branches)))
+    }
+
+    /// Decides commit or rollback, optimistically: reads the transaction and
+    /// its branches, asks `decide` (pure), and writes the decision only if
+    /// the row is still at the version read (no registration or report
+    /// since), still active, and, for a commit, still before its deadline;
+    /// otherwise reads again. The decision carries a lease for `owner`.
+    /// Durable: the write returns only once flushed, and phase 2 starts after.
     pub async fn decide(
         &self,
         xid: &Xid,
         owner: &str,
         lease: Duration,
-        decide: impl FnOnce(&TxRow, &[BranchRow]) -> DecisionOutcome,
+        decide: impl Fn(&TxRow, &[BranchRow]) -> DecisionOutcome,
     ) -> Result<Option<DecideResult>, StoreError> {
-        let started = std::time::Instant::now();
-        let r = async {
-            let mut db = self.durable.begin().await?;
-            let Some(tx) = sqlx::query_as::<_, TxRow>(concat!(
-                "SELECT ",
-                tx_cols!(),
-                " FROM global_transactions WHERE xid = $1 FOR UPDATE"
-            ))
-            .bind(xid.as_str())
-            .fetch_optional(&mut *db)
-            .await?
-            else {
+        for _ in 0..16 {
+            let Some((tx, branches)) = self.transaction_with_branches(xid).await? else {
                 return Ok(None);
             };
-            let branches = sqlx::query_as::<_, BranchRow>(concat!(
-                "SELECT ",
-                branch_cols!(),
-                " FROM branches WHERE xid = $1 ORDER BY seq"
-            ))
-            .bind(xid.as_str())
-            .fetch_all(&mut *db)
-            .await?;
             let outcome = decide(&tx, &branches);
-            let tx = match outcome {
-                DecisionOutcome::Decide { decision, reason, .. } => {
-                    let tx = sqlx::query_as::<_, TxRow>(concat!(
+            let DecisionOutcome::Decide { decision, reason, .. } = outcome else {
+                return Ok(Some(DecideResult { tx, branches, outcome }));
+            };
+            let written = self
+                .timed(
+                    "decide",
+                    sqlx::query_as::<_, TxRow>(concat!(
                         "UPDATE global_transactions SET status = $2, rollback_reason = $3, decided_at = now(), \
                          owner = $4, next_attempt_at = now() + $5 * interval '1 millisecond' \
-                         WHERE xid = $1 RETURNING ",
+                         WHERE xid = $1 AND version = $6 AND status = $7 \
+                           AND ($2 <> 'committing' OR deadline > now()) RETURNING ",
                         tx_cols!()
                     ))
                     .bind(xid.as_str())
@@ -334,21 +429,17 @@ impl Store {
                     .bind(reason.map(RollbackReason::as_str))
                     .bind(owner)
                     .bind(ms(lease))
-                    .fetch_one(&mut *db)
-                    .await?;
-                    db.commit().await?;
-                    tx
-                }
-                DecisionOutcome::AlreadyDecided | DecisionOutcome::Conflict => {
-                    db.rollback().await?;
-                    tx
-                }
-            };
-            Ok::<_, sqlx::Error>(Some(DecideResult { tx, branches, outcome }))
+                    .bind(tx.version)
+                    .bind(GlobalStatus::Active.as_str())
+                    .fetch_optional(&self.durable),
+                )
+                .await?;
+            if let Some(tx) = written {
+                return Ok(Some(DecideResult { tx, branches, outcome }));
+            }
+            // Something changed between the read and the write: decide again on fresh state.
         }
-        .await;
-        self.observe("decide", started);
-        Ok(r?)
+        Err(StoreError::Contended)
     }
 
     /// Records the end of phase 2: branch statuses and the terminal global
@@ -408,7 +499,7 @@ impl Store {
                        WHERE branches.xid = $1 AND branches.branch_id = u.branch_id) \
                      UPDATE global_transactions SET attempts = attempts + 1, owner = NULL, \
                             next_attempt_at = now() + $7 * interval '1 millisecond' \
-                     WHERE xid = $1 AND owner = $6 AND status IN ('committing', 'rolling_back') RETURNING attempts",
+                     WHERE xid = $1 AND owner = $6 AND status = ANY($8) RETURNING attempts",
                 )
                 .bind(xid.as_str())
                 .bind(&ids)
@@ -417,6 +508,7 @@ impl Store {
                 .bind(&errors)
                 .bind(owner)
                 .bind(ms(delay))
+                .bind(DECIDED)
                 .fetch_optional(&self.relaxed),
             )
             .await?;
@@ -431,11 +523,12 @@ impl Store {
                 "renew_lease",
                 sqlx::query(
                     "UPDATE global_transactions SET next_attempt_at = now() + $3 * interval '1 millisecond' \
-                     WHERE xid = $1 AND owner = $2 AND status IN ('committing', 'rolling_back')",
+                     WHERE xid = $1 AND owner = $2 AND status = ANY($4)",
                 )
                 .bind(xid.as_str())
                 .bind(owner)
                 .bind(ms(lease))
+                .bind(DECIDED)
                 .execute(&self.relaxed),
             )
             .await?;
@@ -449,10 +542,11 @@ impl Store {
             "release_lease",
             sqlx::query(
                 "UPDATE global_transactions SET owner = NULL, next_attempt_at = now() \
-                 WHERE xid = $1 AND owner = $2 AND status IN ('committing', 'rolling_back')",
+                 WHERE xid = $1 AND owner = $2 AND status = ANY($3)",
             )
             .bind(xid.as_str())
             .bind(owner)
+            .bind(DECIDED)
             .execute(&self.relaxed),
         )
         .await?;
@@ -507,8 +601,10 @@ impl Store {
         self.timed(
             "in_flight_counts",
             sqlx::query_as::<_, (String, i64)>(
-                "SELECT status, count(*) FROM global_transactions \
-                 WHERE status IN ('active', 'committing', 'rolling_back') GROUP BY status",
+                // Each branch matches one partial index exactly.
+                "SELECT 'active', count(*) FROM global_transactions WHERE status = 'active' \
+                 UNION ALL SELECT status, count(*) FROM global_transactions \
+                 WHERE status IN ('committing', 'rolling_back') GROUP BY status",
             )
             .fetch_all(&self.relaxed),
         )

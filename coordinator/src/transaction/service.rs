@@ -275,6 +275,38 @@ impl Coordinator {
         let xid = parse_xid(xid)?;
         let started = Instant::now();
         let timing = self.timing();
+
+        // Common case in one statement: the transaction is active, unexpired,
+        // with no failed branch and (where the mode needs it) all prepared.
+        let expected = DecisionInput {
+            status: GlobalStatus::Active,
+            expired: false,
+            any_phase1_failed: false,
+            all_prepared: true,
+            requires_prepared: true,
+        };
+        if let DecisionOutcome::Decide { decision, reason, overridden: false } = state::decide(requested, expected) {
+            let needing_prepared: Vec<&str> =
+                Mode::ALL.iter().filter(|m| mode::requires_prepared(**m)).map(|m| m.as_str()).collect();
+            // A rollback request's outcome depends on the status alone.
+            let strict = requested == Decision::Commit;
+            let decided = self
+                .store()
+                .decide_expected(
+                    &xid,
+                    (decision.deciding_status(), reason),
+                    strict,
+                    &needing_prepared,
+                    self.instance_id(),
+                    timing.lease,
+                )
+                .await?;
+            if let Some((tx, branches)) = decided {
+                return self.run_phase2(&xid, Phase2Job { tx, branches }, false, wait, started).await;
+            }
+        }
+
+        // Anything else: read, ask the state machine, write if unchanged.
         let r = self
             .store()
             .decide(&xid, self.instance_id(), timing.lease, |tx, branches| {
@@ -295,44 +327,49 @@ impl Coordinator {
         };
         match r.outcome {
             DecisionOutcome::Decide { overridden, .. } => {
-                tracing::debug!(status = %r.tx.status, "decision recorded");
-                let handle = self.spawn_phase2(Phase2Job { tx: r.tx, branches: r.branches }, None);
-                let remaining = wait.saturating_sub(started.elapsed());
-                let reply = match tokio::time::timeout(remaining, handle).await {
-                    Ok(Ok(Phase2Outcome::Finished(t))) => DecideReply::Finished(t),
-                    _ => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await?,
-                };
-                if overridden {
-                    let t = match reply {
-                        DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
-                    };
-                    let why = match t.rollback_reason {
-                        Some(tandem_wire::RollbackReason::Timeout) => "its deadline had passed",
-                        _ => "a branch failed phase 1",
-                    };
-                    return Err(invalid(
-                        format!("commit refused: the transaction was rolled back because {why}"),
-                        Some(*t),
-                    ));
-                }
-                Ok(reply)
+                self.run_phase2(&xid, Phase2Job { tx: r.tx, branches: r.branches }, overridden, wait, started).await
             }
             DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
             DecisionOutcome::Conflict => {
                 let current = r.tx.to_wire(&r.branches);
-                Err(invalid(
-                    format!(
-                        "transaction is already {} and cannot be {}",
-                        current.status,
-                        match requested {
-                            Decision::Commit => "committed",
-                            Decision::Rollback => "rolled back",
-                        }
-                    ),
-                    Some(current),
-                ))
+                let verb = match requested {
+                    Decision::Commit => "committed",
+                    Decision::Rollback => "rolled back",
+                };
+                Err(invalid(format!("transaction is already {} and cannot be {verb}", current.status), Some(current)))
             }
         }
+    }
+
+    /// Runs phase 2 of a just-decided transaction and waits for it until
+    /// `wait` (counted from `started`) has passed. `overridden`: the client
+    /// asked for commit and got a rollback, answered 409 with the state.
+    async fn run_phase2(
+        &self,
+        xid: &Xid,
+        job: Phase2Job,
+        overridden: bool,
+        wait: Duration,
+        started: Instant,
+    ) -> Result<DecideReply, CoordinatorError> {
+        tracing::debug!(status = %job.tx.status, "decision recorded");
+        let handle = self.spawn_phase2(job, None);
+        let remaining = wait.saturating_sub(started.elapsed());
+        let reply = match tokio::time::timeout(remaining, handle).await {
+            Ok(Ok(Phase2Outcome::Finished(t))) => DecideReply::Finished(t),
+            _ => self.wait_terminal(xid, wait.saturating_sub(started.elapsed())).await?,
+        };
+        if !overridden {
+            return Ok(reply);
+        }
+        let t = match reply {
+            DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
+        };
+        let why = match t.rollback_reason {
+            Some(tandem_wire::RollbackReason::Timeout) => "its deadline had passed",
+            _ => "a branch failed phase 1",
+        };
+        Err(invalid(format!("commit refused: the transaction was rolled back because {why}"), Some(*t)))
     }
 
     /// Polls until the transaction is terminal or `wait` has passed.
