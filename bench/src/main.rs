@@ -1,0 +1,186 @@
+//! `tandem-bench`: throughput and latency of whole global transactions.
+//!
+//! Starts the coordinator (the same server code as `tandem serve`) on a
+//! loopback port and `--branches` no-op participants, each its own HTTP server.
+//! `--concurrency` clients then run, for `--duration-secs`, complete global
+//! transactions over real HTTP: begin, register every branch, commit (which
+//! returns only once phase 2 delivered every callback). The last line printed
+//! is one JSON object with the figures.
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tandem_coordinator::{Application, Settings};
+use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
+use tandem_sdk::TandemClient;
+
+#[derive(Debug, Parser)]
+#[command(name = "tandem-bench", about = "Benchmark whole global transactions against a real coordinator")]
+struct Args {
+    /// Transaction mode.
+    #[arg(long, default_value = "tcc")]
+    mode: String,
+    /// Branches per global transaction (one no-op participant each).
+    #[arg(long, default_value_t = 2)]
+    branches: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Measured duration.
+    #[arg(long, default_value_t = 10)]
+    duration_secs: u64,
+    /// Unmeasured warm-up before it.
+    #[arg(long, default_value_t = 2)]
+    warmup_secs: u64,
+    /// Connections of the coordinator's synchronous-commit pool.
+    #[arg(long, default_value_t = 32)]
+    db_connections: u32,
+    /// Connections of its asynchronous-commit pool.
+    #[arg(long, default_value_t = 16)]
+    db_relaxed_connections: u32,
+    /// PostgreSQL URL of the coordinator's database (migrated at start).
+    #[arg(long, env = "DATABASE_URL")]
+    database_url: String,
+}
+
+/// Starts a participant that answers 200 to every callback; returns its callback URL.
+async fn noop_participant(calls: Arc<AtomicU64>) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/callback", listener.local_addr()?);
+    let app = axum::Router::new().route(
+        "/callback",
+        axum::routing::post(move || {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::Relaxed);
+                "ok"
+            }
+        }),
+    );
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// One complete global transaction.
+async fn one(client: &TandemClient, mode: Mode, callbacks: &[String]) -> anyhow::Result<()> {
+    let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None }).await?;
+    for (i, url) in callbacks.iter().enumerate() {
+        let req = RegisterBranchRequest {
+            resource: format!("noop-{i}"),
+            callback_url: url.clone(),
+            payload: Some(serde_json::json!({ "i": i })),
+            lock_keys: None,
+        };
+        client.register(&tx.xid, &req).await?;
+    }
+    let done = client.commit(&tx.xid, None).await?;
+    if !done.finished || done.transaction.status != GlobalStatus::Committed {
+        bail!("commit ended {} (finished: {})", done.transaction.status, done.finished);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let mode: Mode = args.mode.parse().context("--mode")?;
+    if mode != Mode::Tcc {
+        bail!("--mode {mode}: only tcc is benchmarked so far");
+    }
+    let mut settings = Settings::new(&args.database_url);
+    settings.db_max_connections = args.db_connections;
+    settings.db_relaxed_connections = args.db_relaxed_connections;
+    let app = Application::build(&settings).await.context("start coordinator")?;
+    let base = format!("http://{}", app.local_addr()?);
+    let metrics = app.coordinator().metrics().clone();
+    let shutdown = app.shutdown_token();
+    let server = tokio::spawn(app.run());
+
+    let calls = Arc::new(AtomicU64::new(0));
+    let mut callbacks = Vec::new();
+    for _ in 0..args.branches {
+        callbacks.push(noop_participant(calls.clone()).await?);
+    }
+    let callbacks = Arc::new(callbacks);
+    let client = TandemClient::new(&base)?;
+
+    let start = Instant::now();
+    let measure_from = start + Duration::from_secs(args.warmup_secs);
+    let end = measure_from + Duration::from_secs(args.duration_secs);
+    let mut workers = Vec::new();
+    for _ in 0..args.concurrency {
+        let client = client.clone();
+        let callbacks = callbacks.clone();
+        workers.push(tokio::spawn(async move {
+            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut errors = 0u64;
+            let mut last_error = None;
+            loop {
+                let t0 = Instant::now();
+                if t0 >= end {
+                    break;
+                }
+                let r = one(&client, mode, &callbacks).await;
+                if t0 < measure_from {
+                    continue;
+                }
+                match r {
+                    Ok(()) => {
+                        let _ = hist.record(t0.elapsed().as_micros() as u64);
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        last_error = Some(e.to_string());
+                    }
+                }
+            }
+            (hist, errors, last_error)
+        }));
+    }
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut errors = 0;
+    for w in workers {
+        let (h, e, last) = w.await?;
+        hist.add(&h)?;
+        errors += e;
+        if let Some(last) = last {
+            eprintln!("error (one of {e} in a client): {last}");
+        }
+    }
+    shutdown.cancel();
+    server.await??;
+
+    // Where the time went: every database call of the coordinator, by statement.
+    eprintln!("database calls (count, mean ms):");
+    for (query, count, sum) in metrics.db_summary() {
+        eprintln!("  {query:<28} {count:>8} {:>8.3}", if count > 0 { sum * 1000.0 / count as f64 } else { 0.0 });
+    }
+    let tx = hist.len();
+    let secs = args.duration_secs as f64;
+    let result = serde_json::json!({
+        "mode": mode.as_str(),
+        "branches": args.branches,
+        "concurrency": args.concurrency,
+        "tx": tx,
+        "tx_per_sec": (tx as f64 / secs * 10.0).round() / 10.0,
+        "p50_ms": hist.value_at_quantile(0.50) as f64 / 1000.0,
+        "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
+        "errors": errors,
+    });
+    println!(
+        "{} committed {}-branch transactions in {}s with {} clients ({} callbacks delivered in total)",
+        tx,
+        args.branches,
+        args.duration_secs,
+        args.concurrency,
+        calls.load(Ordering::Relaxed)
+    );
+    println!("{result}");
+    Ok(())
+}
