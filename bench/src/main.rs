@@ -17,6 +17,10 @@ use tandem_coordinator::{Application, Settings};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
 use tandem_sdk::TandemClient;
 
+/// The same allocator as the `tandem` binary.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "tandem-bench", about = "Benchmark whole global transactions against a real coordinator")]
 struct Args {
@@ -41,6 +45,9 @@ struct Args {
     /// Connections of its asynchronous-commit pool.
     #[arg(long, default_value_t = 16)]
     db_relaxed_connections: u32,
+    /// Print committed transactions per second while running (to stderr).
+    #[arg(long)]
+    progress: bool,
     /// PostgreSQL URL of the coordinator's database (migrated at start).
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
@@ -113,10 +120,26 @@ async fn main() -> anyhow::Result<()> {
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_secs);
     let end = measure_from + Duration::from_secs(args.duration_secs);
+    let done = Arc::new(AtomicU64::new(0));
+    if args.progress {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            for second in 1.. {
+                tick.tick().await;
+                let now = done.load(Ordering::Relaxed);
+                eprintln!("t={second:>3}s {:>6} tx/s", now - last);
+                last = now;
+            }
+        });
+    }
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
         let client = client.clone();
         let callbacks = callbacks.clone();
+        let done = done.clone();
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut errors = 0u64;
@@ -127,6 +150,9 @@ async fn main() -> anyhow::Result<()> {
                     break;
                 }
                 let r = one(&client, mode, &callbacks).await;
+                if r.is_ok() {
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
                 if t0 < measure_from {
                     continue;
                 }
