@@ -506,3 +506,45 @@ async fn serves_openapi_health_and_metrics() {
     assert!(m.contains("tandem_db_query_duration_seconds_bucket"), "{m}");
     c.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_racing_a_commit_are_either_in_the_decision_or_refused() {
+    let db = TestDb::new("race").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (url, seen) = recording_participant().await;
+    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let req: tandem_sdk::wire::RegisterBranchRequest =
+        serde_json::from_value(serde_json::json!({"resource": "r", "callback_url": url})).expect("req");
+
+    let racers: Vec<_> = (0..60)
+        .map(|_| {
+            let (client, xid, req) = (c.client.clone(), tx.xid.clone(), req.clone());
+            tokio::spawn(async move { client.register(&xid, &req).await })
+        })
+        .collect();
+    // Commit while registrations are still arriving.
+    eventually("some registrations landed", WAIT, || async {
+        let t = c.client.get(&tx.xid).await.ok()?;
+        (t.branches.len() >= 5).then_some(())
+    })
+    .await;
+    let decided = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    assert_eq!(decided.status, GlobalStatus::Committed);
+
+    let mut accepted = Vec::new();
+    for r in racers {
+        match r.await.expect("task") {
+            Ok(b) => accepted.push(b.branch_id.to_string()),
+            Err(e) => assert_eq!((e.status(), e.code()), (Some(409), Some(ErrorCode::InvalidState)), "{e}"),
+        }
+    }
+    let in_decision: Vec<String> = decided.branches.iter().map(|b| b.branch_id.to_string()).collect();
+    accepted.sort();
+    let mut sorted = in_decision.clone();
+    sorted.sort();
+    assert_eq!(accepted, sorted, "every accepted registration is in the decision, and only those");
+    let mut called = seen.lock().expect("lock").clone();
+    called.sort();
+    assert_eq!(called, sorted, "each committed exactly once");
+    c.stop().await;
+}

@@ -45,6 +45,10 @@ struct Args {
     /// Connections of its asynchronous-commit pool.
     #[arg(long, default_value_t = 16)]
     db_relaxed_connections: u32,
+    /// Tokio worker threads of the benchmark process (coordinator, clients and
+    /// participants share them); 0 means one per core.
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
     /// Print committed transactions per second while running (to stderr).
     #[arg(long)]
     progress: bool,
@@ -93,9 +97,16 @@ async fn one(client: &TandemClient, mode: Mode, callbacks: &[String]) -> anyhow:
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if args.worker_threads > 0 {
+        rt.worker_threads(args.worker_threads);
+    }
+    rt.enable_all().build()?.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     let mode: Mode = args.mode.parse().context("--mode")?;
     if mode != Mode::Tcc {
         bail!("--mode {mode}: only tcc is benchmarked so far");

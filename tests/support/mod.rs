@@ -420,3 +420,25 @@ pub async fn ok_participant() -> String {
     });
     url
 }
+
+/// A participant that answers 200 and records the branch id of every callback.
+pub async fn recording_participant() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/cb", listener.local_addr().expect("addr"));
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move |axum::Json(cb): axum::Json<tandem_sdk::wire::CallbackRequest>| {
+            let s = s.clone();
+            async move {
+                s.lock().expect("lock").push(cb.branch_id.to_string());
+                "ok"
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, seen)
+}

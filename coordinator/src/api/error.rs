@@ -41,7 +41,10 @@ impl From<CoordinatorError> for ApiError {
             E::Store(e) => {
                 // Logged here, where it is handled, and only here.
                 match &e {
-                    StoreError::Unavailable(_) | StoreError::Transient(_) | StoreError::Contended => {
+                    StoreError::Unavailable(_)
+                    | StoreError::Transient(_)
+                    | StoreError::Contended
+                    | StoreError::Batch(_) => {
                         tracing::warn!(error = %e, "database unavailable");
                         ApiError::new(
                             StatusCode::SERVICE_UNAVAILABLE,

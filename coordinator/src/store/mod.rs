@@ -11,6 +11,7 @@
 //!
 //! Every call is timed into `tandem_db_query_duration_seconds{query}`.
 
+mod batch;
 mod rows;
 mod transactions;
 
@@ -42,6 +43,9 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
+    /// A batched write failed (the batch's error, shared by its members).
+    #[error("batched write failed: {0}")]
+    Batch(String),
     /// An optimistic write lost to concurrent changes too many times in a row.
     #[error("transaction changed concurrently too often; retry")]
     Contended,
@@ -97,7 +101,16 @@ pub struct Store {
     relaxed: PgPool,
     /// Where query timings go.
     metrics: Metrics,
+    /// Batched inserts of new transactions (relaxed).
+    begins: batch::Batcher<NewTransaction, Option<TxRow>>,
+    /// Batched branch registrations (durable).
+    registrations: batch::Batcher<(tandem_wire::Xid, NewBranch), Option<BranchRow>>,
+    /// Batched phase-2 completions (relaxed).
+    finishes: batch::Batcher<transactions::Finish, Option<chrono::DateTime<chrono::Utc>>>,
 }
+
+/// Largest batch of one batched statement.
+const BATCH_MAX: usize = 128;
 
 /// The migrations of `migrations/`, embedded at build time.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -129,7 +142,25 @@ impl Store {
             .max_connections(cfg.relaxed_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(relaxed_opts);
-        Ok(Store { durable, relaxed, metrics })
+        let begins = {
+            let (pool, metrics) = (relaxed.clone(), metrics.clone());
+            batch::Batcher::start(BATCH_MAX, move |items| {
+                transactions::insert_transactions(pool.clone(), metrics.clone(), items)
+            })
+        };
+        let finishes = {
+            let (pool, metrics) = (relaxed.clone(), metrics.clone());
+            batch::Batcher::start(BATCH_MAX, move |items| {
+                transactions::finish_many(pool.clone(), metrics.clone(), items)
+            })
+        };
+        let registrations = {
+            let (pool, metrics) = (durable.clone(), metrics.clone());
+            batch::Batcher::start(BATCH_MAX, move |items| {
+                transactions::insert_branches(pool.clone(), metrics.clone(), items)
+            })
+        };
+        Ok(Store { durable, relaxed, metrics, begins, registrations, finishes })
     }
 
     /// Applies pending migrations (serialized across processes by sqlx's advisory lock).
@@ -173,4 +204,16 @@ impl Store {
         self.observe(query, started);
         Ok(r?)
     }
+}
+
+/// Runs one database call outside a `Store` (batch workers), timing it under `query`.
+async fn timed_with<T>(
+    metrics: &Metrics,
+    query: &'static str,
+    f: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, StoreError> {
+    let started = Instant::now();
+    let r = f.await;
+    metrics.db_seconds.with_label_values(&[query]).observe(started.elapsed().as_secs_f64());
+    Ok(r?)
 }

@@ -2,10 +2,11 @@
 
 use super::rows::{branch_cols, branch_cols_b, tx_cols, BranchRow, TxRow};
 use super::{Store, StoreError};
+use crate::metrics::Metrics;
 use crate::transaction::state::DecisionOutcome;
 use chrono::{DateTime, Utc};
-use sqlx::FromRow;
 use sqlx::Row;
+use sqlx::{FromRow, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
 use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Xid};
@@ -105,23 +106,9 @@ impl Store {
     ///
     /// Relaxed commit: nothing outside depends on this row until a branch
     /// registers, and that durable commit flushes the WAL past this insert.
+    /// Batched with concurrent begins.
     pub async fn insert_transaction(&self, t: &NewTransaction) -> Result<Option<TxRow>, StoreError> {
-        self.timed(
-            "insert_transaction",
-            sqlx::query_as::<_, TxRow>(concat!(
-                "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key) \
-                 VALUES ($1, $2, $3, 'active', $4, now() + $4 * interval '1 millisecond', $5) \
-                 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
-                tx_cols!()
-            ))
-            .bind(t.xid.as_str())
-            .bind(t.mode.as_str())
-            .bind(&t.name)
-            .bind(t.timeout_ms)
-            .bind(&t.idempotency_key)
-            .fetch_optional(&self.relaxed),
-        )
-        .await
+        self.begins.submit(t.clone()).await
     }
 
     /// The transaction begun with this idempotency key.
@@ -224,29 +211,9 @@ impl Store {
     /// Durable: the participant runs its phase 1 once this returns. Bumping
     /// the transaction's `version` in the same statement row-locks it against
     /// a concurrent decision and invalidates any decision computed before.
+    /// Batched with concurrent registrations (one statement, one WAL flush).
     pub async fn insert_branch(&self, xid: &Xid, b: &NewBranch) -> Result<Option<BranchRow>, StoreError> {
-        self.timed(
-            "insert_branch",
-            sqlx::query_as::<_, BranchRow>(concat!(
-                // Statuses are bound, not literal, in hot statements: a literal lets
-                // a generic plan prefer a partial index (see `Store::connect`).
-                "WITH t AS (UPDATE global_transactions SET version = version + 1, branch_count = branch_count + 1, \
-                                   branches_unprepared = branches_unprepared + 1 \
-                            WHERE xid = $1 AND status = $7 RETURNING xid, deadline) \
-                 INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
-                 SELECT $2, t.xid, $3, $4, 'registered', $5, $6 FROM t WHERE t.deadline > now() RETURNING ",
-                branch_cols!()
-            ))
-            .bind(xid.as_str())
-            .bind(b.branch_id.as_str())
-            .bind(&b.resource)
-            .bind(&b.callback_url)
-            .bind(&b.payload)
-            .bind(&b.lock_keys)
-            .bind(GlobalStatus::Active.as_str())
-            .fetch_optional(&self.durable),
-        )
-        .await
+        self.registrations.submit((xid.clone(), b.clone())).await
     }
 
     /// Applies a phase-1 report under the transaction's and the branch's row
@@ -443,9 +410,9 @@ impl Store {
     }
 
     /// Records the end of phase 2: branch statuses and the terminal global
-    /// status, in one statement. Relaxed: if lost, recovery drives phase 2
-    /// again and idempotent callbacks make that harmless. Returns the finish
-    /// time, or `None` if the transaction was no longer in `decided`.
+    /// status. Relaxed: if lost, recovery drives phase 2 again and idempotent
+    /// callbacks make that harmless. Batched with concurrent finishes. Returns
+    /// the finish time, or `None` if the transaction was no longer `decided`.
     pub async fn finish(
         &self,
         xid: &Xid,
@@ -453,28 +420,7 @@ impl Store {
         terminal: GlobalStatus,
         updates: &[BranchUpdate],
     ) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let (ids, statuses, attempts, errors) = split_updates(updates);
-        self.timed(
-            "finish",
-            sqlx::query_scalar(
-                "WITH b AS ( \
-                   UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
-                          last_error = COALESCE(u.last_error, branches.last_error) \
-                   FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(branch_id, status, attempts, last_error) \
-                   WHERE branches.xid = $1 AND branches.branch_id = u.branch_id) \
-                 UPDATE global_transactions SET status = $6, finished_at = now(), owner = NULL, next_attempt_at = NULL \
-                 WHERE xid = $1 AND status = $7 RETURNING finished_at",
-            )
-            .bind(xid.as_str())
-            .bind(&ids)
-            .bind(&statuses)
-            .bind(&attempts)
-            .bind(&errors)
-            .bind(terminal.as_str())
-            .bind(decided.as_str())
-            .fetch_optional(&self.relaxed),
-        )
-        .await
+        self.finishes.submit(Finish { xid: xid.clone(), decided, terminal, updates: updates.to_vec() }).await
     }
 
     /// Records a phase-2 pass that ended with a branch in an unknown state and
@@ -610,6 +556,147 @@ impl Store {
         )
         .await
     }
+}
+
+/// One phase-2 completion to record.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The transaction.
+    pub xid: Xid,
+    /// Its decided status (`committing` / `rolling_back`); the write is conditional on it.
+    pub decided: GlobalStatus,
+    /// Its terminal status.
+    pub terminal: GlobalStatus,
+    /// Branch progress of the last pass.
+    pub updates: Vec<BranchUpdate>,
+}
+
+/// Inserts a batch of transactions in one statement; one result per input
+/// (`None` where the idempotency key was taken).
+pub(super) async fn insert_transactions(
+    pool: PgPool,
+    metrics: Metrics,
+    items: Vec<NewTransaction>,
+) -> Result<Vec<Option<TxRow>>, StoreError> {
+    let xids: Vec<&str> = items.iter().map(|t| t.xid.as_str()).collect();
+    let modes: Vec<&str> = items.iter().map(|t| t.mode.as_str()).collect();
+    let names: Vec<Option<&str>> = items.iter().map(|t| t.name.as_deref()).collect();
+    let timeouts: Vec<i64> = items.iter().map(|t| t.timeout_ms).collect();
+    let keys: Vec<Option<&str>> = items.iter().map(|t| t.idempotency_key.as_deref()).collect();
+    let rows = super::timed_with(
+        &metrics,
+        "insert_transactions",
+        sqlx::query_as::<_, TxRow>(concat!(
+            "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key) \
+             SELECT u.xid, u.mode, u.name, $6, u.timeout_ms, now() + u.timeout_ms * interval '1 millisecond', u.key \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS u(xid, mode, name, timeout_ms, key) \
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
+            tx_cols!()
+        ))
+        .bind(&xids)
+        .bind(&modes)
+        .bind(&names)
+        .bind(&timeouts)
+        .bind(&keys)
+        .bind(GlobalStatus::Active.as_str())
+        .fetch_all(&pool),
+    )
+    .await?;
+    let mut by_xid: HashMap<Xid, TxRow> = rows.into_iter().map(|r| (r.xid.clone(), r)).collect();
+    Ok(items.iter().map(|t| by_xid.remove(&t.xid)).collect())
+}
+
+/// Registers a batch of branches in one durable statement; one result per
+/// input (`None` where the transaction is not active or past its deadline).
+pub(super) async fn insert_branches(
+    pool: PgPool,
+    metrics: Metrics,
+    items: Vec<(Xid, NewBranch)>,
+) -> Result<Vec<Option<BranchRow>>, StoreError> {
+    let xids: Vec<&str> = items.iter().map(|(x, _)| x.as_str()).collect();
+    let ids: Vec<&str> = items.iter().map(|(_, b)| b.branch_id.as_str()).collect();
+    let resources: Vec<&str> = items.iter().map(|(_, b)| b.resource.as_str()).collect();
+    let urls: Vec<&str> = items.iter().map(|(_, b)| b.callback_url.as_str()).collect();
+    let payloads: Vec<Option<&serde_json::Value>> = items.iter().map(|(_, b)| b.payload.as_ref()).collect();
+    // Ragged text[][] cannot be bound; each branch's keys travel as one JSON array.
+    let keys: Vec<serde_json::Value> = items.iter().map(|(_, b)| serde_json::json!(b.lock_keys)).collect();
+    let rows = super::timed_with(
+        &metrics,
+        "insert_branches",
+        sqlx::query_as::<_, BranchRow>(concat!(
+            // Statuses are bound, not literal, in hot statements: a literal lets a
+            // generic plan prefer a partial index (see `Store::connect`).
+            "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[]) \
+                            WITH ORDINALITY AS u(xid, branch_id, resource, callback_url, payload, lock_keys, ord)), \
+                  counts AS (SELECT xid, count(*)::int AS n FROM input GROUP BY xid), \
+                  t AS (UPDATE global_transactions g SET version = version + c.n, branch_count = branch_count + c.n, \
+                               branches_unprepared = branches_unprepared + c.n \
+                        FROM counts c WHERE g.xid = c.xid AND g.status = $7 RETURNING g.xid, g.deadline) \
+             INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
+             SELECT i.branch_id, i.xid, i.resource, i.callback_url, $8, i.payload, \
+                    ARRAY(SELECT jsonb_array_elements_text(i.lock_keys)) \
+             FROM input i JOIN t ON t.xid = i.xid WHERE t.deadline > now() ORDER BY i.ord RETURNING ",
+            branch_cols!()
+        ))
+        .bind(&xids)
+        .bind(&ids)
+        .bind(&resources)
+        .bind(&urls)
+        .bind(&payloads)
+        .bind(&keys)
+        .bind(GlobalStatus::Active.as_str())
+        .bind(BranchStatus::Registered.as_str())
+        .fetch_all(&pool),
+    )
+    .await?;
+    let mut by_id: HashMap<BranchId, BranchRow> = rows.into_iter().map(|r| (r.branch_id.clone(), r)).collect();
+    Ok(items.iter().map(|(_, b)| by_id.remove(&b.branch_id)).collect())
+}
+
+/// Records a batch of phase-2 completions in one statement; one result per input.
+pub(super) async fn finish_many(
+    pool: PgPool,
+    metrics: Metrics,
+    items: Vec<Finish>,
+) -> Result<Vec<Option<DateTime<Utc>>>, StoreError> {
+    let all: Vec<(&Xid, &BranchUpdate)> =
+        items.iter().flat_map(|f| f.updates.iter().map(move |u| (&f.xid, u))).collect();
+    let b_xids: Vec<&str> = all.iter().map(|(x, _)| x.as_str()).collect();
+    let b_ids: Vec<&str> = all.iter().map(|(_, u)| u.branch_id.as_str()).collect();
+    let b_statuses: Vec<&str> = all.iter().map(|(_, u)| u.status.as_str()).collect();
+    let b_attempts: Vec<i32> = all.iter().map(|(_, u)| u.attempts_added).collect();
+    let b_errors: Vec<Option<&str>> = all.iter().map(|(_, u)| u.last_error.as_deref()).collect();
+    let xids: Vec<&str> = items.iter().map(|f| f.xid.as_str()).collect();
+    let terminals: Vec<&str> = items.iter().map(|f| f.terminal.as_str()).collect();
+    let decided: Vec<&str> = items.iter().map(|f| f.decided.as_str()).collect();
+    let rows: Vec<(String, DateTime<Utc>)> = super::timed_with(
+        &metrics,
+        "finish",
+        sqlx::query_as(
+            "WITH b AS ( \
+               UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
+                      last_error = COALESCE(u.last_error, branches.last_error) \
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[]) \
+                    AS u(xid, branch_id, status, attempts, last_error) \
+               WHERE branches.xid = u.xid AND branches.branch_id = u.branch_id) \
+             UPDATE global_transactions g SET status = f.terminal, finished_at = now(), owner = NULL, \
+                    next_attempt_at = NULL \
+             FROM unnest($6::text[], $7::text[], $8::text[]) AS f(xid, terminal, decided) \
+             WHERE g.xid = f.xid AND g.status = f.decided RETURNING g.xid, g.finished_at",
+        )
+        .bind(&b_xids)
+        .bind(&b_ids)
+        .bind(&b_statuses)
+        .bind(&b_attempts)
+        .bind(&b_errors)
+        .bind(&xids)
+        .bind(&terminals)
+        .bind(&decided)
+        .fetch_all(&pool),
+    )
+    .await?;
+    let mut by_xid: HashMap<String, DateTime<Utc>> = rows.into_iter().collect();
+    Ok(items.iter().map(|f| by_xid.remove(f.xid.as_str())).collect())
 }
 
 type SplitUpdates<'a> = (Vec<&'a str>, Vec<&'static str>, Vec<i32>, Vec<Option<&'a str>>);

@@ -1,0 +1,113 @@
+//! Batching of independent writes (application-level group commit).
+//!
+//! One executor per kind of write: while its statement runs, new requests
+//! queue; the next statement takes everything queued (up to a maximum). An
+//! idle system runs each request alone at once; a busy one amortizes one
+//! statement over many requests, the batch growing with the load. Each
+//! request is answered only after the statement that carried it completed.
+
+use super::StoreError;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply<O> = oneshot::Sender<Result<O, Arc<StoreError>>>;
+
+/// Handle to a batching worker. Cheap to clone.
+pub struct Batcher<I, O> {
+    /// Queue to the worker.
+    queue: mpsc::Sender<(I, Reply<O>)>,
+}
+
+impl<I, O> Clone for Batcher<I, O> {
+    fn clone(&self) -> Self {
+        Batcher { queue: self.queue.clone() }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+    /// Starts the worker. `run` executes one batch and returns one result per
+    /// input, in input order.
+    pub fn start<F, Fut>(max: usize, run: F) -> Batcher<I, O>
+    where
+        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
+    {
+        let (queue, mut rx) = mpsc::channel::<(I, Reply<O>)>(max * 4);
+        tokio::spawn(async move {
+            let mut batch = Vec::with_capacity(max);
+            while rx.recv_many(&mut batch, max).await > 0 {
+                let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = batch.drain(..).unzip();
+                let n = inputs.len();
+                match run(inputs).await {
+                    Ok(outputs) if outputs.len() == n => {
+                        for (reply, out) in replies.into_iter().zip(outputs) {
+                            let _ = reply.send(Ok(out));
+                        }
+                    }
+                    other => {
+                        let e = Arc::new(match other {
+                            Err(e) => e,
+                            Ok(_) => StoreError::Batch("a batch returned the wrong number of results".into()),
+                        });
+                        for reply in replies {
+                            let _ = reply.send(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+        });
+        Batcher { queue }
+    }
+
+    /// Submits one item and waits for its result.
+    pub async fn submit(&self, item: I) -> Result<O, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue.send((item, tx)).await.map_err(|_| StoreError::Batch("the batch worker stopped".into()))?;
+        match rx.await {
+            Ok(Ok(o)) => Ok(o),
+            Ok(Err(e)) => Err(StoreError::Batch(e.to_string())),
+            Err(_) => Err(StoreError::Batch("the batch was dropped".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn answers_each_item_and_batches_under_load() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let b = Batcher::start(16, move |items: Vec<u32>| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().map(|mut s| s.push(items.len())).ok();
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                Ok(items.into_iter().map(|i| i * 2).collect())
+            }
+        });
+        let tasks: Vec<_> = (0..100u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = t.await.expect("task");
+            assert_eq!(r.expect("result"), i * 2);
+        }
+        let sizes = sizes.lock().expect("lock").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 100);
+        assert!(sizes.iter().all(|&n| n <= 16));
+        assert!(sizes.len() < 100, "requests queued behind a running batch share the next one: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_failed_batch_fails_each_of_its_items() {
+        let b: Batcher<u32, u32> = Batcher::start(4, |_| async { Err(StoreError::Contended) });
+        assert!(matches!(b.submit(1).await, Err(StoreError::Batch(_))));
+    }
+}
