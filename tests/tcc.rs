@@ -365,7 +365,9 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
     let before = c.client.get(&tx.xid).await.expect("get");
 
     let u = |p: &str| format!("{}{p}", c.url);
-    let cases: Vec<(Method, String, Option<(&str, Vec<u8>)>, u16, &str)> = vec![
+    // (method, url, (content type, body), expected status, expected code)
+    type Case<'a> = (Method, String, Option<(&'a str, Vec<u8>)>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (Method::POST, u("/v1/transactions"), Some((json, b"{\"mode\":".to_vec())), 400, "validation_failed"),
         (Method::POST, u("/v1/transactions"), Some((json, b"{\"mode\":\"nope\"}".to_vec())), 422, "validation_failed"),
         (
@@ -391,6 +393,20 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
             "unsupported_media_type",
         ),
         (Method::POST, u("/v1/transactions"), Some((json, vec![b' '; 2 << 20])), 413, "payload_too_large"),
+        (
+            Method::POST,
+            u("/v1/transactions"),
+            Some((json, br#"{"mode":"tcc","name":"a\u0000b"}"#.to_vec())),
+            422,
+            "validation_failed",
+        ),
+        (
+            Method::POST,
+            u(&format!("/v1/transactions/{x}/branches")),
+            Some((json, br#"{"resource":"r","callback_url":"http://a/b","payload":{"k":"nul\u0000"}}"#.to_vec())),
+            422,
+            "validation_failed",
+        ),
         (Method::GET, u("/v1/transactions/0000-unknown"), None, 404, "transaction_not_found"),
         (Method::GET, u("/v1/transactions/bad%20id"), None, 404, "transaction_not_found"),
         (Method::GET, u("/v1/transactions?status=weird"), None, 400, "validation_failed"),

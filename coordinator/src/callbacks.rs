@@ -79,5 +79,6 @@ async fn read_prefix(mut resp: reqwest::Response) -> String {
         }
     }
     buf.truncate(MAX_ERROR_BODY);
-    String::from_utf8_lossy(&buf).into_owned()
+    // Kept as `last_error` text: PostgreSQL stores no NUL.
+    String::from_utf8_lossy(&buf).replace('\0', "\u{FFFD}")
 }

@@ -43,7 +43,7 @@ pub struct Settings {
     /// Largest request body accepted (larger: 413).
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
-    /// Server-side limit on one request (commit's `wait_ms` is capped below it).
+    /// Server-side limit on one request (commit's `wait_ms` is capped 6 s below it).
     #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight phase-2 work before giving up its leases.
@@ -88,7 +88,9 @@ impl Settings {
             lease: ms(self.lease_ms.max(self.callback_timeout_ms * 2)),
             default_timeout: ms(self.default_timeout_ms),
             max_timeout: ms(self.max_timeout_ms),
-            max_wait: ms(self.request_timeout_ms.saturating_sub(1_000).max(100)),
+            // Room below the request timeout for a slow pool acquire (5 s) and
+            // the decision itself, so that a long wait answers 202, never 408.
+            max_wait: ms(self.request_timeout_ms.saturating_sub(6_000).max(100)),
             shutdown_grace: ms(self.shutdown_grace_ms),
         }
     }

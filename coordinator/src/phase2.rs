@@ -26,6 +26,9 @@ pub struct Phase2Job {
     pub tx: TxRow,
     /// Its branches in registration order.
     pub branches: Vec<BranchRow>,
+    /// Taken before the statement that granted the lease: the lease lasts at
+    /// least until `leased_at + lease` (a later instant would overestimate it).
+    pub leased_at: Instant,
 }
 
 /// How a pass ended.
@@ -79,15 +82,14 @@ impl Coordinator {
 
     /// One phase-2 pass (see the module docs).
     async fn drive(&self, job: Phase2Job) -> Result<Phase2Outcome, StoreError> {
-        let Phase2Job { tx, mut branches } = job;
+        let Phase2Job { tx, mut branches, leased_at } = job;
         let Some(decision) = Decision::of_status(tx.status).filter(|_| !tx.status.is_terminal()) else {
             return Ok(Phase2Outcome::Pending);
         };
         let timing = self.timing();
         let owner = self.instance_id();
         let store = self.store();
-        // Conservative local view of the lease (taken just before this pass began).
-        let mut lease_until = Instant::now() + timing.lease;
+        let mut lease_until = leased_at + timing.lease;
         let order = mode::phase2_order(tx.mode, decision, (0..branches.len()).collect());
         let mut updates: Vec<BranchUpdate> = Vec::new();
 
@@ -124,7 +126,7 @@ impl Coordinator {
                     };
                     updates.push(BranchUpdate {
                         branch_id: branch.branch_id.clone(),
-                        status,
+                        status: Some(status),
                         attempts_added: 1,
                         last_error: last_error.clone(),
                     });
@@ -143,7 +145,7 @@ impl Coordinator {
                         retry_in_ms = delay.as_millis() as u64, "callback outcome unknown; will retry");
                     updates.push(BranchUpdate {
                         branch_id: branch.branch_id.clone(),
-                        status: branch.status,
+                        status: None,
                         attempts_added: 1,
                         last_error: Some(error),
                     });

@@ -8,7 +8,7 @@ use crate::phase2::Phase2Job;
 use crate::store::{StoreError, TxRow};
 use crate::Coordinator;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Transactions this worker drives at once (each holds a lease).
@@ -45,18 +45,24 @@ pub async fn pass(coordinator: &Coordinator, permits: &Arc<Semaphore>) -> Result
         if free == 0 || coordinator.shutdown_token().is_cancelled() {
             return Ok(());
         }
+        let leased_at = Instant::now();
         let expired = store.claim_expired(owner, lease, free as i64).await?;
-        let left = free - expired.len();
-        let due = if left > 0 { store.claim_due(owner, lease, left as i64).await? } else { Vec::new() };
-        let claimed = expired.len() + due.len();
         if !expired.is_empty() {
             tracing::info!(count = expired.len(), "rolling back transactions past their deadline");
         }
-        for (kind, rows) in [("timeout", expired), ("resume", due)] {
-            coordinator.metrics().recovered.with_label_values(&[kind]).inc_by(rows.len() as u64);
-            start(coordinator, permits, rows).await?;
+        let claimed_expired = expired.len();
+        // Start what is claimed before claiming more: a failure later in this
+        // pass must not leave claimed transactions waiting for their lease.
+        start(coordinator, permits, "timeout", expired, leased_at).await;
+        let left = free - claimed_expired;
+        let mut claimed_due = 0;
+        if left > 0 {
+            let leased_at = Instant::now();
+            let due = store.claim_due(owner, lease, left as i64).await?;
+            claimed_due = due.len();
+            start(coordinator, permits, "resume", due, leased_at).await;
         }
-        if claimed < free {
+        if claimed_expired + claimed_due < free {
             return Ok(());
         }
         // A full batch: there may be more; yield briefly and claim again.
@@ -64,12 +70,20 @@ pub async fn pass(coordinator: &Coordinator, permits: &Arc<Semaphore>) -> Result
     }
 }
 
-async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, rows: Vec<TxRow>) -> Result<(), StoreError> {
+async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, rows: Vec<TxRow>, leased_at: Instant) {
     if rows.is_empty() {
-        return Ok(());
+        return;
     }
+    coordinator.metrics().recovered.with_label_values(&[kind]).inc_by(rows.len() as u64);
     let xids: Vec<_> = rows.iter().map(|t| t.xid.clone()).collect();
-    let mut branches = coordinator.store().branches_of(&xids).await?;
+    let mut branches = match coordinator.store().branches_of(&xids).await {
+        Ok(b) => b,
+        Err(e) => {
+            // Handled here: the leases expire and the next scans take these again.
+            tracing::warn!(error = %e, count = rows.len(), "could not load branches of claimed transactions");
+            return;
+        }
+    };
     for tx in rows {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Cannot happen (claims are bounded by free permits); the lease expires and it is claimed again.
@@ -77,7 +91,6 @@ async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, rows: Vec<Tx
         };
         let branches = branches.remove(&tx.xid).unwrap_or_default();
         tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives phase 2");
-        coordinator.spawn_phase2(Phase2Job { tx, branches }, Some(permit));
+        coordinator.spawn_phase2(Phase2Job { tx, branches, leased_at }, Some(permit));
     }
-    Ok(())
 }

@@ -37,12 +37,13 @@ fn bad_xid(detail: String) -> Response {
     r
 }
 
-fn read_header(parts: &Parts) -> Result<Option<Xid>, Response> {
+/// The header's xid, or what is wrong with it.
+fn read_header(parts: &Parts) -> Result<Option<Xid>, String> {
     match parts.headers.get(XID_HEADER) {
         None => Ok(None),
         Some(v) => {
-            let s = v.to_str().map_err(|_| bad_xid(format!("{XID_HEADER} is not ASCII")))?;
-            Xid::parse(s).map(Some).map_err(|e| bad_xid(format!("{XID_HEADER}: {e}")))
+            let s = v.to_str().map_err(|_| format!("{XID_HEADER} is not ASCII"))?;
+            Xid::parse(s).map(Some).map_err(|e| format!("{XID_HEADER}: {e}"))
         }
     }
 }
@@ -52,7 +53,7 @@ fn read_header(parts: &Parts) -> Result<Option<Xid>, Response> {
 pub async fn xid_middleware(req: Request, next: Next) -> Response {
     let (parts, body) = req.into_parts();
     match read_header(&parts) {
-        Err(r) => r,
+        Err(detail) => bad_xid(detail),
         Ok(None) => next.run(Request::from_parts(parts, body)).await,
         Ok(Some(xid)) => with_xid(xid, next.run(Request::from_parts(parts, body))).await,
     }
@@ -66,7 +67,7 @@ impl<S: Send + Sync> FromRequestParts<S> for GlobalXid {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
-        read_header(parts).map(GlobalXid)
+        read_header(parts).map(GlobalXid).map_err(bad_xid)
     }
 }
 

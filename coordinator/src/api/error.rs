@@ -1,7 +1,6 @@
 //! The one place where errors become HTTP answers (`application/problem+json`).
 
 use crate::error::CoordinatorError;
-use crate::store::StoreError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,22 +39,16 @@ impl From<CoordinatorError> for ApiError {
             }
             E::Store(e) => {
                 // Logged here, where it is handled, and only here.
-                match &e {
-                    StoreError::Unavailable(_)
-                    | StoreError::Transient(_)
-                    | StoreError::Contended
-                    | StoreError::Batch(_) => {
-                        tracing::warn!(error = %e, "database unavailable");
-                        ApiError::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            ErrorCode::Unavailable,
-                            "the coordinator's database is unavailable; retry",
-                        )
-                    }
-                    _ => {
-                        tracing::error!(error = %e, "database error");
-                        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
-                    }
+                if e.is_transient() {
+                    tracing::warn!(error = %e, "database unavailable or contended");
+                    ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ErrorCode::Unavailable,
+                        "the coordinator's database is unavailable or busy; retry",
+                    )
+                } else {
+                    tracing::error!(error = %e, "database error");
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, "internal error")
                 }
             }
         }

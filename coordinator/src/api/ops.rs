@@ -22,11 +22,11 @@ pub async fn readyz(State(c): State<Coordinator>) -> Result<&'static str, ApiErr
         Ok(false) => {
             Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "migrations not applied"))
         }
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Unavailable,
-            format!("database unreachable: {e}"),
-        )),
+        Err(e) => {
+            // Handled (and logged) here; callers get no database internals.
+            tracing::warn!(error = %e, "readiness check failed");
+            Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, "database unreachable"))
+        }
     }
 }
 

@@ -25,35 +25,34 @@ impl<I, O> Clone for Batcher<I, O> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
+impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Starts the worker. `run` executes one batch and returns one result per
-    /// input, in input order.
+    /// input, in input order. A batch that fails is run again item by item, so
+    /// that one bad item (or a deadlock between batches) fails only itself.
     pub fn start<F, Fut>(max: usize, run: F) -> Batcher<I, O>
     where
-        F: Fn(Vec<I>) -> Fut + Send + 'static,
+        F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
     {
         let (queue, mut rx) = mpsc::channel::<(I, Reply<O>)>(max * 4);
+        let run = Arc::new(run);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(max);
             while rx.recv_many(&mut batch, max).await > 0 {
                 let (inputs, replies): (Vec<I>, Vec<Reply<O>>) = batch.drain(..).unzip();
-                let n = inputs.len();
-                match run(inputs).await {
-                    Ok(outputs) if outputs.len() == n => {
+                if inputs.len() > 1 {
+                    if let Ok(outputs) = execute(&run, inputs.clone()).await {
                         for (reply, out) in replies.into_iter().zip(outputs) {
                             let _ = reply.send(Ok(out));
                         }
+                        continue;
                     }
-                    other => {
-                        let e = Arc::new(match other {
-                            Err(e) => e,
-                            Ok(_) => StoreError::Batch("a batch returned the wrong number of results".into()),
-                        });
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
+                }
+                for (input, reply) in inputs.into_iter().zip(replies) {
+                    let r = execute(&run, vec![input])
+                        .await
+                        .and_then(|mut v| v.pop().ok_or_else(|| StoreError::Batch(Arc::new(StoreError::Contended))));
+                    let _ = reply.send(r.map_err(Arc::new));
                 }
             }
         });
@@ -63,11 +62,33 @@ impl<I: Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Submits one item and waits for its result.
     pub async fn submit(&self, item: I) -> Result<O, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.queue.send((item, tx)).await.map_err(|_| StoreError::Batch("the batch worker stopped".into()))?;
+        let stopped = || StoreError::Batch(Arc::new(StoreError::Contended));
+        self.queue.send((item, tx)).await.map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(o)) => Ok(o),
-            Ok(Err(e)) => Err(StoreError::Batch(e.to_string())),
-            Err(_) => Err(StoreError::Batch("the batch was dropped".into())),
+            Ok(Err(e)) => Err(StoreError::Batch(e)),
+            Err(_) => Err(stopped()),
+        }
+    }
+}
+
+/// Runs one batch in its own task (a panic fails the batch, not the worker)
+/// and checks that it answered every item.
+async fn execute<I, O, F, Fut>(run: &Arc<F>, inputs: Vec<I>) -> Result<Vec<O>, StoreError>
+where
+    I: Send + 'static,
+    O: Send + 'static,
+    F: Fn(Vec<I>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
+{
+    let n = inputs.len();
+    match tokio::spawn(run(inputs)).await {
+        Ok(Ok(outputs)) if outputs.len() == n => Ok(outputs),
+        Ok(Ok(_)) => Err(StoreError::Contended),
+        Ok(Err(e)) => Err(e),
+        Err(join) => {
+            tracing::error!(error = %join, "a batched statement panicked");
+            Err(StoreError::Contended)
         }
     }
 }
@@ -109,5 +130,30 @@ mod tests {
     async fn a_failed_batch_fails_each_of_its_items() {
         let b: Batcher<u32, u32> = Batcher::start(4, |_| async { Err(StoreError::Contended) });
         assert!(matches!(b.submit(1).await, Err(StoreError::Batch(_))));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_poisoned_item_fails_alone() {
+        let b = Batcher::start(64, |items: Vec<u32>| async move {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            if items.contains(&13) {
+                return Err(StoreError::Contended);
+            }
+            Ok(items)
+        });
+        let tasks: Vec<_> = (0..40u32)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i).await) })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r) = t.await.expect("task");
+            if i == 13 {
+                assert!(r.is_err());
+            } else {
+                assert_eq!(r.expect("others succeed"), i);
+            }
+        }
     }
 }

@@ -43,15 +43,26 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
-    /// A batched write failed (the batch's error, shared by its members).
-    #[error("batched write failed: {0}")]
-    Batch(String),
+    /// A batched write failed; the error of its statement (shared).
+    #[error("{0}")]
+    Batch(std::sync::Arc<StoreError>),
     /// An optimistic write lost to concurrent changes too many times in a row.
     #[error("transaction changed concurrently too often; retry")]
     Contended,
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// Worth retrying: the database is unreachable or a conflict aborted the statement.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Unavailable(_) | StoreError::Transient(_) | StoreError::Contended => true,
+            StoreError::Batch(inner) => inner.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -128,7 +139,9 @@ impl Store {
         let opts = PgConnectOptions::from_str(&cfg.database_url)
             .map_err(StoreError::Database)?
             .options([("plan_cache_mode", "force_generic_plan"), ("enable_seqscan", "off")]);
+        // Explicit on both: a server, database or role default must not weaken the durable pool.
         let relaxed_opts = opts.clone().options([("synchronous_commit", "off")]);
+        let opts = opts.options([("synchronous_commit", "on")]);
         // No ping on acquire: it is a round trip per statement. A dead
         // connection fails its statement with `Unavailable` instead, which
         // every caller handles (503 to clients, retry in workers).

@@ -46,8 +46,8 @@ pub struct NewBranch {
 pub struct BranchUpdate {
     /// Which branch.
     pub branch_id: BranchId,
-    /// Its status now (unchanged if the outcome is still unknown).
-    pub status: BranchStatus,
+    /// Its final status, or `None` while the outcome is unknown (left as it is).
+    pub status: Option<BranchStatus>,
     /// Callback attempts made in this pass.
     pub attempts_added: i32,
     /// Last error, if the last attempt failed.
@@ -178,7 +178,8 @@ impl Store {
     }
 
     /// A page of transactions, newest first (xids are UUIDv7, time-ordered),
-    /// strictly older than `after` (an xid).
+    /// strictly older than `after` (an xid). The cursor is an index bound, so a
+    /// deep page costs what the first does.
     pub async fn list_transactions(
         &self,
         status: Option<GlobalStatus>,
@@ -186,23 +187,30 @@ impl Store {
         limit: i64,
         after: Option<&Xid>,
     ) -> Result<Vec<TxRow>, StoreError> {
-        self.timed(
-            "list_transactions",
-            sqlx::query_as::<_, TxRow>(concat!(
+        let q = match after {
+            Some(after) => sqlx::query_as::<_, TxRow>(concat!(
+                "SELECT ",
+                tx_cols!(),
+                " FROM global_transactions WHERE xid < $4 \
+                   AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
+                 ORDER BY xid DESC LIMIT $3"
+            ))
+            .bind(status.map(GlobalStatus::as_str))
+            .bind(mode.map(Mode::as_str))
+            .bind(limit)
+            .bind(after.as_str()),
+            None => sqlx::query_as::<_, TxRow>(concat!(
                 "SELECT ",
                 tx_cols!(),
                 " FROM global_transactions \
                  WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
-                   AND ($3::text IS NULL OR xid < $3) \
-                 ORDER BY xid DESC LIMIT $4"
+                 ORDER BY xid DESC LIMIT $3"
             ))
             .bind(status.map(GlobalStatus::as_str))
             .bind(mode.map(Mode::as_str))
-            .bind(after.map(Xid::as_str))
-            .bind(limit)
-            .fetch_all(&self.relaxed),
-        )
-        .await
+            .bind(limit),
+        };
+        self.timed("list_transactions", q.fetch_all(&self.relaxed)).await
     }
 
     /// Registers a branch if the transaction is active and not past its
@@ -425,7 +433,8 @@ impl Store {
 
     /// Records a phase-2 pass that ended with a branch in an unknown state and
     /// schedules the next pass after `delay` (any coordinator may take it then).
-    /// Only while `owner` still holds the lease. Relaxed.
+    /// Only while `owner` still holds the lease: the branch bookkeeping is
+    /// written only if the lease check passes. Relaxed.
     pub async fn schedule_retry(
         &self,
         xid: &Xid,
@@ -434,18 +443,20 @@ impl Store {
         delay: Duration,
     ) -> Result<bool, StoreError> {
         let (ids, statuses, attempts, errors) = split_updates(updates);
-        let n: Option<i32> = self
+        let n: i64 = self
             .timed(
                 "schedule_retry",
                 sqlx::query_scalar(
-                    "WITH b AS ( \
-                       UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
-                              last_error = COALESCE(u.last_error, branches.last_error) \
-                       FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) AS u(branch_id, status, attempts, last_error) \
-                       WHERE branches.xid = $1 AND branches.branch_id = u.branch_id) \
-                     UPDATE global_transactions SET attempts = attempts + 1, owner = NULL, \
-                            next_attempt_at = now() + $7 * interval '1 millisecond' \
-                     WHERE xid = $1 AND owner = $6 AND status = ANY($8) RETURNING attempts",
+                    "WITH t AS (UPDATE global_transactions SET attempts = attempts + 1, owner = NULL, \
+                                next_attempt_at = now() + $7 * interval '1 millisecond' \
+                                WHERE xid = $1 AND owner = $6 AND status = ANY($8) RETURNING xid), \
+                          b AS (UPDATE branches SET status = COALESCE(u.status, branches.status), \
+                                attempts = branches.attempts + u.attempts, \
+                                last_error = COALESCE(u.last_error, branches.last_error) \
+                                FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) \
+                                     AS u(branch_id, status, attempts, last_error), t \
+                                WHERE branches.xid = t.xid AND branches.branch_id = u.branch_id) \
+                     SELECT count(*) FROM t",
                 )
                 .bind(xid.as_str())
                 .bind(&ids)
@@ -455,10 +466,10 @@ impl Store {
                 .bind(owner)
                 .bind(ms(delay))
                 .bind(DECIDED)
-                .fetch_optional(&self.relaxed),
+                .fetch_one(&self.relaxed),
             )
             .await?;
-        Ok(n.is_some())
+        Ok(n == 1)
     }
 
     /// Extends `owner`'s lease. `false` means the lease was lost (another
@@ -629,13 +640,17 @@ pub(super) async fn insert_branches(
             "WITH input AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[]) \
                             WITH ORDINALITY AS u(xid, branch_id, resource, callback_url, payload, lock_keys, ord)), \
                   counts AS (SELECT xid, count(*)::int AS n FROM input GROUP BY xid), \
+                  -- Lock the transaction rows in xid order: batches of two coordinators never deadlock.
+                  locked AS MATERIALIZED (SELECT g.xid FROM global_transactions g JOIN counts c ON c.xid = g.xid \
+                                          ORDER BY g.xid FOR UPDATE OF g), \
                   t AS (UPDATE global_transactions g SET version = version + c.n, branch_count = branch_count + c.n, \
                                branches_unprepared = branches_unprepared + c.n \
-                        FROM counts c WHERE g.xid = c.xid AND g.status = $7 RETURNING g.xid, g.deadline) \
+                        FROM counts c JOIN locked l ON l.xid = c.xid \
+                        WHERE g.xid = c.xid AND g.status = $7 AND g.deadline > now() RETURNING g.xid) \
              INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
              SELECT i.branch_id, i.xid, i.resource, i.callback_url, $8, i.payload, \
                     ARRAY(SELECT jsonb_array_elements_text(i.lock_keys)) \
-             FROM input i JOIN t ON t.xid = i.xid WHERE t.deadline > now() ORDER BY i.ord RETURNING ",
+             FROM input i JOIN t ON t.xid = i.xid ORDER BY i.ord RETURNING ",
             branch_cols!()
         ))
         .bind(&xids)
@@ -663,7 +678,7 @@ pub(super) async fn finish_many(
         items.iter().flat_map(|f| f.updates.iter().map(move |u| (&f.xid, u))).collect();
     let b_xids: Vec<&str> = all.iter().map(|(x, _)| x.as_str()).collect();
     let b_ids: Vec<&str> = all.iter().map(|(_, u)| u.branch_id.as_str()).collect();
-    let b_statuses: Vec<&str> = all.iter().map(|(_, u)| u.status.as_str()).collect();
+    let b_statuses: Vec<Option<&str>> = all.iter().map(|(_, u)| u.status.map(BranchStatus::as_str)).collect();
     let b_attempts: Vec<i32> = all.iter().map(|(_, u)| u.attempts_added).collect();
     let b_errors: Vec<Option<&str>> = all.iter().map(|(_, u)| u.last_error.as_deref()).collect();
     let xids: Vec<&str> = items.iter().map(|f| f.xid.as_str()).collect();
@@ -673,16 +688,19 @@ pub(super) async fn finish_many(
         &metrics,
         "finish",
         sqlx::query_as(
-            "WITH b AS ( \
-               UPDATE branches SET status = u.status, attempts = branches.attempts + u.attempts, \
-                      last_error = COALESCE(u.last_error, branches.last_error) \
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[]) \
-                    AS u(xid, branch_id, status, attempts, last_error) \
-               WHERE branches.xid = u.xid AND branches.branch_id = u.branch_id) \
-             UPDATE global_transactions g SET status = f.terminal, finished_at = now(), owner = NULL, \
-                    next_attempt_at = NULL \
-             FROM unnest($6::text[], $7::text[], $8::text[]) AS f(xid, terminal, decided) \
-             WHERE g.xid = f.xid AND g.status = f.decided RETURNING g.xid, g.finished_at",
+            // Branch bookkeeping only for transactions this statement finishes: a
+            // driver whose lease was taken over must not overwrite the new owner's.
+            "WITH g AS (UPDATE global_transactions g SET status = f.terminal, finished_at = now(), owner = NULL, \
+                        next_attempt_at = NULL \
+                        FROM unnest($6::text[], $7::text[], $8::text[]) AS f(xid, terminal, decided) \
+                        WHERE g.xid = f.xid AND g.status = f.decided RETURNING g.xid, g.finished_at), \
+                  b AS (UPDATE branches SET status = COALESCE(u.status, branches.status), \
+                        attempts = branches.attempts + u.attempts, \
+                        last_error = COALESCE(u.last_error, branches.last_error) \
+                        FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[]) \
+                             AS u(xid, branch_id, status, attempts, last_error), g \
+                        WHERE g.xid = u.xid AND branches.xid = u.xid AND branches.branch_id = u.branch_id) \
+             SELECT xid, finished_at FROM g",
         )
         .bind(&b_xids)
         .bind(&b_ids)
@@ -699,12 +717,12 @@ pub(super) async fn finish_many(
     Ok(items.iter().map(|f| by_xid.remove(f.xid.as_str())).collect())
 }
 
-type SplitUpdates<'a> = (Vec<&'a str>, Vec<&'static str>, Vec<i32>, Vec<Option<&'a str>>);
+type SplitUpdates<'a> = (Vec<&'a str>, Vec<Option<&'static str>>, Vec<i32>, Vec<Option<&'a str>>);
 
 fn split_updates(updates: &[BranchUpdate]) -> SplitUpdates<'_> {
     (
         updates.iter().map(|u| u.branch_id.as_str()).collect(),
-        updates.iter().map(|u| u.status.as_str()).collect(),
+        updates.iter().map(|u| u.status.map(BranchStatus::as_str)).collect(),
         updates.iter().map(|u| u.attempts_added).collect(),
         updates.iter().map(|u| u.last_error.as_deref()).collect(),
     )

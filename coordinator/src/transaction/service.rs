@@ -145,6 +145,9 @@ impl Coordinator {
         if req.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_LEN) {
             return Err(CoordinatorError::Validation(format!("name is longer than {MAX_NAME_LEN} bytes")));
         }
+        if req.name.as_deref().is_some_and(has_nul) {
+            return Err(CoordinatorError::Validation("name contains a NUL character".into()));
+        }
         let timing = self.timing();
         let timeout = match req.timeout_ms {
             None => timing.default_timeout,
@@ -179,7 +182,9 @@ impl Coordinator {
         // The idempotency key is taken: same request → same transaction.
         let key = new.idempotency_key.as_deref().unwrap_or_default();
         let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
-            return Err(CoordinatorError::Validation("Idempotency-Key conflict; retry".into()));
+            // The key's holder vanished between our insert and this read (a
+            // concurrent begin that failed): transient, the client retries.
+            return Err(CoordinatorError::Store(crate::store::StoreError::Contended));
         };
         if row.mode != new.mode || row.name != new.name || row.timeout_ms != new.timeout_ms {
             return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
@@ -244,8 +249,8 @@ impl Coordinator {
         let parsed_xid = parse_xid(xid)?;
         let not_found = || CoordinatorError::BranchNotFound { xid: xid.to_owned(), branch_id: branch_id.to_owned() };
         let bid = BranchId::parse(branch_id).map_err(|_| not_found())?;
-        if req.detail.as_ref().is_some_and(|d| d.len() > 4096) {
-            return Err(CoordinatorError::Validation("detail is longer than 4096 bytes".into()));
+        if req.detail.as_ref().is_some_and(|d| d.len() > 4096 || has_nul(d)) {
+            return Err(CoordinatorError::Validation("detail must be at most 4096 bytes, without NUL".into()));
         }
         let r = self
             .store()
@@ -302,7 +307,8 @@ impl Coordinator {
                 )
                 .await?;
             if let Some((tx, branches)) = decided {
-                return self.run_phase2(&xid, Phase2Job { tx, branches }, false, wait, started).await;
+                let job = Phase2Job { tx, branches, leased_at: started };
+                return self.run_phase2(&xid, job, false, wait, started).await;
             }
         }
 
@@ -327,7 +333,8 @@ impl Coordinator {
         };
         match r.outcome {
             DecisionOutcome::Decide { overridden, .. } => {
-                self.run_phase2(&xid, Phase2Job { tx: r.tx, branches: r.branches }, overridden, wait, started).await
+                let job = Phase2Job { tx: r.tx, branches: r.branches, leased_at: started };
+                self.run_phase2(&xid, job, overridden, wait, started).await
             }
             DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
             DecisionOutcome::Conflict => {
@@ -402,7 +409,17 @@ fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError
         Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
         _ => return bad(format!("callback_url {:?} is not an absolute http(s) URL", req.callback_url)),
     }
+    // PostgreSQL stores no NUL in text or jsonb: refuse it here, as bad input.
+    if has_nul(&req.resource) || has_nul(&req.callback_url) {
+        return bad("resource and callback_url must not contain NUL".into());
+    }
+    if req.payload.as_ref().is_some_and(json_has_nul) {
+        return bad("payload must not contain the character U+0000".into());
+    }
     if let Some(keys) = &req.lock_keys {
+        if keys.iter().any(|k| has_nul(k)) {
+            return bad("lock keys must not contain NUL".into());
+        }
         if keys.len() > MAX_LOCK_KEYS {
             return bad(format!("at most {MAX_LOCK_KEYS} lock_keys"));
         }
@@ -411,4 +428,18 @@ fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError
         }
     }
     Ok(())
+}
+
+fn has_nul(s: &str) -> bool {
+    s.contains('\0')
+}
+
+/// Whether any string or key in `v` contains U+0000 (which jsonb rejects).
+fn json_has_nul(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::String(s) => has_nul(s),
+        serde_json::Value::Array(a) => a.iter().any(json_has_nul),
+        serde_json::Value::Object(o) => o.iter().any(|(k, v)| has_nul(k) || json_has_nul(v)),
+        _ => false,
+    }
 }

@@ -118,6 +118,10 @@ pub enum TccError {
     /// confirm without try): never retried.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Confirm found no committed try: the try may still be committing (its
+    /// fence row is not visible yet). Answered 503, so the coordinator retries.
+    #[error("no committed try for this branch yet; retry")]
+    TryNotCommitted,
     /// No resource of that name in this participant.
     #[error("unknown resource {0:?}")]
     UnknownResource(String),
@@ -314,7 +318,9 @@ impl TccParticipant {
             Some(FenceStatus::RolledBack | FenceStatus::Suspended) => {
                 Err(TccError::Conflict("confirm for a branch that was rolled back".into()))
             }
-            None => Err(TccError::Conflict("confirm for a branch whose try never committed".into())),
+            // A try still in flight holds an uncommitted fence row that this read
+            // cannot see; when it commits, the retried confirm applies it.
+            None => Err(TccError::TryNotCommitted),
         }
     }
 
