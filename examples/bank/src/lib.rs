@@ -159,14 +159,11 @@ impl TccResource for AccountResource {
         b: &BranchContext,
         payload: &serde_json::Value,
     ) -> Result<(), StepError> {
-        let l = leg(payload)?;
-        let sql = match l.direction {
-            Direction::Debit => "UPDATE accounts SET balance = balance - $2, frozen = frozen - $2 WHERE id = $1",
-            Direction::Credit => "UPDATE accounts SET balance = balance + $2, incoming = incoming - $2 WHERE id = $1",
-        };
-        sqlx::query(sql).bind(&l.account).bind(l.amount).execute(&mut *db).await?;
-        log(db, b, "confirm").await?;
-        Ok(())
+        let sql = [
+            "UPDATE accounts SET balance = balance - $2, frozen = frozen - $2 WHERE id = $1",
+            "UPDATE accounts SET balance = balance + $2, incoming = incoming - $2 WHERE id = $1",
+        ];
+        phase2_step(db, b, payload, sql, "confirm").await
     }
 
     async fn cancel(
@@ -175,15 +172,30 @@ impl TccResource for AccountResource {
         b: &BranchContext,
         payload: &serde_json::Value,
     ) -> Result<(), StepError> {
-        let l = leg(payload)?;
-        let sql = match l.direction {
-            Direction::Debit => "UPDATE accounts SET frozen = frozen - $2 WHERE id = $1",
-            Direction::Credit => "UPDATE accounts SET incoming = incoming - $2 WHERE id = $1",
-        };
-        sqlx::query(sql).bind(&l.account).bind(l.amount).execute(&mut *db).await?;
-        log(db, b, "cancel").await?;
-        Ok(())
+        let sql = [
+            "UPDATE accounts SET frozen = frozen - $2 WHERE id = $1",
+            "UPDATE accounts SET incoming = incoming - $2 WHERE id = $1",
+        ];
+        phase2_step(db, b, payload, sql, "cancel").await
     }
+}
+
+/// A confirm or cancel: `sql` is `[for a debit, for a credit]`, bound to (account, amount).
+async fn phase2_step(
+    db: &mut PgConnection,
+    b: &BranchContext,
+    payload: &serde_json::Value,
+    sql: [&str; 2],
+    step: &str,
+) -> Result<(), StepError> {
+    let l = leg(payload)?;
+    let sql = match l.direction {
+        Direction::Debit => sql[0],
+        Direction::Credit => sql[1],
+    };
+    sqlx::query(sql).bind(&l.account).bind(l.amount).execute(&mut *db).await?;
+    log(db, b, step).await?;
+    Ok(())
 }
 
 /// A participant serving [`AccountResource`], reachable at `public_base_url`.
