@@ -6,13 +6,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
+bash scripts/xa-postgres.sh
 export TANDEM_TEST_PG="${TANDEM_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
+export TANDEM_TEST_XA_PG="${TANDEM_TEST_XA_PG:-postgres://postgres@127.0.0.1:${TANDEM_XA_PG_PORT:-5433}}"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The suite must leave no prepared transaction of ours on any server.
+for server in "$TANDEM_TEST_PG" "$TANDEM_TEST_XA_PG"; do
+  left=$(psql "$server/postgres" -Atqc "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'tandem|%'")
+  if [ "$left" != 0 ]; then
+    echo "prepared transactions left on $server: $left" >&2
+    psql "$server/postgres" -Atqc "SELECT gid, database, prepared FROM pg_prepared_xacts" >&2
+    status=1
+  fi
+done
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -9,6 +9,8 @@
 //!   `Ok`, rollback on `Err`).
 //! - [`tcc`]: the TCC participant: try / confirm / cancel in the participant's
 //!   own sqlx transaction, guarded by the fence table, and the callback router.
+//! - [`xa`]: XA branches on PostgreSQL prepared transactions: phase 1 with a
+//!   verified PREPARE, the phase-2 callback, and participant-side recovery.
 //!
 //! Wire types are re-exported from `tandem-wire` as [`wire`].
 
@@ -16,6 +18,7 @@ pub mod client;
 pub mod global;
 pub mod propagation;
 pub mod tcc;
+pub mod xa;
 
 pub use client::{ClientError, Decided, TandemClient};
 pub use global::{in_transaction, GlobalError};

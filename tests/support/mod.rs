@@ -26,20 +26,31 @@ pub fn pg_server() -> String {
     std::env::var("TANDEM_TEST_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
 }
 
+/// Server URL of the PostgreSQL with prepared transactions enabled (scripts/xa-postgres.sh).
+pub fn xa_pg_server() -> String {
+    std::env::var("TANDEM_TEST_XA_PG").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433".into())
+}
+
 /// A database created for one test and dropped after it.
 pub struct TestDb {
     /// Its URL.
     pub url: String,
     name: String,
+    server: String,
 }
 
 impl TestDb {
-    /// Creates `tandem_t_<tag>_<random>`.
+    /// Creates `tandem_t_<tag>_<random>` on the default server.
     pub async fn new(tag: &str) -> TestDb {
+        TestDb::new_on(&pg_server(), tag).await
+    }
+
+    /// Creates `tandem_t_<tag>_<random>` on `server`.
+    pub async fn new_on(server: &str, tag: &str) -> TestDb {
         let name = format!("tandem_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
-        let mut admin = PgConnection::connect(&format!("{}/postgres", pg_server())).await.expect("connect admin");
+        let mut admin = PgConnection::connect(&format!("{server}/postgres")).await.expect("connect admin");
         sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await.expect("create database");
-        TestDb { url: format!("{}/{name}", pg_server()), name }
+        TestDb { url: format!("{server}/{name}"), name, server: server.to_owned() }
     }
 
     /// A small pool on it.
@@ -51,12 +62,26 @@ impl TestDb {
 impl Drop for TestDb {
     fn drop(&mut self) {
         let name = self.name.clone();
-        let admin = format!("{}/postgres", pg_server());
+        let admin = format!("{}/postgres", self.server);
+        let url = self.url.clone();
         // Drop runs inside the test's runtime: use a thread with its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
             if let Ok(rt) = rt {
                 rt.block_on(async {
+                    // A failed XA test may leave prepared transactions, which block DROP DATABASE.
+                    if let Ok(mut c) = PgConnection::connect(&url).await {
+                        let gids: Vec<String> =
+                            sqlx::query_scalar("SELECT gid FROM pg_prepared_xacts WHERE database = current_database()")
+                                .fetch_all(&mut c)
+                                .await
+                                .unwrap_or_default();
+                        for g in gids {
+                            let _ = sqlx::raw_sql(&format!("ROLLBACK PREPARED '{}'", g.replace('\'', "''")))
+                                .execute(&mut c)
+                                .await;
+                        }
+                    }
                     if let Ok(mut c) = PgConnection::connect(&admin).await {
                         let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                             .execute(&mut c)

@@ -6,7 +6,7 @@ use tandem_wire::Mode;
 
 /// Whether this coordinator drives transactions of `mode` (others answer 422).
 pub fn is_supported(mode: Mode) -> bool {
-    matches!(mode, Mode::Tcc)
+    matches!(mode, Mode::Tcc | Mode::Xa)
 }
 
 /// Whether commit requires every branch to have reported `prepared`.
@@ -43,9 +43,10 @@ mod tests {
     }
 
     #[test]
-    fn only_tcc_is_served_yet() {
+    fn served_modes() {
         assert!(is_supported(Mode::Tcc));
-        assert!(!is_supported(Mode::Xa));
+        assert!(is_supported(Mode::Xa));
+        assert!(!is_supported(Mode::At));
         assert!(requires_prepared(Mode::Xa));
         assert!(!requires_prepared(Mode::Tcc));
     }

@@ -1,0 +1,282 @@
+//! XA mode end to end: branches prepared with real `PREPARE TRANSACTION` on a
+//! PostgreSQL with prepared transactions enabled (scripts/xa-postgres.sh), the
+//! coordinator on the ordinary one. Every test ends by asserting that no
+//! prepared transaction is left in its databases.
+
+mod support;
+
+use futures::FutureExt;
+use sqlx::PgPool;
+use std::time::Duration;
+use support::*;
+use tandem_sdk::wire::{BeginRequest, BranchStatus, ErrorCode, GlobalStatus, Mode, Xid};
+use tandem_sdk::xa::{XaError, XaParticipant, CALLBACK_PATH};
+use tandem_sdk::TandemClient;
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn xa() -> BeginRequest {
+    BeginRequest { mode: Mode::Xa, name: None, timeout_ms: None }
+}
+
+/// A participant service: a database on the XA server with an `items` table,
+/// the SDK participant, and its callback endpoint on loopback.
+struct Service {
+    db: TestDb,
+    pool: PgPool,
+    participant: XaParticipant,
+    url: String,
+}
+
+impl Service {
+    async fn start(tag: &str, coordinator: &str) -> Service {
+        let db = TestDb::new_on(&xa_pg_server(), tag).await;
+        let pool = db.pool().await;
+        sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)")
+            .execute(&pool)
+            .await
+            .expect("schema");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let participant = XaParticipant::new(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        participant.check().await.expect("XA available");
+        let app = participant.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Service { db, pool, participant, url }
+    }
+
+    /// Phase 1: insert an item inside the branch.
+    async fn insert(&self, xid: &Xid, id: i32, qty: i32) -> Result<(), XaError> {
+        self.participant
+            .run(xid, move |c| {
+                async move {
+                    sqlx::query("INSERT INTO items VALUES ($1, $2)").bind(id).bind(qty).execute(&mut *c).await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    async fn qty(&self, id: i32) -> Option<i32> {
+        sqlx::query_scalar("SELECT qty FROM items WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("qty")
+    }
+
+    async fn prepared(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count prepared")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_across_two_postgres_databases() {
+    let db = TestDb::new("xa_commit").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (s1, s2) = (Service::start("xa_a", &c.url).await, Service::start("xa_b", &c.url).await);
+
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    s1.insert(&tx.xid, 1, 10).await.expect("prepare 1");
+    s2.insert(&tx.xid, 2, 20).await.expect("prepare 2");
+    assert_eq!((s1.prepared().await, s2.prepared().await), (1, 1), "both prepared, holding their changes");
+    assert_eq!(s1.qty(1).await, None, "prepared, not yet visible");
+    let t = c.client.get(&tx.xid).await.expect("get");
+    assert!(t.branches.iter().all(|b| b.status == BranchStatus::Prepared));
+
+    let done = c.client.commit(&tx.xid, None).await.expect("commit");
+    assert_eq!(done.transaction.status, GlobalStatus::Committed);
+    assert_eq!((s1.qty(1).await, s2.qty(2).await), (Some(10), Some(20)));
+    assert_eq!((s1.prepared().await, s2.prepared().await), (0, 0));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_prepare_rolls_every_branch_back() {
+    let db = TestDb::new("xa_fail").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (s1, s2) = (Service::start("xa_f1", &c.url).await, Service::start("xa_f2", &c.url).await);
+
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    s1.insert(&tx.xid, 1, 10).await.expect("prepare 1");
+    // The second branch's statement fails (duplicate key in the same branch).
+    let r = s2
+        .participant
+        .run(&tx.xid, |c| {
+            async move {
+                sqlx::query("INSERT INTO items VALUES (7, 1)").execute(&mut *c).await?;
+                sqlx::query("INSERT INTO items VALUES (7, 2)").execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await;
+    assert!(matches!(r, Err(XaError::Phase1(_))), "{r:?}");
+
+    let err = c.client.commit(&tx.xid, None).await.expect_err("commit refused");
+    assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
+    let t = wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    assert!(t.branches.iter().all(|b| b.status == BranchStatus::RolledBack));
+    assert_eq!((s1.qty(1).await, s2.qty(7).await), (None, None));
+    assert_eq!((s1.prepared().await, s2.prepared().await), (0, 0));
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_inside_an_aborted_block_is_caught() {
+    let db = TestDb::new("xa_aborted").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let s = Service::start("xa_ab", &c.url).await;
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    // A statement fails but the business code swallows the error: the block is aborted,
+    // and PREPARE TRANSACTION then answers ROLLBACK without an error.
+    let r = s
+        .participant
+        .run(&tx.xid, |c| {
+            async move {
+                let _ = sqlx::query("INSERT INTO nowhere VALUES (1)").execute(&mut *c).await;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await;
+    assert!(matches!(r, Err(XaError::PrepareLost(_))), "{r:?}");
+    let t = c.client.get(&tx.xid).await.expect("get");
+    assert_eq!(t.branches[0].status, BranchStatus::Phase1Failed);
+    assert_eq!(s.prepared().await, 0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn phase_2_delivered_twice_is_harmless() {
+    let db = TestDb::new("xa_twice").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let s = Service::start("xa_tw", &c.url).await;
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    s.insert(&tx.xid, 1, 5).await.expect("prepare");
+    let t = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    let branch = &t.branches[0];
+    for _ in 0..2 {
+        let body = serde_json::json!({"xid": tx.xid, "branch_id": branch.branch_id, "mode": "xa",
+            "action": "commit", "resource": branch.resource, "payload": null});
+        let r =
+            reqwest::Client::new().post(format!("{}{CALLBACK_PATH}", s.url)).json(&body).send().await.expect("post");
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.expect("json");
+        assert_eq!(v["outcome"], "already_done");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items").fetch_one(&s.pool).await.expect("count");
+    assert_eq!(rows, 1);
+    assert_eq!(s.prepared().await, 0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_blocked_by_an_in_doubt_branch_proceeds_once_it_is_resolved() {
+    let db = TestDb::new("xa_block").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let s = Service::start("xa_bl", &c.url).await;
+    sqlx::query("INSERT INTO items VALUES (1, 10)").execute(&s.pool).await.expect("seed");
+
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    s.participant
+        .run(&tx.xid, |c| {
+            async move {
+                sqlx::query("UPDATE items SET qty = qty - 1 WHERE id = 1").execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .expect("prepared, holding the row lock");
+
+    let writer_pool = s.pool.clone();
+    let writer = tokio::spawn(async move {
+        sqlx::query("UPDATE items SET qty = qty + 100 WHERE id = 1").execute(&writer_pool).await
+    });
+    eventually("the writer waits on the prepared branch's lock", WAIT, || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND wait_event_type = 'Lock' AND query LIKE 'UPDATE items SET qty = qty + 100%'",
+        )
+        .fetch_one(&s.pool)
+        .await
+        .ok()?;
+        (waiting == 1).then_some(())
+    })
+    .await;
+    assert!(!writer.is_finished());
+
+    c.client.commit(&tx.xid, None).await.expect("commit");
+    tokio::time::timeout(WAIT, writer).await.expect("writer proceeds").expect("join").expect("update");
+    assert_eq!(s.qty(1).await, Some(109));
+    assert_eq!(s.prepared().await, 0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_settles_prepared_branches_with_the_coordinator() {
+    let db = TestDb::new("xa_recover").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let s = Service::start("xa_rc", &c.url).await;
+
+    // A branch prepared and reported; then its service is unreachable for phase 2.
+    let down = format!("http://127.0.0.1:{}", free_port().await);
+    let offline = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &down);
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    offline
+        .run(&tx.xid, |c| {
+            async move {
+                sqlx::query("INSERT INTO items VALUES (3, 30)").execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .expect("prepare");
+    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("commit decided");
+    assert_eq!(decided.transaction.status, GlobalStatus::Committing, "phase 2 cannot reach the service");
+    assert_eq!(s.prepared().await, 1, "the prepared branch survives its service");
+
+    // A prepared branch the coordinator never heard of (its registration was lost).
+    let orphan = tandem_sdk::xa::Gid::new(&Xid::generate(), &tandem_sdk::wire::BranchId::generate());
+    let mut conn = s.pool.acquire().await.expect("conn");
+    sqlx::raw_sql("BEGIN; INSERT INTO items VALUES (4, 40);").execute(&mut *conn).await.expect("begin");
+    sqlx::raw_sql(&orphan.statement("PREPARE TRANSACTION")).execute(&mut *conn).await.expect("prepare orphan");
+    drop(conn);
+    assert_eq!(s.prepared().await, 2);
+
+    // The service "restarts": its recovery asks the coordinator about each prepared branch.
+    let restarted = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &s.url);
+    let young = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
+    assert_eq!((young.committed, young.rolled_back, young.pending), (1, 0, 1), "orphan kept while young");
+    let old = restarted.recover(Duration::ZERO).await.expect("recover");
+    assert_eq!((old.committed, old.rolled_back, old.pending), (0, 1, 0), "orphan presumed aborted");
+    assert_eq!((s.qty(3).await, s.qty(4).await), (Some(30), None));
+    assert_eq!(s.prepared().await, 0);
+    c.stop().await;
+    drop(s.db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_startup_check_names_the_setting_to_change() {
+    // The ordinary server runs with max_prepared_transactions = 0.
+    let db = TestDb::new("xa_check").await;
+    let pool = db.pool().await;
+    let enabled: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&pool).await.expect("show");
+    if enabled != "0" {
+        // Someone enabled it on this server: nothing to check here.
+        return;
+    }
+    let p = XaParticipant::new(pool, TandemClient::new("http://127.0.0.1:9").expect("client"), "r", "http://x");
+    let err = p.check().await.expect_err("XA unavailable");
+    assert!(matches!(err, XaError::PreparedTransactionsDisabled));
+    assert!(err.to_string().contains("max_prepared_transactions"), "{err}");
+}
