@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
 bash scripts/xa-postgres.sh
+bash scripts/ensure-mariadb.sh
 export TANDEM_TEST_PG="${TANDEM_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 export TANDEM_TEST_XA_PG="${TANDEM_TEST_XA_PG:-postgres://postgres@127.0.0.1:${TANDEM_XA_PG_PORT:-5433}}"
 log=$(mktemp)
@@ -24,6 +25,11 @@ for server in "$TANDEM_TEST_PG" "$TANDEM_TEST_XA_PG"; do
     status=1
   fi
 done
+left=$(mariadb -uroot -h127.0.0.1 -Nse 'XA RECOVER' | awk '$1 == 5522509' | wc -l)
+if [ "$left" != 0 ]; then
+  echo "prepared XA branches left on MariaDB: $left" >&2
+  status=1
+fi
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "%d passed, %d failed\n", p, f }' "$log"
 exit "$status"

@@ -6,11 +6,12 @@
 mod support;
 
 use futures::FutureExt;
-use sqlx::PgPool;
+use sqlx::mysql::MySqlPoolOptions;
+use sqlx::{Connection, MySqlConnection, MySqlPool, PgPool};
 use std::time::Duration;
 use support::*;
 use tandem_sdk::wire::{BeginRequest, BranchStatus, ErrorCode, GlobalStatus, Mode, Xid};
-use tandem_sdk::xa::{XaError, XaParticipant, CALLBACK_PATH};
+use tandem_sdk::xa::{MySqlXa, XaError, XaParticipant, CALLBACK_PATH, MYSQL_FORMAT_ID};
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
 
@@ -277,6 +278,172 @@ async fn the_startup_check_names_the_setting_to_change() {
     }
     let p = XaParticipant::new(pool, TandemClient::new("http://127.0.0.1:9").expect("client"), "r", "http://x");
     let err = p.check().await.expect_err("XA unavailable");
-    assert!(matches!(err, XaError::PreparedTransactionsDisabled));
+    assert!(matches!(err, XaError::Unavailable(_)));
     assert!(err.to_string().contains("max_prepared_transactions"), "{err}");
+}
+
+/// Server URL of the MariaDB the tests use.
+fn mariadb_server() -> String {
+    std::env::var("TANDEM_TEST_MARIADB").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A MariaDB database for one test: an InnoDB `items` table, an XA
+/// participant on it, and its callback endpoint. Dropped at the end.
+struct MariaService {
+    name: String,
+    pool: MySqlPool,
+    participant: XaParticipant<MySqlXa>,
+}
+
+impl MariaService {
+    async fn start(tag: &str, coordinator: &str) -> MariaService {
+        let name = format!("tandem_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut admin = MySqlConnection::connect(&mariadb_server()).await.expect("connect mariadb");
+        sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await.expect("create");
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .connect(&format!("{}/{name}", mariadb_server()))
+            .await
+            .expect("pool");
+        sqlx::Executor::execute(&pool, "CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL) ENGINE=InnoDB")
+            .await
+            .expect("schema");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let participant =
+            XaParticipant::mysql(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        participant.check().await.expect("XA available");
+        let app = participant.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        MariaService { name, pool, participant }
+    }
+
+    async fn insert(&self, xid: &Xid, id: i32, qty: i32) -> Result<(), XaError> {
+        self.participant
+            .run(xid, move |c| {
+                async move {
+                    sqlx::query("INSERT INTO items VALUES (?, ?)").bind(id).bind(qty).execute(&mut *c).await?;
+                    Ok(())
+                }
+                .boxed()
+            })
+            .await
+    }
+
+    async fn qty(&self, id: i32) -> Option<i32> {
+        sqlx::query_scalar("SELECT qty FROM items WHERE id = ?").bind(id).fetch_optional(&self.pool).await.expect("qty")
+    }
+
+    /// Prepared Tandem branches on the server whose xid is `xid`.
+    async fn prepared(&self, xid: &Xid) -> usize {
+        let rows = sqlx::Executor::fetch_all(&self.pool, "XA RECOVER").await.expect("xa recover");
+        rows.iter()
+            .filter(|r| {
+                use sqlx::Row;
+                let fid: i64 = r.try_get(0).unwrap_or_default();
+                let data: String = r
+                    .try_get::<String, _>(3)
+                    .or_else(|_| r.try_get::<Vec<u8>, _>(3).map(|b| String::from_utf8_lossy(&b).into_owned()))
+                    .unwrap_or_default();
+                fid == MYSQL_FORMAT_ID && data.starts_with(xid.as_str())
+            })
+            .count()
+    }
+
+    async fn drop_db(self) {
+        self.pool.close().await;
+        if let Ok(mut admin) = MySqlConnection::connect(&mariadb_server()).await {
+            let _ =
+                sqlx::Executor::execute(&mut admin, format!("DROP DATABASE IF EXISTS {}", self.name).as_str()).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_across_two_postgres_databases_and_one_mariadb_database() {
+    let db = TestDb::new("xa_three").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (p1, p2) = (Service::start("xa_p1", &c.url).await, Service::start("xa_p2", &c.url).await);
+    let m = MariaService::start("xa_m", &c.url).await;
+
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    p1.insert(&tx.xid, 1, 10).await.expect("prepare pg 1");
+    p2.insert(&tx.xid, 2, 20).await.expect("prepare pg 2");
+    m.insert(&tx.xid, 3, 30).await.expect("prepare mariadb");
+    assert_eq!(m.prepared(&tx.xid).await, 1, "MariaDB holds the prepared branch");
+    assert_eq!(m.qty(3).await, None, "not visible before commit");
+
+    let done = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    assert_eq!(done.status, GlobalStatus::Committed);
+    assert_eq!(done.branches.len(), 3);
+    assert_eq!((p1.qty(1).await, p2.qty(2).await, m.qty(3).await), (Some(10), Some(20), Some(30)));
+    assert_eq!((p1.prepared().await, p2.prepared().await, m.prepared(&tx.xid).await), (0, 0, 0));
+    c.stop().await;
+    m.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_mariadb_branch_rolls_back_the_postgres_one() {
+    let db = TestDb::new("xa_mfail").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let p = Service::start("xa_mf", &c.url).await;
+    let m = MariaService::start("xa_mf", &c.url).await;
+
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    p.insert(&tx.xid, 1, 10).await.expect("prepare pg");
+    // A duplicate key inside the MariaDB branch: phase 1 fails, the branch is rolled back.
+    let r = m
+        .participant
+        .run(&tx.xid, |c| {
+            async move {
+                sqlx::query("INSERT INTO items VALUES (5, 1)").execute(&mut *c).await?;
+                sqlx::query("INSERT INTO items VALUES (5, 2)").execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await;
+    assert!(matches!(r, Err(XaError::Phase1(_))), "{r:?}");
+    let err = c.client.commit(&tx.xid, None).await.expect_err("commit refused");
+    assert_eq!(err.status(), Some(409));
+    wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    assert_eq!((p.qty(1).await, m.qty(5).await), (None, None));
+    assert_eq!((p.prepared().await, m.prepared(&tx.xid).await), (0, 0));
+    c.stop().await;
+    m.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
+    let db = TestDb::new("xa_mrec").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let m = MariaService::start("xa_mr", &c.url).await;
+
+    // Prepared and reported, but phase 2 cannot reach the service.
+    let down = format!("http://127.0.0.1:{}", free_port().await);
+    let offline = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
+    let tx = c.client.begin(&xa()).await.expect("begin");
+    offline
+        .run(&tx.xid, |c| {
+            async move {
+                sqlx::query("INSERT INTO items VALUES (8, 80)").execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .expect("prepare");
+    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("decided");
+    assert_eq!(decided.transaction.status, GlobalStatus::Committing);
+    assert_eq!(m.prepared(&tx.xid).await, 1);
+
+    let restarted = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
+    let r = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
+    assert!(r.committed >= 1, "{r:?}");
+    assert_eq!(m.qty(8).await, Some(80));
+    assert_eq!(m.prepared(&tx.xid).await, 0);
+    c.stop().await;
+    m.drop_db().await;
 }

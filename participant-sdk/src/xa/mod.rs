@@ -1,26 +1,32 @@
-//! XA branches on PostgreSQL prepared transactions.
+//! XA branches on real database prepares: PostgreSQL (`PREPARE TRANSACTION`)
+//! and MySQL/MariaDB (`XA START … XA PREPARE`), behind one [`XaBackend`] trait.
 //!
-//! Phase 1 ([`XaParticipant::run`]): register the branch, `BEGIN` on a pooled
-//! connection, run the business statements, `PREPARE TRANSACTION` under the
-//! branch's gid, verify the prepare in `pg_prepared_xacts` (inside an aborted
-//! block, PREPARE answers ROLLBACK without an error), report `prepared`.
-//! The connection is free again once prepared; the prepared transaction
-//! keeps its row locks until phase 2.
+//! Phase 1 ([`XaParticipant::run`]): register the branch, open the branch's
+//! database transaction on a pooled connection, run the business statements,
+//! prepare it under the branch's gid, verify that it really is prepared
+//! (PostgreSQL: inside an aborted block PREPARE answers ROLLBACK without an
+//! error), report `prepared`. The connection is free again once prepared;
+//! the prepared transaction keeps its row locks until phase 2.
 //!
-//! Phase 2 (the callback router): `COMMIT PREPARED` / `ROLLBACK PREPARED` on
-//! any pooled connection. An unknown gid (SQLSTATE 42704) means the branch is
+//! Phase 2 (the callback router): commit or roll back the prepared
+//! transaction on any pooled connection. An unknown gid means the branch is
 //! already finished (or, for a rollback, never prepared): answered 200.
 //!
 //! Recovery ([`XaParticipant::recover`]): lists this database's prepared
-//! transactions with the Tandem prefix, asks the coordinator how each ended,
-//! and finishes them; one the coordinator has no record of is rolled back once
-//! older than the transaction timeout (presumed abort).
+//! Tandem branches, asks the coordinator how each ended, and finishes them;
+//! one the coordinator has no record of is rolled back once older than the
+//! transaction timeout (presumed abort).
 
 pub mod gid;
+mod mysql;
+mod postgres;
 
-pub use gid::{Gid, GID_PREFIX};
+pub use gid::{Gid, GID_PREFIX, MYSQL_FORMAT_ID};
+pub use mysql::MySqlXa;
+pub use postgres::PgXa;
 
 use crate::client::{ClientError, TandemClient};
+use async_trait::async_trait;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -28,8 +34,8 @@ use axum::routing::post;
 use axum::{Json, Router};
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
-use sqlx::{PgConnection, PgPool};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_wire::{
     CallbackAction, CallbackRequest, ErrorCode, GlobalStatus, Problem, RegisterBranchRequest, ReportRequest,
@@ -51,17 +57,14 @@ pub enum XaError {
     /// The participant's database failed.
     #[error("participant database: {0}")]
     Database(#[from] sqlx::Error),
-    /// The server cannot prepare transactions.
-    #[error(
-        "PostgreSQL has max_prepared_transactions = 0, so XA branches cannot be prepared: \
-         set max_prepared_transactions (for example to 64) in postgresql.conf and restart the server"
-    )]
-    PreparedTransactionsDisabled,
+    /// The server cannot prepare transactions; the message names the setting to change.
+    #[error("{0}")]
+    Unavailable(&'static str),
     /// The business statements failed; the branch was rolled back and reported `phase1_failed`.
     #[error("phase 1 failed: {0}")]
     Phase1(BoxError),
     /// PREPARE answered, but nothing was prepared (the block had aborted); reported `phase1_failed`.
-    #[error("PREPARE TRANSACTION {0} did not prepare (the transaction block had aborted)")]
+    #[error("branch {0} did not prepare (its transaction had aborted)")]
     PrepareLost(String),
     /// The coordinator refused the `prepared` report (the transaction was
     /// already decided, rolled back); the prepared branch was rolled back.
@@ -89,54 +92,88 @@ pub struct Recovered {
     pub pending: usize,
 }
 
-fn is_unknown_gid(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42704"))
+/// A database that can hold a branch in the prepared state.
+#[async_trait]
+pub trait XaBackend: Send + Sync + 'static {
+    /// The connection the business statements run on.
+    type Conn: Send;
+    /// A pooled connection.
+    type Pooled: std::ops::DerefMut<Target = Self::Conn> + Send;
+
+    /// Startup check: [`XaError::Unavailable`], naming the setting, when the
+    /// server cannot prepare transactions.
+    async fn check(&self) -> Result<(), XaError>;
+    /// Opens the branch's transaction on a pooled connection.
+    async fn begin(&self, gid: &Gid) -> Result<Self::Pooled, sqlx::Error>;
+    /// Rolls back a branch that has not been prepared (its connection is
+    /// dropped from the pool if that fails).
+    async fn abort(&self, conn: Self::Pooled, gid: &Gid);
+    /// Prepares the branch; `Ok(false)` if the server answered but nothing is prepared.
+    async fn prepare(&self, conn: Self::Pooled, gid: &Gid) -> Result<bool, sqlx::Error>;
+    /// Commits or rolls back a prepared branch from any connection.
+    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error>;
+    /// This database's prepared Tandem branches, with the time they were
+    /// prepared where the server records it.
+    async fn prepared(&self) -> Result<Vec<(Gid, Option<DateTime<Utc>>)>, sqlx::Error>;
 }
 
-/// An XA participant for one resource on one PostgreSQL database. Cheap to clone.
-#[derive(Clone)]
-pub struct XaParticipant {
-    inner: Arc<Inner>,
+/// An XA participant for one resource on one database. Cheap to clone.
+pub struct XaParticipant<B: XaBackend = PgXa> {
+    inner: Arc<Inner<B>>,
 }
 
-struct Inner {
+impl<B: XaBackend> Clone for XaParticipant<B> {
+    fn clone(&self) -> Self {
+        XaParticipant { inner: self.inner.clone() }
+    }
+}
+
+struct Inner<B> {
     /// The participant's database.
-    pool: PgPool,
+    backend: B,
     /// Coordinator client.
     client: TandemClient,
     /// Resource name registered with each branch.
     resource: String,
     /// Where the coordinator reaches [`XaParticipant::router`].
     callback_url: String,
+    /// When recovery first saw each prepared branch, for servers that do not
+    /// record the prepare time (MySQL): presumed abort counts from here.
+    first_seen: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
-impl XaParticipant {
+impl XaParticipant<PgXa> {
+    /// A participant on a PostgreSQL database (needs `max_prepared_transactions > 0`).
+    pub fn new(pool: sqlx::PgPool, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
+        XaParticipant::with_backend(PgXa::new(pool), client, resource, public_base_url)
+    }
+}
+
+impl XaParticipant<MySqlXa> {
+    /// A participant on a MySQL or MariaDB database (InnoDB tables).
+    pub fn mysql(pool: sqlx::MySqlPool, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
+        XaParticipant::with_backend(MySqlXa::new(pool), client, resource, public_base_url)
+    }
+}
+
+impl<B: XaBackend> XaParticipant<B> {
     /// `public_base_url` is how the coordinator reaches this service; callbacks
     /// go to `{public_base_url}`[`CALLBACK_PATH`].
-    pub fn new(pool: PgPool, client: TandemClient, resource: &str, public_base_url: &str) -> XaParticipant {
+    pub fn with_backend(backend: B, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
         XaParticipant {
             inner: Arc::new(Inner {
-                pool,
+                backend,
                 client,
                 resource: resource.to_owned(),
                 callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
+                first_seen: Mutex::new(HashMap::new()),
             }),
         }
     }
 
-    /// Startup check: fails with [`XaError::PreparedTransactionsDisabled`]
-    /// (naming the setting) when the server cannot prepare transactions.
+    /// Startup check (see [`XaBackend::check`]).
     pub async fn check(&self) -> Result<(), XaError> {
-        let n: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&self.inner.pool).await?;
-        if n.trim() == "0" {
-            return Err(XaError::PreparedTransactionsDisabled);
-        }
-        Ok(())
-    }
-
-    /// The participant's pool.
-    pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        self.inner.backend.check().await
     }
 
     /// Phase 1 of a branch of `xid`: `f` runs the business statements inside
@@ -144,9 +181,10 @@ impl XaParticipant {
     /// `f`'s value once the branch is prepared and reported.
     pub async fn run<T, F>(&self, xid: &Xid, f: F) -> Result<T, XaError>
     where
-        F: for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, Result<T, BoxError>>,
+        F: for<'c> FnOnce(&'c mut B::Conn) -> BoxFuture<'c, Result<T, BoxError>>,
     {
         let client = &self.inner.client;
+        let backend = &self.inner.backend;
         let branch = client
             .register(
                 xid,
@@ -168,39 +206,32 @@ impl XaParticipant {
             }
         };
 
-        let mut conn = self.inner.pool.acquire().await?;
-        sqlx::raw_sql("BEGIN").execute(&mut *conn).await?;
+        let mut conn = backend.begin(&gid).await?;
         let value = match f(&mut conn).await {
             Ok(v) => v,
             Err(e) => {
-                if sqlx::raw_sql("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    // Unknown state: never hand this connection back to the pool.
-                    conn.detach();
-                }
+                backend.abort(conn, &gid).await;
                 report_failed(e.to_string()).await;
                 return Err(XaError::Phase1(e));
             }
         };
-        if let Err(e) = sqlx::raw_sql(&gid.statement("PREPARE TRANSACTION")).execute(&mut *conn).await {
-            conn.detach();
-            report_failed(e.to_string()).await;
-            return Err(XaError::Database(e));
-        }
-        let prepared: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $1)")
-            .bind(gid.as_str())
-            .fetch_one(&mut *conn)
-            .await?;
-        drop(conn);
-        if !prepared {
-            report_failed("PREPARE TRANSACTION did not prepare (aborted transaction block)".into()).await;
-            return Err(XaError::PrepareLost(gid.as_str().to_owned()));
+        match backend.prepare(conn, &gid).await {
+            Ok(true) => {}
+            Ok(false) => {
+                report_failed("the branch did not prepare (its transaction had aborted)".into()).await;
+                return Err(XaError::PrepareLost(gid.as_postgres()));
+            }
+            Err(e) => {
+                report_failed(e.to_string()).await;
+                return Err(XaError::Database(e));
+            }
         }
         let report = ReportRequest { status: ReportStatus::Prepared, detail: None };
-        match client.report(xid, &branch.branch_id, &report).await {
+        match client.report(xid, branch_id, &report).await {
             Ok(_) => Ok(value),
             Err(e) if e.status() == Some(409) => {
                 // Decided without us (rolled back, e.g. on timeout): undo now.
-                self.finish(&gid, CallbackAction::Rollback).await?;
+                backend.finish(&gid, CallbackAction::Rollback).await?;
                 Err(XaError::Decided(e))
             }
             // Unknown outcome: the branch stays prepared; phase 2 or recovery settles it.
@@ -208,40 +239,29 @@ impl XaParticipant {
         }
     }
 
-    /// `COMMIT PREPARED` or `ROLLBACK PREPARED` of one gid.
-    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, XaError> {
-        let verb = match action {
-            CallbackAction::Commit => "COMMIT PREPARED",
-            CallbackAction::Rollback => "ROLLBACK PREPARED",
-        };
-        match sqlx::raw_sql(&gid.statement(verb)).execute(&self.inner.pool).await {
-            Ok(_) => Ok(Phase2Result::Applied),
-            Err(e) if is_unknown_gid(&e) => Ok(Phase2Result::AlreadyDone),
-            Err(e) => Err(XaError::Database(e)),
-        }
-    }
-
     /// Handles one coordinator callback.
     pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Phase2Result, XaError> {
-        self.finish(&Gid::new(&req.xid, &req.branch_id), req.action).await
+        Ok(self.inner.backend.finish(&Gid::new(&req.xid, &req.branch_id), req.action).await?)
     }
 
     /// One recovery pass over this database's prepared Tandem branches.
     /// A branch the coordinator has no record of is rolled back once it has
-    /// been prepared for longer than `presume_abort_after` (use the
+    /// been prepared (or, where the server does not record that, first seen
+    /// by this process) for longer than `presume_abort_after` (use the
     /// transaction timeout).
     pub async fn recover(&self, presume_abort_after: Duration) -> Result<Recovered, XaError> {
-        let rows: Vec<(String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT gid, prepared FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)",
-        )
-        .bind(GID_PREFIX)
-        .fetch_all(&self.inner.pool)
-        .await?;
+        let prepared = self.inner.backend.prepared().await?;
+        let now = Utc::now();
+        let since: Vec<DateTime<Utc>> = {
+            let mut seen = self.inner.first_seen.lock().unwrap_or_else(|p| p.into_inner());
+            let live: std::collections::HashSet<String> = prepared.iter().map(|(g, _)| g.as_postgres()).collect();
+            seen.retain(|k, _| live.contains(k));
+            prepared.iter().map(|(g, at)| at.unwrap_or_else(|| *seen.entry(g.as_postgres()).or_insert(now))).collect()
+        };
         let mut out = Recovered::default();
-        for (text, prepared_at) in rows {
-            let Ok((xid, branch)) = Gid::parse(&text) else { continue };
-            let gid = Gid::new(&xid, &branch);
-            let action = match self.inner.client.get(&xid).await {
+        for ((gid, _), since) in prepared.into_iter().zip(since) {
+            let xid = gid.xid();
+            let action = match self.inner.client.get(xid).await {
                 Ok(t) => match t.status {
                     GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => {
                         Some(CallbackAction::Commit)
@@ -252,8 +272,8 @@ impl XaParticipant {
                     GlobalStatus::Active => None,
                 },
                 Err(e) if e.code() == Some(ErrorCode::TransactionNotFound) => {
-                    let age = Utc::now().signed_duration_since(prepared_at).to_std().unwrap_or_default();
-                    (age > presume_abort_after).then_some(CallbackAction::Rollback)
+                    let age = now.signed_duration_since(since).to_std().unwrap_or_default();
+                    (age >= presume_abort_after).then_some(CallbackAction::Rollback)
                 }
                 Err(e) => {
                     tracing::warn!(%xid, error = %e, "recovery could not ask the coordinator; will retry");
@@ -262,8 +282,8 @@ impl XaParticipant {
             };
             match action {
                 Some(a) => {
-                    self.finish(&gid, a).await?;
-                    tracing::info!(%xid, branch_id = %branch, action = a.as_str(), "recovered prepared branch");
+                    self.inner.backend.finish(&gid, a).await?;
+                    tracing::info!(%xid, branch_id = %gid.branch(), action = a.as_str(), "recovered prepared branch");
                     match a {
                         CallbackAction::Commit => out.committed += 1,
                         CallbackAction::Rollback => out.rolled_back += 1,
@@ -275,7 +295,7 @@ impl XaParticipant {
         Ok(out)
     }
 
-    /// Runs [`XaParticipant::recover`] now and then every `interval`, until the task is dropped.
+    /// Runs [`XaParticipant::recover`] now and then every `interval`, until the task is aborted.
     pub fn spawn_recovery(&self, interval: Duration, presume_abort_after: Duration) -> tokio::task::JoinHandle<()> {
         let this = self.clone();
         tokio::spawn(async move {
@@ -291,11 +311,11 @@ impl XaParticipant {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        Router::new().route(CALLBACK_PATH, post(callback)).with_state(self.clone())
+        Router::new().route(CALLBACK_PATH, post(callback::<B>)).with_state(self.clone())
     }
 }
 
-async fn callback(State(p): State<XaParticipant>, Json(req): Json<CallbackRequest>) -> Response {
+async fn callback<B: XaBackend>(State(p): State<XaParticipant<B>>, Json(req): Json<CallbackRequest>) -> Response {
     match p.handle_callback(&req).await {
         Ok(r) => {
             let outcome = match r {
