@@ -447,3 +447,155 @@ async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
     c.stop().await;
     m.drop_db().await;
 }
+
+/// The participant process of `a_participant_killed_after_prepare_...`: run by
+/// that test as a child process (this test binary, filtered to this entry
+/// point), never on its own (hence `ignore`). It serves the XA callback on the
+/// given port, prepares one branch, says so on stdout, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of a_participant_killed_after_prepare_is_committed_after_it_restarts"]
+async fn xa_participant_child_process() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set: this runs as a child process"));
+    let (coordinator, db_url, xid, port) =
+        (var("CHILD_COORDINATOR"), var("CHILD_DB"), var("CHILD_XID"), var("CHILD_PORT"));
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db_url).await.expect("pool");
+    let url = format!("http://127.0.0.1:{port}");
+    let p = XaParticipant::new(pool, TandemClient::new(&coordinator).expect("client"), "child", &url);
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
+    let app = p.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let xid = Xid::parse(xid).expect("xid");
+    p.run(&xid, |c| {
+        async move {
+            sqlx::query("INSERT INTO items VALUES (9, 90)").execute(&mut *c).await?;
+            Ok(())
+        }
+        .boxed()
+    })
+    .await
+    .expect("prepare");
+    println!("PREPARED");
+    std::future::pending::<()>().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_killed_after_prepare_is_committed_after_it_restarts() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let db = TestDb::new("xa_pkill").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let pdb = TestDb::new_on(&xa_pg_server(), "xa_pkill_p").await;
+    let pool = pdb.pool().await;
+    sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)").execute(&pool).await.expect("schema");
+    let port = free_port().await;
+    let tx = c.client.begin(&xa()).await.expect("begin");
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args(["xa_participant_child_process", "--exact", "--ignored", "--nocapture"])
+        .env("CHILD_COORDINATOR", &c.url)
+        .env("CHILD_DB", &pdb.url)
+        .env("CHILD_XID", tx.xid.as_str())
+        .env("CHILD_PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn participant process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if line.contains("PREPARED") {
+                return;
+            }
+        }
+        panic!("the participant process ended before preparing");
+    })
+    .await
+    .expect("the participant prepares");
+    child.kill().await.expect("SIGKILL the participant");
+
+    let prepared = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()")
+            .fetch_one(&pool)
+            .await
+            .expect("count")
+    };
+    assert_eq!(prepared().await, 1, "the prepared branch survives its process");
+    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(200))).await.expect("commit decided");
+    assert_eq!(decided.transaction.status, GlobalStatus::Committing, "the participant is down");
+
+    // The participant restarts on the same address; its recovery runs at start.
+    let url = format!("http://127.0.0.1:{port}");
+    let p = XaParticipant::new(pool.clone(), TandemClient::new(&c.url).expect("client"), "child", &url);
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("rebind");
+    let app = p.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let r = p.recover(Duration::from_secs(3600)).await.expect("recover");
+    assert_eq!(r.committed, 1, "{r:?}");
+
+    let t = wait_status(&c.client, &tx.xid, "committed", WAIT).await;
+    assert_eq!(t.branches[0].status, BranchStatus::Committed);
+    let qty: Option<i32> =
+        sqlx::query_scalar("SELECT qty FROM items WHERE id = 9").fetch_optional(&pool).await.expect("qty");
+    assert_eq!(qty, Some(90));
+    assert_eq!(prepared().await, 0);
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_after_an_xa_decision_is_finished_by_its_restart() {
+    let db = TestDb::new("xa_ckill").await;
+    let flags = [
+        "--recovery-interval-ms",
+        "100",
+        "--lease-ms",
+        "2000",
+        "--callback-timeout-ms",
+        "1000",
+        "--retry-base-ms",
+        "50",
+        "--retry-max-ms",
+        "300",
+    ];
+    let mut p = Process::spawn(&db.url, &flags).await;
+    // The services are down while the first coordinator runs phase 2.
+    let pdb = TestDb::new_on(&xa_pg_server(), "xa_ckill_p").await;
+    let pool = pdb.pool().await;
+    sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)").execute(&pool).await.expect("schema");
+    let port = free_port().await;
+    let url = format!("http://127.0.0.1:{port}");
+    let part = XaParticipant::new(pool.clone(), TandemClient::new(&p.url).expect("client"), "svc", &url);
+
+    let tx = p.client.begin(&xa()).await.expect("begin");
+    for id in [1, 2] {
+        part.run(&tx.xid, move |c| {
+            async move {
+                sqlx::query("INSERT INTO items VALUES ($1, 1)").bind(id).execute(&mut *c).await?;
+                Ok(())
+            }
+            .boxed()
+        })
+        .await
+        .expect("prepare");
+    }
+    p.client.commit(&tx.xid, Some(Duration::ZERO)).await.expect("commit decided");
+    eventually("phase 2 attempted", WAIT, || async {
+        let t = p.client.get(&tx.xid).await.ok()?;
+        (t.branches.iter().any(|b| b.attempts >= 1)).then_some(())
+    })
+    .await;
+    p.kill9().await;
+
+    // The service comes up; a new coordinator process on the same database finishes phase 2.
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
+    let app = part.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let restarted = Process::spawn(&db.url, &flags).await;
+    let t = wait_status(&restarted.client, &tx.xid, "committed", WAIT).await;
+    assert!(t.branches.iter().all(|b| b.status == BranchStatus::Committed));
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items").fetch_one(&pool).await.expect("count");
+    assert_eq!(n, 2);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(left, 0);
+}
