@@ -9,12 +9,16 @@
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use futures::FutureExt;
 use hdrhistogram::Histogram;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, Settings};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
+use tandem_sdk::xa::XaParticipant;
 use tandem_sdk::TandemClient;
 
 /// The same allocator as the `tandem` binary.
@@ -24,9 +28,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "tandem-bench", about = "Benchmark whole global transactions against a real coordinator")]
 struct Args {
-    /// Transaction mode.
+    /// `tcc` (no-op participants), `xa` (PostgreSQL participants that PREPARE
+    /// one UPDATE each), or `local` (the same UPDATEs in one local transaction,
+    /// no coordinator: the baseline of `xa`).
     #[arg(long, default_value = "tcc")]
     mode: String,
+    /// PostgreSQL server (no database name) for the `xa` and `local` participants'
+    /// databases; needs max_prepared_transactions > 0 for `xa`.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5433")]
+    participant_pg: String,
     /// Branches per global transaction (one no-op participant each).
     #[arg(long, default_value_t = 2)]
     branches: usize,
@@ -78,17 +88,74 @@ async fn noop_participant(calls: Arc<AtomicU64>) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// One complete global transaction.
-async fn one(client: &TandemClient, mode: Mode, callbacks: &[String]) -> anyhow::Result<()> {
+/// What each client does, once per iteration.
+enum Workload {
+    /// TCC: register no-op branches (callback URLs), commit.
+    Tcc(Vec<String>),
+    /// XA: one prepared UPDATE per participant database, commit.
+    Xa(Vec<XaParticipant>),
+    /// The same UPDATEs in one local transaction on the first participant database.
+    Local(PgPool),
+}
+
+/// The statement of every branch: client `row` owns its own row (no lock waits between clients).
+const UPDATE: &str = "UPDATE accounts SET balance = balance + 1 WHERE id = $1";
+
+/// Creates (afresh) a participant database with one account row per client.
+async fn participant_db(server: &str, name: &str, rows: usize) -> anyhow::Result<PgPool> {
+    let mut admin = PgConnection::connect(&format!("{server}/postgres")).await?;
+    // `name` is one of this program's constants.
+    sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await?;
+    sqlx::raw_sql(&format!("CREATE DATABASE {name}")).execute(&mut admin).await?;
+    let pool = PgPoolOptions::new().max_connections(24).connect(&format!("{server}/{name}")).await?;
+    sqlx::raw_sql("CREATE TABLE accounts (id int PRIMARY KEY, balance bigint NOT NULL)").execute(&pool).await?;
+    sqlx::query("INSERT INTO accounts SELECT g, 0 FROM generate_series(0, $1) g")
+        .bind(rows as i32)
+        .execute(&pool)
+        .await?;
+    Ok(pool)
+}
+
+/// One complete iteration: a global transaction, or the local baseline.
+async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result<()> {
+    let mode = match work {
+        Workload::Local(pool) => {
+            let mut tx = pool.begin().await?;
+            for _ in 0..2 {
+                sqlx::query(UPDATE).bind(row).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            return Ok(());
+        }
+        Workload::Tcc(_) => Mode::Tcc,
+        Workload::Xa(_) => Mode::Xa,
+    };
     let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None }).await?;
-    for (i, url) in callbacks.iter().enumerate() {
-        let req = RegisterBranchRequest {
-            resource: format!("noop-{i}"),
-            callback_url: url.clone(),
-            payload: Some(serde_json::json!({ "i": i })),
-            lock_keys: None,
-        };
-        client.register(&tx.xid, &req).await?;
+    match work {
+        Workload::Tcc(callbacks) => {
+            for (i, url) in callbacks.iter().enumerate() {
+                let req = RegisterBranchRequest {
+                    resource: format!("noop-{i}"),
+                    callback_url: url.clone(),
+                    payload: Some(serde_json::json!({ "i": i })),
+                    lock_keys: None,
+                };
+                client.register(&tx.xid, &req).await?;
+            }
+        }
+        Workload::Xa(participants) => {
+            for p in participants {
+                p.run(&tx.xid, move |c| {
+                    async move {
+                        sqlx::query(UPDATE).bind(row).execute(&mut *c).await?;
+                        Ok(())
+                    }
+                    .boxed()
+                })
+                .await?;
+            }
+        }
+        Workload::Local(_) => {}
     }
     let done = client.commit(&tx.xid, None).await?;
     if !done.finished || done.transaction.status != GlobalStatus::Committed {
@@ -107,9 +174,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mode: Mode = args.mode.parse().context("--mode")?;
-    if mode != Mode::Tcc {
-        bail!("--mode {mode}: only tcc is benchmarked so far");
+    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local") {
+        bail!("--mode {}: expected tcc, xa or local", args.mode);
     }
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
@@ -121,12 +187,46 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let server = tokio::spawn(app.run());
 
     let calls = Arc::new(AtomicU64::new(0));
-    let mut callbacks = Vec::new();
-    for _ in 0..args.branches {
-        callbacks.push(noop_participant(calls.clone()).await?);
-    }
-    let callbacks = Arc::new(callbacks);
     let client = TandemClient::new(&base)?;
+    let work = match args.mode.as_str() {
+        "tcc" => {
+            let mut callbacks = Vec::new();
+            for _ in 0..args.branches {
+                callbacks.push(noop_participant(calls.clone()).await?);
+            }
+            Workload::Tcc(callbacks)
+        }
+        "local" => Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
+        _ => {
+            let mut participants = Vec::new();
+            for i in 0..args.branches {
+                let pool =
+                    participant_db(&args.participant_pg, &format!("tandem_bench_p{i}"), args.concurrency).await?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let url = format!("http://{}", listener.local_addr()?);
+                let p = XaParticipant::new(pool, client.clone(), &format!("p{i}"), &url);
+                p.check().await?;
+                let app = p.router();
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                participants.push(p);
+            }
+            Workload::Xa(participants)
+        }
+    };
+    bench(args, client, work, calls, metrics, shutdown, server).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn bench(
+    args: Args,
+    client: TandemClient,
+    work: Workload,
+    calls: Arc<AtomicU64>,
+    metrics: tandem_coordinator::metrics::Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+    server: tokio::task::JoinHandle<Result<(), tandem_coordinator::startup::StartupError>>,
+) -> anyhow::Result<()> {
+    let work = Arc::new(work);
 
     let start = Instant::now();
     let measure_from = start + Duration::from_secs(args.warmup_secs);
@@ -147,10 +247,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         });
     }
     let mut workers = Vec::new();
-    for _ in 0..args.concurrency {
+    for row in 0..args.concurrency {
         let client = client.clone();
-        let callbacks = callbacks.clone();
+        let work = work.clone();
         let done = done.clone();
+        let row = row as i32;
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut errors = 0u64;
@@ -160,7 +261,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 if t0 >= end {
                     break;
                 }
-                let r = one(&client, mode, &callbacks).await;
+                let r = one(&client, &work, row).await;
                 if r.is_ok() {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -201,7 +302,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let tx = hist.len();
     let secs = args.duration_secs as f64;
     let result = serde_json::json!({
-        "mode": mode.as_str(),
+        "mode": args.mode,
         "branches": args.branches,
         "concurrency": args.concurrency,
         "tx": tx,
