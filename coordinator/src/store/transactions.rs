@@ -78,6 +78,14 @@ pub enum ReportResult<R> {
     Applied(BranchRow),
 }
 
+/// How a branch moving `from` → `to` changes the transaction's
+/// (`branches_failed`, `branches_unprepared`) counters.
+fn counter_deltas(from: BranchStatus, to: BranchStatus) -> (i32, i32) {
+    let failed = |s: BranchStatus| i32::from(s == BranchStatus::Phase1Failed);
+    let unprepared = |s: BranchStatus| i32::from(s != BranchStatus::Prepared);
+    (failed(to) - failed(from), unprepared(to) - unprepared(from))
+}
+
 /// Parses rows of a transaction joined with its branches (`b_` columns).
 fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
     let Some(first) = rows.first() else {
@@ -278,15 +286,14 @@ impl Store {
             .bind(detail)
             .fetch_one(&mut *db)
             .await?;
-            let failed = |s: BranchStatus| i32::from(s == BranchStatus::Phase1Failed);
-            let unprepared = |s: BranchStatus| i32::from(s != BranchStatus::Prepared);
+            let (failed, unprepared) = counter_deltas(branch.status, next);
             sqlx::query(
                 "UPDATE global_transactions SET version = version + 1, branches_failed = branches_failed + $2, \
                  branches_unprepared = branches_unprepared + $3 WHERE xid = $1",
             )
             .bind(xid.as_str())
-            .bind(failed(next) - failed(branch.status))
-            .bind(unprepared(next) - unprepared(branch.status))
+            .bind(failed)
+            .bind(unprepared)
             .execute(&mut *db)
             .await?;
             db.commit().await?;
@@ -315,6 +322,48 @@ impl Store {
             )
             .await?;
         tx_with_branches(&rows)
+    }
+
+    /// The common phase-1 report in one statement: moves the branch from
+    /// `registered` to `to` (the state machine's answer for a registered
+    /// branch of an active transaction) only if it is exactly there and its
+    /// transaction is active, adjusting the transaction's counters in the same
+    /// statement. `None`: any other state; use [`Store::report_branch`]. Durable.
+    pub async fn report_expected(
+        &self,
+        xid: &Xid,
+        branch_id: &BranchId,
+        to: BranchStatus,
+        detail: Option<&str>,
+    ) -> Result<Option<BranchRow>, StoreError> {
+        let (failed, unprepared) = counter_deltas(BranchStatus::Registered, to);
+        self.timed(
+            "report_expected",
+            sqlx::query_as::<_, BranchRow>(concat!(
+                // The branch row is locked (and rechecked) first; the counters move
+                // only with it, so a duplicate report cannot count twice.
+                "WITH b AS (UPDATE branches SET status = $3, last_error = COALESCE($4, last_error) \
+                            WHERE xid = $1 AND branch_id = $2 AND status = $5 \
+                              AND EXISTS (SELECT 1 FROM global_transactions WHERE xid = $1 AND status = $6) \
+                            RETURNING ",
+                branch_cols!(),
+                "), t AS (UPDATE global_transactions g SET version = version + 1, \
+                                 branches_failed = branches_failed + $7, \
+                                 branches_unprepared = branches_unprepared + $8 \
+                          FROM b WHERE g.xid = b.xid AND g.status = $6) \
+                 SELECT * FROM b"
+            ))
+            .bind(xid.as_str())
+            .bind(branch_id.as_str())
+            .bind(to.as_str())
+            .bind(detail)
+            .bind(BranchStatus::Registered.as_str())
+            .bind(GlobalStatus::Active.as_str())
+            .bind(failed)
+            .bind(unprepared)
+            .fetch_optional(&self.durable),
+        )
+        .await
     }
 
     /// The common decision in one statement: writes `outcome` (what the state

@@ -252,6 +252,12 @@ impl Coordinator {
         if req.detail.as_ref().is_some_and(|d| d.len() > 4096 || has_nul(d)) {
             return Err(CoordinatorError::Validation("detail must be at most 4096 bytes, without NUL".into()));
         }
+        // Common case in one statement: a registered branch of an active transaction.
+        if let Ok(to) = state::apply_report(GlobalStatus::Active, BranchStatus::Registered, req.status) {
+            if let Some(row) = self.store().report_expected(&parsed_xid, &bid, to, req.detail.as_deref()).await? {
+                return Ok(row.to_wire());
+            }
+        }
         let r = self
             .store()
             .report_branch(&parsed_xid, &bid, req.detail.as_deref(), |g, b| state::apply_report(g, b, req.status))
