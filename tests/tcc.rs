@@ -15,20 +15,6 @@ fn tcc() -> BeginRequest {
     BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None }
 }
 
-/// Process-level flags: quick recovery and a short lease so takeovers happen within seconds.
-const FAST_FLAGS: &[&str] = &[
-    "--recovery-interval-ms",
-    "100",
-    "--lease-ms",
-    "2000",
-    "--callback-timeout-ms",
-    "1000",
-    "--retry-base-ms",
-    "50",
-    "--retry-max-ms",
-    "500",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_commits_both_legs_in_reverse_order() {
     let w = World::new("happy").await;

@@ -543,19 +543,7 @@ async fn a_participant_killed_after_prepare_is_committed_after_it_restarts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_killed_after_an_xa_decision_is_finished_by_its_restart() {
     let db = TestDb::new("xa_ckill").await;
-    let flags = [
-        "--recovery-interval-ms",
-        "100",
-        "--lease-ms",
-        "2000",
-        "--callback-timeout-ms",
-        "1000",
-        "--retry-base-ms",
-        "50",
-        "--retry-max-ms",
-        "300",
-    ];
-    let mut p = Process::spawn(&db.url, &flags).await;
+    let mut p = Process::spawn(&db.url, FAST_FLAGS).await;
     // The services are down while the first coordinator runs phase 2.
     let pdb = TestDb::new_on(&xa_pg_server(), "xa_ckill_p").await;
     let pool = pdb.pool().await;
@@ -588,7 +576,7 @@ async fn a_coordinator_killed_after_an_xa_decision_is_finished_by_its_restart() 
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
     let app = part.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let restarted = Process::spawn(&db.url, &flags).await;
+    let restarted = Process::spawn(&db.url, FAST_FLAGS).await;
     let t = wait_status(&restarted.client, &tx.xid, "committed", WAIT).await;
     assert!(t.branches.iter().all(|b| b.status == BranchStatus::Committed));
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items").fetch_one(&pool).await.expect("count");

@@ -107,6 +107,20 @@ pub fn fast_settings(db_url: &str) -> Settings {
     s
 }
 
+/// Process-level flags: quick recovery and a short lease so takeovers happen within seconds.
+pub const FAST_FLAGS: &[&str] = &[
+    "--recovery-interval-ms",
+    "100",
+    "--lease-ms",
+    "2000",
+    "--callback-timeout-ms",
+    "1000",
+    "--retry-base-ms",
+    "50",
+    "--retry-max-ms",
+    "500",
+];
+
 /// A coordinator running inside the test process.
 pub struct InProcess {
     /// Base URL.
