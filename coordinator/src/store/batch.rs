@@ -98,6 +98,21 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    /// Submits `0..n` from concurrent tasks; returns each item with its result.
+    async fn submit_concurrently(b: &Batcher<u32, u32>, n: u32) -> Vec<(u32, Result<u32, StoreError>)> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let b = b.clone();
+                tokio::spawn(async move { (i, b.submit(i).await) })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("task"));
+        }
+        out
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn answers_each_item_and_batches_under_load() {
         let sizes = Arc::new(Mutex::new(Vec::new()));
@@ -110,14 +125,7 @@ mod tests {
                 Ok(items.into_iter().map(|i| i * 2).collect())
             }
         });
-        let tasks: Vec<_> = (0..100u32)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { (i, b.submit(i).await) })
-            })
-            .collect();
-        for t in tasks {
-            let (i, r) = t.await.expect("task");
+        for (i, r) in submit_concurrently(&b, 100).await {
             assert_eq!(r.expect("result"), i * 2);
         }
         let sizes = sizes.lock().expect("lock").clone();
@@ -141,14 +149,7 @@ mod tests {
             }
             Ok(items)
         });
-        let tasks: Vec<_> = (0..40u32)
-            .map(|i| {
-                let b = b.clone();
-                tokio::spawn(async move { (i, b.submit(i).await) })
-            })
-            .collect();
-        for t in tasks {
-            let (i, r) = t.await.expect("task");
+        for (i, r) in submit_concurrently(&b, 40).await {
             if i == 13 {
                 assert!(r.is_err());
             } else {
