@@ -6,8 +6,9 @@ use crate::transaction::state::{classify_http, CallbackResult};
 use std::time::{Duration, Instant};
 use tandem_wire::{CallbackAction, CallbackRequest, XID_HEADER};
 
-/// How much of a participant's answer body is kept for `last_error`.
-const MAX_ERROR_BODY: usize = 512;
+/// How much of a participant's answer body is kept for `last_error` (an AT
+/// dirty-write refusal lists the conflicting rows there).
+const MAX_ERROR_BODY: usize = 8192;
 
 /// HTTP client for participant callbacks (keep-alive pooled).
 #[derive(Clone)]

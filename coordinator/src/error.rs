@@ -2,7 +2,7 @@
 //! in one place.
 
 use crate::store::StoreError;
-use tandem_wire::{Mode, Transaction};
+use tandem_wire::{LockHolder, Mode, Transaction};
 
 /// What a coordinator operation can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum CoordinatorError {
         /// The transaction as it now stands, when useful to the caller.
         transaction: Option<Box<Transaction>>,
     },
+    /// A global lock (AT) is held by another transaction.
+    #[error("lock {:?} is held by transaction {} ({})", .0.lock_key, .0.xid, .0.status)]
+    LockConflict(Box<LockHolder>),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

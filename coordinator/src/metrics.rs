@@ -1,6 +1,8 @@
 //! Prometheus metrics of one coordinator process.
 
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// All metrics, registered in one registry and rendered by `GET /metrics`.
 #[derive(Clone)]
@@ -25,6 +27,8 @@ pub struct Metrics {
     pub db_seconds: HistogramVec,
     /// Transactions taken over by the recovery worker, by kind (`timeout`, `resume`).
     pub recovered: IntCounterVec,
+    /// AT branch registrations refused because another transaction held a global lock.
+    pub lock_conflicts: IntCounter,
 }
 
 impl Metrics {
@@ -52,6 +56,11 @@ impl Metrics {
         )?;
         let recovered =
             counter("tandem_recovery_taken_total", "Transactions taken over by the recovery worker", &["kind"])?;
+        let lock_conflicts = IntCounter::new(
+            "tandem_lock_conflicts_total",
+            "AT registrations refused with lock_conflict (another transaction held a global lock)",
+        )?;
+        registry.register(Box::new(lock_conflicts.clone()))?;
         let callback_seconds = HistogramVec::new(
             HistogramOpts::new("tandem_callback_duration_seconds", "Callback round trip")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -80,6 +89,7 @@ impl Metrics {
             in_flight,
             db_seconds,
             recovered,
+            lock_conflicts,
         })
     }
 

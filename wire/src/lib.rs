@@ -10,7 +10,7 @@ mod problem;
 mod status;
 
 pub use ids::{BranchId, IdError, Xid};
-pub use problem::{ErrorCode, Problem, PROBLEM_CONTENT_TYPE};
+pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, UnknownValue};
 
 use chrono::{DateTime, Utc};
@@ -156,4 +156,27 @@ pub struct CallbackRequest {
     /// Payload as registered.
     #[schema(value_type = Option<Object>)]
     pub payload: Option<serde_json::Value>,
+}
+
+/// `POST /v1/locks/check`: are these global locks free for `xid`? (AT mode,
+/// `SELECT ... FOR UPDATE` through the SDK.) Extension of the contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LockCheckRequest {
+    /// Resource the keys belong to (as the branches register it).
+    pub resource: String,
+    /// Lock keys, as in `RegisterBranchRequest::lock_keys`.
+    pub lock_keys: Vec<String>,
+    /// The asking transaction: locks it holds itself count as free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xid: Option<Xid>,
+}
+
+/// Answer of `POST /v1/locks/check`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LockCheckResponse {
+    /// `true` when no other transaction holds any of the keys.
+    pub free: bool,
+    /// One holder of a key, when not free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<LockHolder>,
 }

@@ -83,6 +83,25 @@ pub struct Problem {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub transaction: Option<Box<crate::Transaction>>,
+    /// For `lock_conflict`: who holds the lock. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_holder: Option<LockHolder>,
+}
+
+/// The holder of a global lock (AT mode), named in `lock_conflict` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LockHolder {
+    /// The contested lock key.
+    pub lock_key: String,
+    /// Transaction holding it.
+    #[schema(value_type = String)]
+    pub xid: crate::Xid,
+    /// Branch holding it.
+    #[schema(value_type = String)]
+    pub branch_id: crate::BranchId,
+    /// The holder's global status: `rolling_back` means it will not be free
+    /// until its rollback finishes, so the SDK fails fast instead of retrying.
+    pub status: crate::GlobalStatus,
 }
 
 impl Problem {
@@ -95,6 +114,7 @@ impl Problem {
             detail: detail.into(),
             code,
             transaction: None,
+            lock_holder: None,
         }
     }
 }

@@ -37,6 +37,11 @@ impl From<CoordinatorError> for ApiError {
                 err.0.transaction = transaction;
                 err
             }
+            E::LockConflict(holder) => {
+                let mut err = ApiError::new(StatusCode::CONFLICT, ErrorCode::LockConflict, detail);
+                err.0.lock_holder = Some(*holder);
+                err
+            }
             E::Store(e) => {
                 // Logged here, where it is handled, and only here.
                 if e.is_transient() {

@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod extract;
+pub mod locks;
 pub mod openapi;
 pub mod ops;
 pub mod transactions;
@@ -26,6 +27,7 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: 
         .route("/v1/transactions/{xid}/branches/{branch_id}/report", post(transactions::report))
         .route("/v1/transactions/{xid}/commit", post(transactions::commit))
         .route("/v1/transactions/{xid}/rollback", post(transactions::rollback))
+        .route("/v1/locks/check", post(locks::check))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

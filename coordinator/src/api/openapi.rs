@@ -12,16 +12,17 @@ use utoipa::OpenApi;
     paths(
         super::transactions::begin, super::transactions::get, super::transactions::list,
         super::transactions::register, super::transactions::report,
-        super::transactions::commit, super::transactions::rollback,
+        super::transactions::commit, super::transactions::rollback, super::locks::check,
         super::ops::healthz, super::ops::readyz, super::ops::metrics, super::ops::openapi,
     ),
     components(schemas(
         tandem_wire::CallbackRequest, tandem_wire::CallbackAction, tandem_wire::ErrorCode,
-        tandem_wire::RollbackReason, tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode,
+        tandem_wire::LockHolder, tandem_wire::RollbackReason, tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode,
     )),
     tags(
         (name = "transactions", description = "Global transactions"),
         (name = "branches", description = "Branches of a global transaction"),
+        (name = "locks", description = "Global row locks of AT mode"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]

@@ -12,9 +12,11 @@
 //! Every call is timed into `tandem_db_query_duration_seconds{query}`.
 
 mod batch;
+mod locks;
 mod rows;
 mod transactions;
 
+pub use locks::LockedRegistration;
 pub use rows::{BranchRow, TxRow};
 pub use transactions::{BranchUpdate, DecideResult, NewBranch, NewTransaction, ReportResult};
 

@@ -93,7 +93,7 @@ fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> s
     sqlx::Error::ColumnDecode { index: col.to_owned(), source: Box::new(e) }
 }
 
-fn parsed<T>(row: &PgRow, col: &str) -> Result<T, sqlx::Error>
+pub(super) fn parsed<T>(row: &PgRow, col: &str) -> Result<T, sqlx::Error>
 where
     T: FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,
@@ -102,7 +102,7 @@ where
     s.parse().map_err(|e| decode_err(col, e))
 }
 
-fn parsed_opt<T>(row: &PgRow, col: &str) -> Result<Option<T>, sqlx::Error>
+pub(super) fn parsed_opt<T>(row: &PgRow, col: &str) -> Result<Option<T>, sqlx::Error>
 where
     T: FromStr,
     T::Err: std::error::Error + Send + Sync + 'static,

@@ -104,6 +104,11 @@ fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec
 /// Statuses of a decided, unfinished transaction (bound as a parameter).
 const DECIDED: &[&str] = &["committing", "rolling_back"];
 
+/// Branch statuses that release the branch's global locks: phase 2 completed.
+/// A `rollback_failed` branch keeps them, so that nobody writes over rows an
+/// operator must repair.
+const RELEASING: &[&str] = &["committed", "rolled_back"];
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -504,7 +509,10 @@ impl Store {
                                 last_error = COALESCE(u.last_error, branches.last_error) \
                                 FROM unnest($2::text[], $3::text[], $4::int[], $5::text[]) \
                                      AS u(branch_id, status, attempts, last_error), t \
-                                WHERE branches.xid = t.xid AND branches.branch_id = u.branch_id) \
+                                WHERE branches.xid = t.xid AND branches.branch_id = u.branch_id), \
+                          l AS (DELETE FROM global_locks gl \
+                                USING unnest($2::text[], $3::text[]) AS u(branch_id, status), t \
+                                WHERE gl.xid = t.xid AND gl.branch_id = u.branch_id AND u.status = ANY($9)) \
                      SELECT count(*) FROM t",
                 )
                 .bind(xid.as_str())
@@ -515,6 +523,7 @@ impl Store {
                 .bind(owner)
                 .bind(ms(delay))
                 .bind(DECIDED)
+                .bind(RELEASING)
                 .fetch_one(&self.relaxed),
             )
             .await?;
@@ -673,6 +682,16 @@ pub(super) async fn insert_branches(
     metrics: Metrics,
     items: Vec<(Xid, NewBranch)>,
 ) -> Result<Vec<Option<BranchRow>>, StoreError> {
+    insert_branches_on(&pool, &metrics, &items).await
+}
+
+/// [`insert_branches`] on any executor (a pool, or an open transaction when
+/// global locks are taken in the same commit).
+pub(super) async fn insert_branches_on<'c>(
+    db: impl sqlx::PgExecutor<'c>,
+    metrics: &Metrics,
+    items: &[(Xid, NewBranch)],
+) -> Result<Vec<Option<BranchRow>>, StoreError> {
     let xids: Vec<&str> = items.iter().map(|(x, _)| x.as_str()).collect();
     let ids: Vec<&str> = items.iter().map(|(_, b)| b.branch_id.as_str()).collect();
     let resources: Vec<&str> = items.iter().map(|(_, b)| b.resource.as_str()).collect();
@@ -681,7 +700,7 @@ pub(super) async fn insert_branches(
     // Ragged text[][] cannot be bound; each branch's keys travel as one JSON array.
     let keys: Vec<serde_json::Value> = items.iter().map(|(_, b)| serde_json::json!(b.lock_keys)).collect();
     let rows = super::timed_with(
-        &metrics,
+        metrics,
         "insert_branches",
         sqlx::query_as::<_, BranchRow>(concat!(
             // Statuses are bound, not literal, in hot statements: a literal lets a
@@ -710,7 +729,7 @@ pub(super) async fn insert_branches(
         .bind(&keys)
         .bind(GlobalStatus::Active.as_str())
         .bind(BranchStatus::Registered.as_str())
-        .fetch_all(&pool),
+        .fetch_all(db),
     )
     .await?;
     let mut by_id: HashMap<BranchId, BranchRow> = rows.into_iter().map(|r| (r.branch_id.clone(), r)).collect();
@@ -748,7 +767,12 @@ pub(super) async fn finish_many(
                         last_error = COALESCE(u.last_error, branches.last_error) \
                         FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[]) \
                              AS u(xid, branch_id, status, attempts, last_error), g \
-                        WHERE g.xid = u.xid AND branches.xid = u.xid AND branches.branch_id = u.branch_id) \
+                        WHERE g.xid = u.xid AND branches.xid = u.xid AND branches.branch_id = u.branch_id), \
+                  -- AT: a branch's global locks go when its phase 2 completes.
+                  l AS (DELETE FROM global_locks gl \
+                        USING unnest($1::text[], $2::text[], $3::text[]) AS u(xid, branch_id, status), g \
+                        WHERE g.xid = u.xid AND gl.xid = u.xid AND gl.branch_id = u.branch_id \
+                          AND u.status = ANY($9)) \
              SELECT xid, finished_at FROM g",
         )
         .bind(&b_xids)
@@ -759,6 +783,7 @@ pub(super) async fn finish_many(
         .bind(&xids)
         .bind(&terminals)
         .bind(&decided)
+        .bind(RELEASING)
         .fetch_all(&pool),
     )
     .await?;

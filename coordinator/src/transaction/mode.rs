@@ -6,7 +6,13 @@ use tandem_wire::Mode;
 
 /// Whether this coordinator drives transactions of `mode` (others answer 422).
 pub fn is_supported(mode: Mode) -> bool {
-    matches!(mode, Mode::Tcc | Mode::Xa)
+    matches!(mode, Mode::Tcc | Mode::Xa | Mode::At)
+}
+
+/// Whether branches of `mode` take the global locks named by their `lock_keys`
+/// when they register (AT). Other modes store the keys for operators only.
+pub fn takes_global_locks(mode: Mode) -> bool {
+    matches!(mode, Mode::At)
 }
 
 /// Whether commit requires every branch to have reported `prepared`.
@@ -17,10 +23,16 @@ pub fn requires_prepared(mode: Mode) -> bool {
 /// Phase-2 order for `mode`: `true` walks branches newest first.
 ///
 /// TCC runs phase 2 in reverse registration order (a later branch may depend
-/// on an earlier one's reservation, as in Seata); XA and the others in
-/// registration order.
-pub fn reverse_order(mode: Mode, _decision: Decision) -> bool {
-    matches!(mode, Mode::Tcc)
+/// on an earlier one's reservation, as in Seata). AT rolls back newest first:
+/// two branches of one transaction may have written the same row, and each
+/// undo image is only valid once the later branches are undone. XA and the
+/// others run in registration order.
+pub fn reverse_order(mode: Mode, decision: Decision) -> bool {
+    match mode {
+        Mode::Tcc => true,
+        Mode::At => decision == Decision::Rollback,
+        _ => false,
+    }
 }
 
 /// Orders items (given in registration order) for phase 2.
@@ -40,13 +52,18 @@ mod tests {
         assert_eq!(phase2_order(Mode::Tcc, Decision::Commit, vec![1, 2, 3]), vec![3, 2, 1]);
         assert_eq!(phase2_order(Mode::Tcc, Decision::Rollback, vec![1, 2, 3]), vec![3, 2, 1]);
         assert_eq!(phase2_order(Mode::Xa, Decision::Commit, vec![1, 2, 3]), vec![1, 2, 3]);
+        assert_eq!(phase2_order(Mode::At, Decision::Rollback, vec![1, 2, 3]), vec![3, 2, 1]);
+        assert_eq!(phase2_order(Mode::At, Decision::Commit, vec![1, 2, 3]), vec![1, 2, 3]);
     }
 
     #[test]
     fn served_modes() {
         assert!(is_supported(Mode::Tcc));
         assert!(is_supported(Mode::Xa));
-        assert!(!is_supported(Mode::At));
+        assert!(is_supported(Mode::At));
+        assert!(!is_supported(Mode::ThreePc));
+        assert!(takes_global_locks(Mode::At));
+        assert!(!takes_global_locks(Mode::Tcc));
         assert!(requires_prepared(Mode::Xa));
         assert!(!requires_prepared(Mode::Tcc));
     }

@@ -8,12 +8,12 @@ use crate::config::Timing;
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 use crate::phase2::{Phase2Job, Phase2Outcome};
-use crate::store::{NewBranch, NewTransaction, ReportResult, Store};
+use crate::store::{LockedRegistration, NewBranch, NewTransaction, ReportResult, Store};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_wire::{
-    BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, Mode, RegisterBranchRequest, ReportRequest,
-    Transaction, TransactionList, Xid,
+    BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, LockCheckRequest, LockCheckResponse, Mode,
+    RegisterBranchRequest, ReportRequest, Transaction, TransactionList, Xid,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -226,12 +226,41 @@ impl Coordinator {
             payload: req.payload,
             lock_keys: req.lock_keys.unwrap_or_default(),
         };
+        if !new.lock_keys.is_empty() {
+            if let Some(tx) = self.store().transaction(&xid).await? {
+                if mode::takes_global_locks(tx.mode) {
+                    return self.register_locking(&xid, &new).await;
+                }
+            }
+        }
         if let Some(row) = self.store().insert_branch(&xid, &new).await? {
             tracing::debug!(branch_id = %row.branch_id, resource = %row.resource, "branch registered");
             return Ok(row.to_wire());
         }
-        let Some(tx) = self.store().transaction(&xid).await? else {
-            return Err(CoordinatorError::TransactionNotFound(xid.to_string()));
+        Err(self.register_refused(&xid).await)
+    }
+
+    /// AT registration: the branch and its global locks commit together.
+    async fn register_locking(&self, xid: &Xid, new: &NewBranch) -> Result<Branch, CoordinatorError> {
+        match self.store().insert_branch_with_locks(xid, new).await? {
+            LockedRegistration::Registered(row) => {
+                tracing::debug!(branch_id = %row.branch_id, locks = new.lock_keys.len(), "branch registered with locks");
+                Ok(row.to_wire())
+            }
+            LockedRegistration::Conflict(holder) => {
+                self.metrics().lock_conflicts.inc();
+                Err(CoordinatorError::LockConflict(Box::new(holder)))
+            }
+            LockedRegistration::NotActive => Err(self.register_refused(xid).await),
+        }
+    }
+
+    /// Why a registration was refused, as the error to answer.
+    async fn register_refused(&self, xid: &Xid) -> CoordinatorError {
+        let tx = match self.store().transaction(xid).await {
+            Ok(Some(tx)) => tx,
+            Ok(None) => return CoordinatorError::TransactionNotFound(xid.to_string()),
+            Err(e) => return e.into(),
         };
         let detail = match state::may_register(tx.status, tx.expired) {
             Err(RegisterRefusal::NotActive(s)) => format!("cannot register a branch: transaction is {s}"),
@@ -240,7 +269,17 @@ impl Coordinator {
             }
             Ok(()) => "cannot register a branch right now; retry".into(),
         };
-        Err(invalid(detail, None))
+        invalid(detail, None)
+    }
+
+    /// `POST /v1/locks/check`: one holder of any of the keys other than `xid`.
+    pub async fn check_locks(&self, req: LockCheckRequest) -> Result<LockCheckResponse, CoordinatorError> {
+        validate_lock_keys(&req.lock_keys)?;
+        if req.resource.is_empty() || req.resource.len() > MAX_RESOURCE_LEN || has_nul(&req.resource) {
+            return Err(CoordinatorError::Validation(format!("resource must be 1 to {MAX_RESOURCE_LEN} bytes")));
+        }
+        let holder = self.store().lock_holder(&req.resource, &req.lock_keys, req.xid.as_ref()).await?;
+        Ok(LockCheckResponse { free: holder.is_none(), holder })
     }
 
     /// Records a participant's phase-1 result.
@@ -423,15 +462,21 @@ fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError
         return bad("payload must not contain the character U+0000".into());
     }
     if let Some(keys) = &req.lock_keys {
-        if keys.iter().any(|k| has_nul(k)) {
-            return bad("lock keys must not contain NUL".into());
-        }
-        if keys.len() > MAX_LOCK_KEYS {
-            return bad(format!("at most {MAX_LOCK_KEYS} lock_keys"));
-        }
-        if keys.iter().any(|k| k.is_empty() || k.len() > MAX_LOCK_KEY_LEN) {
-            return bad(format!("each lock key must be 1 to {MAX_LOCK_KEY_LEN} bytes"));
-        }
+        validate_lock_keys(keys)?;
+    }
+    Ok(())
+}
+
+fn validate_lock_keys(keys: &[String]) -> Result<(), CoordinatorError> {
+    let bad = |m: String| Err(CoordinatorError::Validation(m));
+    if keys.iter().any(|k| has_nul(k)) {
+        return bad("lock keys must not contain NUL".into());
+    }
+    if keys.len() > MAX_LOCK_KEYS {
+        return bad(format!("at most {MAX_LOCK_KEYS} lock_keys"));
+    }
+    if keys.iter().any(|k| k.is_empty() || k.len() > MAX_LOCK_KEY_LEN) {
+        return bad(format!("each lock key must be 1 to {MAX_LOCK_KEY_LEN} bytes"));
     }
     Ok(())
 }
