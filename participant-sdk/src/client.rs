@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 use tandem_wire::{
-    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, Mode, Problem, RegisterBranchRequest, ReportRequest,
-    Transaction, TransactionList, Xid,
+    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, Mode, Problem,
+    RegisterBranchRequest, ReportRequest, Transaction, TransactionList, Xid,
 };
 
 /// Errors of [`TandemClient`].
@@ -179,6 +179,11 @@ impl TandemClient {
     /// `POST /v1/transactions/{xid}/branches`.
     pub async fn register(&self, xid: &Xid, req: &RegisterBranchRequest) -> Result<Branch, ClientError> {
         Ok(self.call(Method::POST, &format!("/v1/transactions/{xid}/branches"), Some(req), &[]).await?.1)
+    }
+
+    /// `POST /v1/locks/check` (AT mode).
+    pub async fn check_locks(&self, req: &LockCheckRequest) -> Result<LockCheckResponse, ClientError> {
+        Ok(self.call(Method::POST, "/v1/locks/check", Some(req), &[]).await?.1)
     }
 
     /// `POST /v1/transactions/{xid}/branches/{branch_id}/report`.

@@ -9,11 +9,15 @@
 //!   `Ok`, rollback on `Err`).
 //! - [`tcc`]: the TCC participant: try / confirm / cancel in the participant's
 //!   own sqlx transaction, guarded by the fence table, and the callback router.
+//! - [`at`]: AT mode: INSERT / UPDATE / DELETE imaged into an undo log, global
+//!   row locks at the coordinator, automatic compensation on rollback
+//!   (PostgreSQL and MySQL/MariaDB).
 //! - [`xa`]: XA branches on PostgreSQL prepared transactions: phase 1 with a
 //!   verified PREPARE, the phase-2 callback, and participant-side recovery.
 //!
 //! Wire types are re-exported from `tandem-wire` as [`wire`].
 
+pub mod at;
 pub mod client;
 pub mod global;
 pub mod propagation;

@@ -1,0 +1,532 @@
+//! Phase 1 of an AT branch: imaging statements in a local transaction, then
+//! register → undo row → local commit.
+
+use super::backend::{AtBackend, AtParam, Param};
+use super::image::{lock_key, pick, Row, StatementKind, TableMeta, UndoLog, UndoStatement};
+use super::sql::{analyze, bind_plan, is_constant, with_returning, Analyzed, Change, SqlDialect};
+use super::{AtError, AtResource};
+use crate::client::ClientError;
+use backon::{ConstantBuilder, Retryable};
+use sqlx::Database;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Instant;
+use tandem_wire::{BranchId, ErrorCode, GlobalStatus, LockCheckRequest, RegisterBranchRequest, ReportRequest, Xid};
+
+/// Rows per generated `WHERE pk = ... OR ...` query.
+const PK_CHUNK: usize = 500;
+
+/// One branch's local transaction in AT mode. Dropping it without
+/// [`commit`](AtTransaction::commit) rolls the local transaction back.
+pub struct AtTransaction<B: AtBackend> {
+    /// The resource (pool, coordinator, metadata cache).
+    resource: AtResource<B>,
+    /// The global transaction.
+    xid: Xid,
+    /// The local transaction.
+    tx: sqlx::Transaction<'static, B::Db>,
+    /// Images of every statement so far, in order.
+    statements: Vec<UndoStatement>,
+    /// Global lock keys of every row written.
+    lock_keys: BTreeSet<String>,
+}
+
+impl<B: AtBackend> std::fmt::Debug for AtTransaction<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtTransaction")
+            .field("xid", &self.xid)
+            .field("statements", &self.statements.len())
+            .field("lock_keys", &self.lock_keys.len())
+            .finish()
+    }
+}
+
+/// A statement with its parameters, built by [`AtTransaction::sql`].
+pub struct AtQuery<'a, B: AtBackend> {
+    txn: &'a mut AtTransaction<B>,
+    sql: &'a str,
+    params: Vec<Param<B::Db>>,
+}
+
+impl<B: AtBackend> std::fmt::Debug for AtQuery<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtQuery").field("sql", &self.sql).field("params", &self.params.len()).finish()
+    }
+}
+
+impl<'a, B: AtBackend> AtQuery<'a, B> {
+    /// Binds the next parameter (`$n` in order on PostgreSQL, `?` on MySQL).
+    pub fn bind<T: AtParam<B::Db> + 'static>(mut self, value: T) -> Self {
+        self.params.push(Arc::new(value));
+        self
+    }
+
+    /// Runs the statement; returns the number of rows it affected (or read, for `SELECT ... FOR UPDATE`).
+    pub async fn execute(self) -> Result<u64, AtError> {
+        let (n, _) = self.txn.run(self.sql, self.params, false).await?;
+        Ok(n)
+    }
+
+    /// Runs the statement and returns its rows (`RETURNING`, or `SELECT ... FOR UPDATE`).
+    /// An INSERT ... RETURNING row carries AT's key columns after the ones asked for.
+    pub async fn fetch_all(self) -> Result<Vec<<B::Db as Database>::Row>, AtError> {
+        let (_, rows) = self.txn.run(self.sql, self.params, true).await?;
+        Ok(rows)
+    }
+}
+
+/// Builds AT-generated SQL with numbered parameters after the user's.
+struct Gen<B: AtBackend> {
+    params: Vec<Param<B::Db>>,
+}
+
+impl<B: AtBackend> Gen<B> {
+    fn new(user: &[Param<B::Db>]) -> Self {
+        Gen { params: user.to_vec() }
+    }
+
+    /// Adds a text parameter; returns its placeholder.
+    fn text(&mut self, v: Option<String>) -> String {
+        self.params.push(B::text(v));
+        B::DIALECT.param(self.params.len())
+    }
+
+    /// `(pk1 = v AND pk2 = w) OR ...` for `keys` (pk values in key order).
+    fn pk_filter(&mut self, meta: &TableMeta, pk: &[usize], keys: &[Row]) -> String {
+        let mut out = String::new();
+        for (r, key) in keys.iter().enumerate() {
+            out.push_str(if r == 0 { "(" } else { " OR (" });
+            for (j, (&c, v)) in pk.iter().zip(key).enumerate() {
+                if j > 0 {
+                    out.push_str(" AND ");
+                }
+                let col = &meta.columns[c];
+                let p = self.text(v.clone());
+                out.push_str(&format!("{} = {}", B::DIALECT.quote(&col.name), B::value_expr(col, &p)));
+            }
+            out.push(')');
+        }
+        out
+    }
+}
+
+/// `schema.table`, quoted.
+pub(super) fn qualified(d: SqlDialect, meta: &TableMeta) -> String {
+    format!("{}.{}", d.quote(&meta.schema), d.quote(&meta.name))
+}
+
+/// The select list reading every column of `meta` as text.
+pub(super) fn text_columns<B: AtBackend>(meta: &TableMeta, columns: &[usize]) -> String {
+    columns.iter().map(|&i| B::text_expr(&meta.columns[i])).collect::<Vec<_>>().join(", ")
+}
+
+/// Reads rows by primary key, as text, locking them.
+pub(super) async fn rows_by_pk<B: AtBackend>(
+    conn: &mut super::backend::Conn<B>,
+    meta: &TableMeta,
+    columns: &[usize],
+    pk: &[usize],
+    keys: &[Row],
+) -> Result<Vec<Row>, AtError> {
+    let mut out = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(PK_CHUNK) {
+        let mut g = Gen::<B>::new(&[]);
+        let filter = g.pk_filter(meta, pk, chunk);
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {filter} FOR UPDATE",
+            text_columns::<B>(meta, columns),
+            qualified(B::DIALECT, meta)
+        );
+        let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
+        out.extend(B::fetch_text(conn, &sql, &g.params, &plan).await?);
+    }
+    Ok(out)
+}
+
+impl<B: AtBackend> AtTransaction<B> {
+    pub(super) fn new(resource: AtResource<B>, xid: Xid, tx: sqlx::Transaction<'static, B::Db>) -> Self {
+        AtTransaction { resource, xid, tx, statements: Vec::new(), lock_keys: BTreeSet::new() }
+    }
+
+    /// The global transaction.
+    pub fn xid(&self) -> &Xid {
+        &self.xid
+    }
+
+    /// The local connection, for plain reads. Writes through it bypass AT
+    /// (they would be neither imaged nor locked).
+    pub fn connection(&mut self) -> &mut <B::Db as Database>::Connection {
+        &mut self.tx
+    }
+
+    /// Global lock keys taken so far.
+    pub fn lock_keys(&self) -> impl Iterator<Item = &str> {
+        self.lock_keys.iter().map(String::as_str)
+    }
+
+    /// A statement to run in AT mode: bind its parameters, then `execute` or `fetch_all`.
+    pub fn sql<'a>(&'a mut self, sql: &'a str) -> AtQuery<'a, B> {
+        AtQuery { txn: self, sql, params: Vec::new() }
+    }
+
+    async fn run(
+        &mut self,
+        sql: &str,
+        params: Vec<Param<B::Db>>,
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let a = analyze(sql, B::DIALECT)?;
+        if a.params != params.len() {
+            return Err(AtError::Unsupported(format!(
+                "the statement uses {} parameter(s) but {} were bound",
+                a.params,
+                params.len()
+            )));
+        }
+        let meta = self.resource.meta(&mut self.tx, &a.table).await?;
+        let pk = meta.pk();
+        if pk.is_empty() {
+            return Err(AtError::Unsupported(format!(
+                "table {} has no primary key; AT mode cannot image it",
+                meta.qualified()
+            )));
+        }
+        match &a.change {
+            Change::SelectForUpdate => self.select_for_update(&a, &meta, &pk, &params, want_rows).await,
+            Change::Insert { .. } => self.insert(&a, &meta, &pk, &params, want_rows).await,
+            Change::Update { .. } | Change::Delete => self.update_or_delete(&a, &meta, &pk, &params, want_rows).await,
+        }
+    }
+
+    /// `FROM t [AS alias] [WHERE ...]` of the statement.
+    fn from_where(a: &Analyzed, meta: &TableMeta) -> String {
+        let d = B::DIALECT;
+        let mut s = qualified(d, meta);
+        if let Some(alias) = &a.alias {
+            s.push_str(&format!(" AS {}", d.quote(alias)));
+        }
+        if let Some(w) = &a.selection {
+            s.push_str(&format!(" WHERE {w}"));
+        }
+        s
+    }
+
+    /// Runs the caller's statement as written, with all its parameters.
+    async fn run_original(
+        &mut self,
+        sql: &str,
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let plan: Vec<usize> = (0..params.len()).collect();
+        if want_rows {
+            let rows = B::fetch_rows(&mut self.tx, sql, params, &plan).await?;
+            Ok((rows.len() as u64, rows))
+        } else {
+            Ok((B::execute(&mut self.tx, sql, params, &plan).await?, Vec::new()))
+        }
+    }
+
+    async fn update_or_delete(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        pk: &[usize],
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let kind = match &a.change {
+            Change::Update { columns } => {
+                for c in columns {
+                    match meta.index_of(c) {
+                        None => return Err(AtError::Unsupported(format!("no column {c} in {}", meta.qualified()))),
+                        Some(i) if pk.contains(&i) => {
+                            return Err(AtError::Unsupported(format!(
+                                "UPDATE of primary-key column {c} is not supported (the row could not be found again)"
+                            )))
+                        }
+                        Some(_) => {}
+                    }
+                }
+                StatementKind::Update
+            }
+            _ => StatementKind::Delete,
+        };
+        let all: Vec<usize> = (0..meta.columns.len()).collect();
+        let sql_before =
+            format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, &all), Self::from_where(a, meta));
+        let (sql_before, plan) = bind_plan(&sql_before, B::DIALECT)?;
+        let before = B::fetch_text(&mut self.tx, &sql_before, params, &plan).await?;
+        let out = self.run_original(&a.sql, params, want_rows).await?;
+        let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
+        let after = match kind {
+            StatementKind::Update => rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?,
+            _ => Vec::new(),
+        };
+        self.record(meta, pk, kind, before, after, &keys);
+        Ok(out)
+    }
+
+    async fn insert(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        pk: &[usize],
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let Change::Insert { columns, rows } = &a.change else {
+            return Err(AtError::Internal("not an insert".into()));
+        };
+        let all: Vec<usize> = (0..meta.columns.len()).collect();
+        for c in columns {
+            if meta.index_of(c).is_none() {
+                return Err(AtError::Unsupported(format!("no column {c} in {}", meta.qualified())));
+            }
+        }
+        let (out, keys) = match B::DIALECT {
+            SqlDialect::Postgres => {
+                // The inserted keys come back from RETURNING, after the caller's own columns.
+                let extra: Vec<(String, String)> = pk
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &c)| (B::text_expr(&meta.columns[c]), format!("__tandem_pk_{j}")))
+                    .collect();
+                let stmt = with_returning(&a.statement, extra)?;
+                let (sql, plan) = bind_plan(&stmt.to_string(), B::DIALECT)?;
+                let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
+                let mut keys = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    let width = sqlx::Row::len(r);
+                    let first = width
+                        .checked_sub(pk.len())
+                        .ok_or_else(|| AtError::Internal("RETURNING row is too short".into()))?;
+                    keys.push((first..width).map(|i| B::text_at(r, i)).collect::<Result<Row, _>>()?);
+                }
+                let n = rows.len() as u64;
+                ((n, if want_rows { rows } else { Vec::new() }), keys)
+            }
+            SqlDialect::MySql => self.insert_mysql(a, meta, pk, columns, rows, params, want_rows).await?,
+        };
+        let after = rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?;
+        if after.len() != keys.len() {
+            return Err(AtError::Internal(format!(
+                "inserted {} row(s) but found {} again by primary key",
+                keys.len(),
+                after.len()
+            )));
+        }
+        self.record(meta, pk, StatementKind::Insert, Vec::new(), after, &keys);
+        Ok(out)
+    }
+
+    /// MySQL has no RETURNING: the keys are the statement's own key values
+    /// (literals or parameters), or the AUTO_INCREMENT values it generated.
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_mysql(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        pk: &[usize],
+        columns: &[String],
+        rows: &[Vec<sqlparser::ast::Expr>],
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
+        // Position of each key column among the inserted values.
+        let positions: Vec<Option<usize>> = pk
+            .iter()
+            .map(
+                |&c| {
+                    if columns.is_empty() {
+                        Some(c)
+                    } else {
+                        columns.iter().position(|n| *n == meta.columns[c].name)
+                    }
+                },
+            )
+            .collect();
+        if let Some(positions) = positions.iter().copied().collect::<Option<Vec<usize>>>() {
+            let mut filter = Vec::with_capacity(rows.len());
+            for row in rows {
+                let mut conj = Vec::with_capacity(pk.len());
+                for (&c, &p) in pk.iter().zip(&positions) {
+                    let e = row.get(p).ok_or_else(|| AtError::Unsupported("VALUES row is too short".into()))?;
+                    if !is_constant(e) {
+                        return Err(AtError::Unsupported(format!(
+                            "the value of key column {} must be a literal or a parameter",
+                            meta.columns[c].name
+                        )));
+                    }
+                    conj.push(format!("{} = {e}", B::DIALECT.quote(&meta.columns[c].name)));
+                }
+                filter.push(format!("({})", conj.join(" AND ")));
+            }
+            let out = self.run_original(&a.sql, params, want_rows).await?;
+            // Read back the keys as text, by the statement's own key expressions.
+            let mut keys = Vec::with_capacity(rows.len());
+            for chunk in filter.chunks(PK_CHUNK) {
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE {}",
+                    text_columns::<B>(meta, pk),
+                    qualified(B::DIALECT, meta),
+                    chunk.join(" OR ")
+                );
+                let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
+                keys.extend(B::fetch_text(&mut self.tx, &sql, params, &plan).await?);
+            }
+            return Ok((out, keys));
+        }
+        match pk {
+            [c] if meta.columns[*c].auto_increment => {
+                let out = self.run_original(&a.sql, params, want_rows).await?;
+                let (first, step) = B::last_insert_ids(&mut self.tx).await?;
+                // Consecutive for one multi-row INSERT under innodb_autoinc_lock_mode 0 or 1
+                // (MariaDB's default); see the README.
+                let keys = (0..out.0).map(|i| vec![Some((first + i * step.max(1)).to_string())]).collect();
+                Ok((out, keys))
+            }
+            _ => Err(AtError::Unsupported(
+                "INSERT must give every primary-key column (or use one AUTO_INCREMENT key)".into(),
+            )),
+        }
+    }
+
+    async fn select_for_update(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        pk: &[usize],
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        // Lock the rows locally first, then make sure no other global
+        // transaction holds them: the read is then read-committed.
+        let sql_keys = format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, pk), Self::from_where(a, meta));
+        let (sql_keys, plan) = bind_plan(&sql_keys, B::DIALECT)?;
+        let keys = B::fetch_text(&mut self.tx, &sql_keys, params, &plan).await?;
+        let table = meta.qualified();
+        let lock_keys: Vec<String> = keys.iter().map(|k| lock_key(&table, k)).collect();
+        if !lock_keys.is_empty() {
+            let req = LockCheckRequest {
+                resource: self.resource.resource().to_owned(),
+                lock_keys,
+                xid: Some(self.xid.clone()),
+            };
+            let client = self.resource.client().clone();
+            let retry = self.resource.inner.lock_retry;
+            let started = Instant::now();
+            let check = || async {
+                let r = client.check_locks(&req).await?;
+                match r.holder {
+                    Some(holder) if !r.free => {
+                        Err(AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() })
+                    }
+                    _ => Ok(()),
+                }
+            };
+            check.retry(lock_backoff(retry)).sleep(tokio::time::sleep).when(retryable_lock).await?;
+        }
+        self.run_original(&a.sql, params, want_rows).await
+    }
+
+    fn record(
+        &mut self,
+        meta: &TableMeta,
+        pk: &[usize],
+        kind: StatementKind,
+        before: Vec<Row>,
+        after: Vec<Row>,
+        keys: &[Row],
+    ) {
+        if keys.is_empty() {
+            return;
+        }
+        let table = meta.qualified();
+        self.lock_keys.extend(keys.iter().map(|k| lock_key(&table, k)));
+        self.statements.push(UndoStatement {
+            schema: meta.schema.clone(),
+            table: meta.name.clone(),
+            kind,
+            columns: meta.columns.iter().map(|c| c.name.clone()).collect(),
+            pk: pk.iter().map(|&i| meta.columns[i].name.clone()).collect(),
+            before,
+            after,
+        });
+    }
+
+    /// Ends phase 1: registers the branch with its global locks (retrying a
+    /// conflict as configured), writes the undo row, commits locally.
+    /// Returns the branch id, or `None` when nothing was written (no branch
+    /// is registered then). On any error the local transaction is rolled back.
+    pub async fn commit(self) -> Result<Option<BranchId>, AtError> {
+        let AtTransaction { resource, xid, mut tx, statements, lock_keys } = self;
+        if statements.is_empty() {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let req = RegisterBranchRequest {
+            resource: resource.resource().to_owned(),
+            callback_url: resource.inner.callback_url.clone(),
+            payload: None,
+            lock_keys: Some(lock_keys.into_iter().collect()),
+        };
+        let client = resource.client().clone();
+        let started = Instant::now();
+        let register = || async {
+            client.register(&xid, &req).await.map_err(|e| match e {
+                ClientError::Problem(p) if p.code == ErrorCode::LockConflict => match p.lock_holder.clone() {
+                    Some(holder) => AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() },
+                    None => AtError::Coordinator(ClientError::Problem(p)),
+                },
+                other => AtError::Coordinator(other),
+            })
+        };
+        let branch = register
+            .retry(lock_backoff(resource.inner.lock_retry))
+            .sleep(tokio::time::sleep)
+            .when(retryable_lock)
+            .await?;
+        let branch_id = branch.branch_id;
+        let finish = async {
+            let log = UndoLog { version: 1, statements };
+            let info = serde_json::to_string(&log).map_err(|e| AtError::Internal(e.to_string()))?;
+            match super::undo::insert::<B>(&mut tx, &xid, &branch_id, info).await {
+                Err(AtError::Database(e)) if B::is_unique_violation(&e) => {
+                    return Err(AtError::Suspended { xid: xid.clone(), branch_id: branch_id.clone() })
+                }
+                other => other?,
+            }
+            tx.commit().await?;
+            Ok::<(), AtError>(())
+        };
+        if let Err(e) = finish.await {
+            // The coordinator must not commit a branch whose phase 1 did not.
+            let report = ReportRequest {
+                status: tandem_wire::ReportStatus::Phase1Failed,
+                detail: Some(e.to_string().chars().take(1000).collect()),
+            };
+            if let Err(r) = client.report(&xid, &branch_id, &report).await {
+                tracing::warn!(%xid, %branch_id, error = %r, "could not report the failed AT phase 1");
+            }
+            return Err(e);
+        }
+        Ok(Some(branch_id))
+    }
+
+    /// Rolls the local transaction back (no branch was registered).
+    pub async fn rollback(self) -> Result<(), AtError> {
+        Ok(self.tx.rollback().await?)
+    }
+}
+
+fn lock_backoff(r: super::LockRetry) -> ConstantBuilder {
+    let times = (r.timeout.as_millis() / r.interval.as_millis().max(1)) as usize;
+    ConstantBuilder::default().with_delay(r.interval).with_max_times(times)
+}
+
+/// A lock conflict is worth waiting for, unless its holder is rolling back
+/// (its rollback may need a person; Seata fails fast there too).
+fn retryable_lock(e: &AtError) -> bool {
+    matches!(e, AtError::LockConflict { holder, .. } if holder.status != GlobalStatus::RollingBack)
+}

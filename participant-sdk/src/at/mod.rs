@@ -1,0 +1,271 @@
+//! AT mode: plain SQL made compensable.
+//!
+//! Inside a global transaction the business code runs `INSERT`, `UPDATE`,
+//! `DELETE` and `SELECT ... FOR UPDATE` through an [`AtTransaction`]. Each
+//! change is imaged: the rows before (`SELECT ... FOR UPDATE` with the
+//! statement's own WHERE clause and parameters), the statement, the rows after
+//! (by primary key). At [`AtTransaction::commit`] the branch registers with
+//! the global lock keys of every touched row, one `tandem_undo_log` row with
+//! the images goes into the same local transaction, and the local commit
+//! follows, only once the coordinator has granted the locks.
+//!
+//! Phase 2 arrives at [`CALLBACK_PATH`]: commit queues the undo row for a
+//! batched, asynchronous delete; rollback, in one local transaction, restores
+//! every row that is still as AT left it, and refuses (409, branch
+//! `rollback_failed`) if any row was changed by someone else since: a dirty
+//! write that a person must look at. A rollback that finds no undo row leaves
+//! a marker, so that a late phase 1 fails on the undo log's primary key.
+//!
+//! - [`sql`]: what AT understands of a statement (sqlparser), and the one
+//!   function that writes AT-generated SQL's placeholders.
+//! - [`image`]: row images, the undo log's JSON, the rollback decision per row.
+//! - [`backend`]: PostgreSQL ([`Pg`]) and MySQL/MariaDB ([`MySqlDb`]).
+
+pub mod backend;
+mod executor;
+pub mod image;
+pub mod sql;
+mod undo;
+
+pub use backend::{AtBackend, AtParam, MySqlDb, Param, Pg};
+pub use executor::{AtQuery, AtTransaction};
+pub use image::Conflict;
+
+use crate::client::{ClientError, TandemClient};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use image::TableMeta;
+use sql::TableRef;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tandem_wire::{BranchId, CallbackAction, CallbackRequest, ErrorCode, LockHolder, Problem, Xid};
+use tokio::sync::mpsc;
+
+/// Path of the AT callback endpoint.
+pub const CALLBACK_PATH: &str = "/tandem/at/callback";
+
+/// Errors of AT mode.
+#[derive(Debug, thiserror::Error)]
+pub enum AtError {
+    /// The statement cannot be imaged safely; nothing was executed.
+    #[error("AT mode cannot run this statement: {0}")]
+    Unsupported(String),
+    /// The local database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The coordinator refused or could not be reached.
+    #[error("coordinator: {0}")]
+    Coordinator(#[from] ClientError),
+    /// Another global transaction holds a lock this one needs (after the
+    /// configured retries, or at once when the holder is rolling back).
+    #[error("global lock {:?} is held by transaction {} ({}); gave up after {waited:?}", .holder.lock_key, .holder.xid, .holder.status)]
+    LockConflict {
+        /// Who holds it.
+        holder: Box<LockHolder>,
+        /// How long this transaction retried.
+        waited: Duration,
+    },
+    /// The branch was rolled back before its phase 1 could commit (the
+    /// rollback left its marker first): the local transaction was rolled back.
+    #[error("branch {branch_id} of {xid} was already rolled back; its phase 1 was refused")]
+    Suspended {
+        /// The transaction.
+        xid: Xid,
+        /// The branch.
+        branch_id: BranchId,
+    },
+    /// Rollback found rows changed by someone else; nothing was restored.
+    #[error("dirty write: {} row(s) changed outside the global transaction; nothing was rolled back", .0.len())]
+    DirtyWrite(Vec<Conflict>),
+    /// The undo log row cannot be read back.
+    #[error("undo log of this branch is unreadable: {0}")]
+    CorruptUndo(String),
+    /// A bug or an unexpected database answer.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// How long a branch waits for a global lock held by another transaction.
+#[derive(Debug, Clone, Copy)]
+pub struct LockRetry {
+    /// Pause between attempts (Seata: 10 ms).
+    pub interval: Duration,
+    /// Total time to keep trying (Seata: 30 attempts, 300 ms).
+    pub timeout: Duration,
+}
+
+impl Default for LockRetry {
+    fn default() -> Self {
+        LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(300) }
+    }
+}
+
+/// Largest batch of undo rows deleted by one statement after commits.
+const CLEANUP_BATCH: usize = 256;
+/// Queued commit cleanups; beyond this the commit callback deletes inline.
+const CLEANUP_QUEUE: usize = 65_536;
+
+/// One database of an AT participant. Cheap to clone.
+pub struct AtResource<B: AtBackend> {
+    inner: Arc<Inner<B>>,
+}
+
+impl<B: AtBackend> Clone for AtResource<B> {
+    fn clone(&self) -> Self {
+        AtResource { inner: self.inner.clone() }
+    }
+}
+
+impl<B: AtBackend> std::fmt::Debug for AtResource<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtResource").field("resource", &self.inner.resource).finish_non_exhaustive()
+    }
+}
+
+struct Inner<B: AtBackend> {
+    /// The business database (also holds `tandem_undo_log`).
+    pool: sqlx::Pool<B::Db>,
+    /// The coordinator.
+    client: TandemClient,
+    /// Resource name: branches register under it and lock keys are scoped by
+    /// it, so every service writing to this database must use the same name.
+    resource: String,
+    /// Where the coordinator reaches this participant's [`CALLBACK_PATH`].
+    callback_url: String,
+    /// Global lock retry policy.
+    lock_retry: LockRetry,
+    /// Catalog metadata by table as named in statements.
+    meta: Mutex<HashMap<TableRef, Arc<TableMeta>>>,
+    /// Committed branches whose undo rows await the batched delete.
+    cleanup: mpsc::Sender<(Xid, BranchId)>,
+}
+
+impl<B: AtBackend> AtResource<B> {
+    /// An AT resource on `pool`, registering branches as `resource` with
+    /// `callback_url` (the full URL of [`CALLBACK_PATH`] on this service).
+    /// Starts the background task that deletes committed undo rows; call it
+    /// inside a tokio runtime.
+    pub fn new(pool: sqlx::Pool<B::Db>, client: TandemClient, resource: &str, callback_url: &str) -> Self {
+        Self::with_lock_retry(pool, client, resource, callback_url, LockRetry::default())
+    }
+
+    /// [`AtResource::new`] with a lock retry policy.
+    pub fn with_lock_retry(
+        pool: sqlx::Pool<B::Db>,
+        client: TandemClient,
+        resource: &str,
+        callback_url: &str,
+        lock_retry: LockRetry,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(CLEANUP_QUEUE);
+        let inner = Arc::new(Inner {
+            pool,
+            client,
+            resource: resource.to_owned(),
+            callback_url: callback_url.to_owned(),
+            lock_retry,
+            meta: Mutex::new(HashMap::new()),
+            cleanup: tx,
+        });
+        tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), rx));
+        AtResource { inner }
+    }
+
+    /// Creates `tandem_undo_log` if it does not exist.
+    pub async fn install(&self) -> Result<(), sqlx::Error> {
+        let mut conn = self.inner.pool.acquire().await?;
+        B::execute(&mut conn, B::UNDO_DDL, &[], &[]).await?;
+        Ok(())
+    }
+
+    /// The resource name.
+    pub fn resource(&self) -> &str {
+        &self.inner.resource
+    }
+
+    /// The coordinator client.
+    pub fn client(&self) -> &TandemClient {
+        &self.inner.client
+    }
+
+    /// Starts this service's branch of global transaction `xid`: a local
+    /// transaction whose statements are imaged.
+    pub async fn begin(&self, xid: &Xid) -> Result<AtTransaction<B>, AtError> {
+        let tx = self.inner.pool.begin().await?;
+        Ok(AtTransaction::new(self.clone(), xid.clone(), tx))
+    }
+
+    /// Applies a phase-2 callback.
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<(), AtError> {
+        match req.action {
+            CallbackAction::Commit => {
+                let item = (req.xid.clone(), req.branch_id.clone());
+                if let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) =
+                    self.inner.cleanup.try_send(item)
+                {
+                    undo::delete_batch::<B>(&self.inner.pool, &[item]).await?;
+                }
+                Ok(())
+            }
+            CallbackAction::Rollback => undo::rollback::<B>(&self.inner.pool, self, &req.xid, &req.branch_id).await,
+        }
+    }
+
+    /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
+    pub fn router(&self) -> Router {
+        Router::new().route(CALLBACK_PATH, post(callback::<B>)).with_state(self.clone())
+    }
+
+    /// Table metadata, cached per table name (schema changes need a restart).
+    async fn meta(&self, conn: &mut backend::Conn<B>, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
+        if let Some(m) = self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).get(table) {
+            return Ok(m.clone());
+        }
+        let Some(meta) = B::table_meta(conn, table).await? else {
+            let name = match &table.schema {
+                Some(s) => format!("{s}.{}", table.name),
+                None => table.name.clone(),
+            };
+            return Err(AtError::Unsupported(format!("no table {name}")));
+        };
+        let meta = Arc::new(meta);
+        self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone(), meta.clone());
+        Ok(meta)
+    }
+}
+
+async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<CallbackRequest>) -> Response {
+    if req.resource != r.inner.resource {
+        let detail = format!("this participant serves resource {:?}, not {:?}", r.inner.resource, req.resource);
+        return problem(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail, None);
+    }
+    match r.handle_callback(&req).await {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "outcome": "done" }))).into_response(),
+        Err(AtError::DirtyWrite(conflicts)) => {
+            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
+                "AT rollback found dirty writes; branch needs manual repair");
+            let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
+            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
+        }
+        Err(e @ AtError::CorruptUndo(_)) => problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None),
+        Err(e) => {
+            tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "AT callback failed; will be retried");
+            problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string(), None)
+        }
+    }
+}
+
+/// A problem answer; a dirty-write refusal lists the conflicting rows under
+/// `conflicts` (the coordinator keeps the body as the branch's `last_error`).
+fn problem(status: StatusCode, code: ErrorCode, detail: String, conflicts: Option<Vec<Conflict>>) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let mut body = serde_json::to_value(Problem::new(status.as_u16(), code, title, detail)).unwrap_or_default();
+    if let (Some(c), Some(obj)) = (conflicts, body.as_object_mut()) {
+        obj.insert("conflicts".into(), serde_json::to_value(c).unwrap_or_default());
+    }
+    (status, [(axum::http::header::CONTENT_TYPE, tandem_wire::PROBLEM_CONTENT_TYPE)], Json(body)).into_response()
+}
