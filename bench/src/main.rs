@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, Settings};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
+use tandem_sdk::at::{AtResource, Pg};
 use tandem_sdk::xa::XaParticipant;
 use tandem_sdk::TandemClient;
 
@@ -29,8 +30,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "tandem-bench", about = "Benchmark whole global transactions against a real coordinator")]
 struct Args {
     /// `tcc` (no-op participants), `xa` (PostgreSQL participants that PREPARE
-    /// one UPDATE each), or `local` (the same UPDATEs in one local transaction,
-    /// no coordinator: the baseline of `xa`).
+    /// one UPDATE each), `local` (the same UPDATEs in one local transaction,
+    /// no coordinator: the baseline of `xa`), `at` (one AT branch running one
+    /// one-row UPDATE: images, undo row, global lock), or `local1` (that one
+    /// UPDATE in a plain local transaction: the baseline of `at`).
     #[arg(long, default_value = "tcc")]
     mode: String,
     /// PostgreSQL server (no database name) for the `xa` and `local` participants'
@@ -96,6 +99,10 @@ enum Workload {
     Xa(Vec<XaParticipant>),
     /// The same UPDATEs in one local transaction on the first participant database.
     Local(PgPool),
+    /// AT: one branch, one one-row UPDATE through the SDK, commit.
+    At(AtResource<Pg>),
+    /// The one UPDATE in a plain local transaction.
+    Local1(PgPool),
 }
 
 /// The statement of every branch: client `row` owns its own row (no lock waits between clients).
@@ -117,19 +124,24 @@ async fn participant_db(server: &str, name: &str, rows: usize) -> anyhow::Result
 }
 
 /// One complete iteration: a global transaction, or the local baseline.
-async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result<()> {
+/// Returns how long the branch's own part took, where that is separate (AT:
+/// from the local BEGIN to the local COMMIT after the locks were granted).
+async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result<Option<Duration>> {
     let mode = match work {
-        Workload::Local(pool) => {
+        Workload::Local(pool) | Workload::Local1(pool) => {
+            let n = if matches!(work, Workload::Local(_)) { 2 } else { 1 };
             let mut tx = pool.begin().await?;
-            for _ in 0..2 {
+            for _ in 0..n {
                 sqlx::query(UPDATE).bind(row).execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            return Ok(());
+            return Ok(None);
         }
         Workload::Tcc(_) => Mode::Tcc,
         Workload::Xa(_) => Mode::Xa,
+        Workload::At(_) => Mode::At,
     };
+    let mut branch_time = None;
     let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None }).await?;
     match work {
         Workload::Tcc(callbacks) => {
@@ -155,13 +167,20 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
                 .await?;
             }
         }
-        Workload::Local(_) => {}
+        Workload::At(at) => {
+            let t0 = Instant::now();
+            let mut local = at.begin(&tx.xid).await?;
+            local.sql(UPDATE).bind(row).execute().await?;
+            local.commit().await?;
+            branch_time = Some(t0.elapsed());
+        }
+        Workload::Local(_) | Workload::Local1(_) => {}
     }
     let done = client.commit(&tx.xid, None).await?;
     if !done.finished || done.transaction.status != GlobalStatus::Committed {
         bail!("commit ended {} (finished: {})", done.transaction.status, done.finished);
     }
-    Ok(())
+    Ok(branch_time)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -174,8 +193,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local") {
-        bail!("--mode {}: expected tcc, xa or local", args.mode);
+    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "at" | "local1") {
+        bail!("--mode {}: expected tcc, xa, local, at or local1", args.mode);
     }
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
@@ -197,6 +216,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Workload::Tcc(callbacks)
         }
         "local" => Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
+        "local1" => Workload::Local1(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
+        "at" => {
+            let pool = participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?;
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}{}", listener.local_addr()?, tandem_sdk::at::CALLBACK_PATH);
+            let at = AtResource::<Pg>::new(pool, client.clone(), "bench", &url);
+            at.install().await?;
+            let app = at.router();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Workload::At(at)
+        }
         _ => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
@@ -254,6 +284,7 @@ async fn bench(
         let row = row as i32;
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut branch_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut errors = 0u64;
             let mut last_error = None;
             loop {
@@ -269,8 +300,11 @@ async fn bench(
                     continue;
                 }
                 match r {
-                    Ok(()) => {
+                    Ok(branch) => {
                         let _ = hist.record(t0.elapsed().as_micros() as u64);
+                        if let Some(b) = branch {
+                            let _ = branch_hist.record(b.as_micros() as u64);
+                        }
                     }
                     Err(e) => {
                         errors += 1;
@@ -278,14 +312,16 @@ async fn bench(
                     }
                 }
             }
-            (hist, errors, last_error)
+            (hist, branch_hist, errors, last_error)
         }));
     }
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut branch_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut errors = 0;
     for w in workers {
-        let (h, e, last) = w.await?;
+        let (h, b, e, last) = w.await?;
         hist.add(&h)?;
+        branch_hist.add(&b)?;
         errors += e;
         if let Some(last) = last {
             eprintln!("error (one of {e} in a client): {last}");
@@ -301,7 +337,7 @@ async fn bench(
     }
     let tx = hist.len();
     let secs = args.duration_secs as f64;
-    let result = serde_json::json!({
+    let mut result = serde_json::json!({
         "mode": args.mode,
         "branches": args.branches,
         "concurrency": args.concurrency,
@@ -311,6 +347,10 @@ async fn bench(
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "errors": errors,
     });
+    if !branch_hist.is_empty() {
+        result["branch_p50_ms"] = serde_json::json!(branch_hist.value_at_quantile(0.50) as f64 / 1000.0);
+        result["branch_p99_ms"] = serde_json::json!(branch_hist.value_at_quantile(0.99) as f64 / 1000.0);
+    }
     println!(
         "{} committed {}-branch transactions in {}s with {} clients ({} callbacks delivered in total)",
         tx,

@@ -94,6 +94,52 @@ impl Drop for TestDb {
     }
 }
 
+/// Server URL (no database) of the MariaDB the tests use.
+pub fn mariadb_server() -> String {
+    std::env::var("TANDEM_TEST_MARIADB").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into())
+}
+
+/// A MariaDB database created for one test and dropped after it.
+pub struct TestMariaDb {
+    /// Its URL.
+    pub url: String,
+    name: String,
+}
+
+impl TestMariaDb {
+    /// Creates `tandem_t_<tag>_<random>`.
+    pub async fn new(tag: &str) -> TestMariaDb {
+        use sqlx::MySqlConnection;
+        let name = format!("tandem_t_{tag}_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut admin = MySqlConnection::connect(&mariadb_server()).await.expect("connect mariadb");
+        sqlx::Executor::execute(&mut admin, format!("CREATE DATABASE {name}").as_str()).await.expect("create");
+        TestMariaDb { url: format!("{}/{name}", mariadb_server()), name }
+    }
+
+    /// A small pool on it.
+    pub async fn pool(&self) -> sqlx::MySqlPool {
+        sqlx::mysql::MySqlPoolOptions::new().max_connections(8).connect(&self.url).await.expect("mariadb pool")
+    }
+}
+
+impl Drop for TestMariaDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    if let Ok(mut c) = sqlx::MySqlConnection::connect(&mariadb_server()).await {
+                        let _ =
+                            sqlx::Executor::execute(&mut c, format!("DROP DATABASE IF EXISTS {name}").as_str()).await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}
+
 /// Settings for fast tests: short recovery period, backoff, lease.
 pub fn fast_settings(db_url: &str) -> Settings {
     let mut s = Settings::new(db_url);
