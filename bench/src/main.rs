@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, Settings};
-use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
 use tandem_sdk::at::{AtResource, Pg};
+use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
 use tandem_sdk::xa::XaParticipant;
 use tandem_sdk::TandemClient;
 
@@ -339,7 +339,7 @@ async fn bench(
     let secs = args.duration_secs as f64;
     let mut result = serde_json::json!({
         "mode": args.mode,
-        "branches": args.branches,
+        "branches": if matches!(args.mode.as_str(), "tcc" | "xa" | "local") { args.branches } else { 1 },
         "concurrency": args.concurrency,
         "tx": tx,
         "tx_per_sec": (tx as f64 / secs * 10.0).round() / 10.0,

@@ -6,11 +6,17 @@
 //! by the phase-2 bookkeeping statements (`finish_many`, `schedule_retry`)
 //! when the branch completes.
 
-use super::rows::{parsed, parsed_opt};
-use super::transactions::{insert_branches_on, NewBranch};
+use super::rows::{branch_cols, parsed, parsed_opt};
+use super::transactions::NewBranch;
 use super::{BranchRow, Store, StoreError};
+use crate::transaction::mode::takes_global_locks;
 use sqlx::Row;
-use tandem_wire::{GlobalStatus, LockHolder, Xid};
+use tandem_wire::{BranchStatus, GlobalStatus, LockHolder, Mode, Xid};
+
+/// Modes whose branches take their lock keys, as bound into the statement.
+fn locking_modes() -> Vec<&'static str> {
+    Mode::ALL.iter().copied().filter(|m| takes_global_locks(*m)).map(Mode::as_str).collect()
+}
 
 /// Outcome of registering a branch together with its global locks.
 #[derive(Debug, Clone)]
@@ -33,53 +39,57 @@ fn row_key(resource: &str, lock_key: &str) -> String {
 const VANISHED_HOLDER_RETRIES: usize = 3;
 
 impl Store {
-    /// Registers `b` on `xid` and takes its `lock_keys`, atomically: either the
-    /// branch row and all its locks commit together (durably), or nothing does.
+    /// Registers `b` on `xid` and, if the transaction is in a locking mode
+    /// (AT), takes its `lock_keys`, atomically and in one durable statement:
+    /// either the branch row and all its locks commit together, or nothing does
+    /// (`tandem_take_locks` raises SQLSTATE TD409 on a conflict).
     ///
     /// Keys are inserted in sorted order, so two registrations that want
     /// overlapping keys wait for each other in one direction only (no
     /// deadlock). Locks already held by the same transaction are granted again.
-    pub async fn insert_branch_with_locks(&self, xid: &Xid, b: &NewBranch) -> Result<LockedRegistration, StoreError> {
+    pub async fn insert_branch_locking(&self, xid: &Xid, b: &NewBranch) -> Result<LockedRegistration, StoreError> {
         let mut keys: Vec<&str> = b.lock_keys.iter().map(String::as_str).collect();
         keys.sort_unstable();
         keys.dedup();
         let row_keys: Vec<String> = keys.iter().map(|k| row_key(&b.resource, k)).collect();
         for _ in 0..VANISHED_HOLDER_RETRIES {
-            let mut db = self.durable.begin().await?;
-            let item = [(xid.clone(), b.clone())];
-            let Some(Some(branch)) = insert_branches_on(&mut *db, &self.metrics, &item).await?.pop() else {
-                db.rollback().await?;
-                return Ok(LockedRegistration::NotActive);
-            };
-            let granted: i64 = self
+            let r = self
                 .timed(
-                    "take_locks",
-                    sqlx::query_scalar(
-                        // DO UPDATE (a no-op) instead of DO NOTHING so that a key this
-                        // transaction already holds counts as granted.
-                        "WITH ins AS (INSERT INTO global_locks (row_key, xid, branch_id, resource, lock_key) \
-                                      SELECT k.row_key, $1, $2, $3, k.lock_key \
-                                      FROM unnest($4::text[], $5::text[]) AS k(row_key, lock_key) \
-                                      ON CONFLICT (row_key) DO UPDATE SET xid = global_locks.xid \
-                                      WHERE global_locks.xid = EXCLUDED.xid RETURNING 1) \
-                         SELECT count(*) FROM ins",
-                    )
+                    "insert_branch_locking",
+                    sqlx::query_as::<_, BranchRow>(concat!(
+                        "WITH t AS (UPDATE global_transactions SET version = version + 1, \
+                                    branch_count = branch_count + 1, branches_unprepared = branches_unprepared + 1 \
+                                    WHERE xid = $1 AND status = $8 AND deadline > now() RETURNING xid, mode), \
+                              ins AS (INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
+                                      SELECT $2, t.xid, $3, $4, $9, $5, $7 FROM t RETURNING ",
+                        branch_cols!(),
+                        ") SELECT ins.*, CASE WHEN t.mode = ANY($10) \
+                                  THEN tandem_take_locks(ins.xid, ins.branch_id, ins.resource, $6, $7) END AS locked \
+                         FROM ins, t"
+                    ))
                     .bind(xid.as_str())
-                    .bind(branch.branch_id.as_str())
+                    .bind(b.branch_id.as_str())
                     .bind(&b.resource)
+                    .bind(&b.callback_url)
+                    .bind(&b.payload)
                     .bind(&row_keys)
                     .bind(&keys)
-                    .fetch_one(&mut *db),
+                    .bind(GlobalStatus::Active.as_str())
+                    .bind(BranchStatus::Registered.as_str())
+                    .bind(locking_modes())
+                    .fetch_optional(&self.durable),
                 )
-                .await?;
-            if granted as usize == keys.len() {
-                db.commit().await?;
-                return Ok(LockedRegistration::Registered(branch));
-            }
-            let holder = self.holder_on(&mut *db, &row_keys, Some(xid)).await?;
-            db.rollback().await?;
-            if let Some(holder) = holder {
-                return Ok(LockedRegistration::Conflict(holder));
+                .await;
+            match r {
+                Ok(Some(branch)) => return Ok(LockedRegistration::Registered(branch)),
+                Ok(None) => return Ok(LockedRegistration::NotActive),
+                Err(StoreError::LockConflict) => {
+                    let mut conn = self.relaxed.acquire().await?;
+                    if let Some(holder) = self.holder_on(&mut *conn, &row_keys, Some(xid)).await? {
+                        return Ok(LockedRegistration::Conflict(holder));
+                    }
+                }
+                Err(e) => return Err(e),
             }
         }
         Err(StoreError::Contended)

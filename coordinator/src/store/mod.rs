@@ -48,6 +48,10 @@ pub enum StoreError {
     /// A batched write failed; the error of its statement (shared).
     #[error("{0}")]
     Batch(std::sync::Arc<StoreError>),
+    /// A global lock is held by another transaction (SQLSTATE TD409, raised by
+    /// `tandem_take_locks`); the statement changed nothing.
+    #[error("global lock held by another transaction")]
+    LockConflict,
     /// An optimistic write lost to concurrent changes too many times in a row.
     #[error("transaction changed concurrently too often; retry")]
     Contended,
@@ -79,6 +83,7 @@ impl From<sqlx::Error> for StoreError {
                 let code = db.code().unwrap_or_default();
                 match code.as_ref() {
                     "40001" | "40P01" => StoreError::Transient(e),
+                    "TD409" => StoreError::LockConflict,
                     "23505" => {
                         StoreError::UniqueViolation { constraint: db.constraint().unwrap_or_default().to_owned() }
                     }

@@ -682,16 +682,6 @@ pub(super) async fn insert_branches(
     metrics: Metrics,
     items: Vec<(Xid, NewBranch)>,
 ) -> Result<Vec<Option<BranchRow>>, StoreError> {
-    insert_branches_on(&pool, &metrics, &items).await
-}
-
-/// [`insert_branches`] on any executor (a pool, or an open transaction when
-/// global locks are taken in the same commit).
-pub(super) async fn insert_branches_on<'c>(
-    db: impl sqlx::PgExecutor<'c>,
-    metrics: &Metrics,
-    items: &[(Xid, NewBranch)],
-) -> Result<Vec<Option<BranchRow>>, StoreError> {
     let xids: Vec<&str> = items.iter().map(|(x, _)| x.as_str()).collect();
     let ids: Vec<&str> = items.iter().map(|(_, b)| b.branch_id.as_str()).collect();
     let resources: Vec<&str> = items.iter().map(|(_, b)| b.resource.as_str()).collect();
@@ -700,7 +690,7 @@ pub(super) async fn insert_branches_on<'c>(
     // Ragged text[][] cannot be bound; each branch's keys travel as one JSON array.
     let keys: Vec<serde_json::Value> = items.iter().map(|(_, b)| serde_json::json!(b.lock_keys)).collect();
     let rows = super::timed_with(
-        metrics,
+        &metrics,
         "insert_branches",
         sqlx::query_as::<_, BranchRow>(concat!(
             // Statuses are bound, not literal, in hot statements: a literal lets a
@@ -729,7 +719,7 @@ pub(super) async fn insert_branches_on<'c>(
         .bind(&keys)
         .bind(GlobalStatus::Active.as_str())
         .bind(BranchStatus::Registered.as_str())
-        .fetch_all(db),
+        .fetch_all(&pool),
     )
     .await?;
     let mut by_id: HashMap<BranchId, BranchRow> = rows.into_iter().map(|r| (r.branch_id.clone(), r)).collect();

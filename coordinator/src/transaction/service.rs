@@ -227,11 +227,7 @@ impl Coordinator {
             lock_keys: req.lock_keys.unwrap_or_default(),
         };
         if !new.lock_keys.is_empty() {
-            if let Some(tx) = self.store().transaction(&xid).await? {
-                if mode::takes_global_locks(tx.mode) {
-                    return self.register_locking(&xid, &new).await;
-                }
-            }
+            return self.register_locking(&xid, &new).await;
         }
         if let Some(row) = self.store().insert_branch(&xid, &new).await? {
             tracing::debug!(branch_id = %row.branch_id, resource = %row.resource, "branch registered");
@@ -240,9 +236,10 @@ impl Coordinator {
         Err(self.register_refused(&xid).await)
     }
 
-    /// AT registration: the branch and its global locks commit together.
+    /// Registration with lock keys: in a locking mode (AT) the branch and its
+    /// global locks commit together; other modes only record the keys.
     async fn register_locking(&self, xid: &Xid, new: &NewBranch) -> Result<Branch, CoordinatorError> {
-        match self.store().insert_branch_with_locks(xid, new).await? {
+        match self.store().insert_branch_locking(xid, new).await? {
             LockedRegistration::Registered(row) => {
                 tracing::debug!(branch_id = %row.branch_id, locks = new.lock_keys.len(), "branch registered with locks");
                 Ok(row.to_wire())

@@ -257,14 +257,61 @@ impl<B: AtBackend> AtTransaction<B> {
             format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, &all), Self::from_where(a, meta));
         let (sql_before, plan) = bind_plan(&sql_before, B::DIALECT)?;
         let before = B::fetch_text(&mut self.tx, &sql_before, params, &plan).await?;
-        let out = self.run_original(&a.sql, params, want_rows).await?;
         let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
-        let after = match kind {
-            StatementKind::Update => rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?,
-            _ => Vec::new(),
+        let (out, after) = match (kind, B::DIALECT) {
+            // The after image comes back with the UPDATE itself.
+            (StatementKind::Update, SqlDialect::Postgres) => {
+                self.run_returning(a, meta, &all, params, want_rows).await?
+            }
+            (StatementKind::Update, SqlDialect::MySql) => {
+                let out = self.run_original(&a.sql, params, want_rows).await?;
+                (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
+            }
+            _ => (self.run_original(&a.sql, params, want_rows).await?, Vec::new()),
         };
+        // A row that began to match between the before image and the
+        // statement (a phantom under READ COMMITTED) was changed unimaged:
+        // refuse, and the local transaction must be rolled back.
+        if out.0 != before.len() as u64 {
+            return Err(AtError::Concurrent(format!(
+                "the statement changed {} row(s) but {} were imaged; retry the local transaction",
+                out.0,
+                before.len()
+            )));
+        }
         self.record(meta, pk, kind, before, after, &keys);
         Ok(out)
+    }
+
+    /// PostgreSQL: runs the INSERT or UPDATE with AT's text columns
+    /// `columns` appended to its RETURNING list; returns the caller's result
+    /// and those columns of every row.
+    async fn run_returning(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        columns: &[usize],
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
+        let extra: Vec<(String, String)> = columns
+            .iter()
+            .enumerate()
+            .map(|(j, &c)| (B::text_expr(&meta.columns[c]), format!("__tandem_{j}")))
+            .collect();
+        let stmt = with_returning(&a.statement, extra)?;
+        let (sql, plan) = bind_plan(&stmt.to_string(), B::DIALECT)?;
+        let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
+        let mut images = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let width = sqlx::Row::len(r);
+            let first = width
+                .checked_sub(columns.len())
+                .ok_or_else(|| AtError::Internal("RETURNING row is too short".into()))?;
+            images.push((first..width).map(|i| B::text_at(r, i)).collect::<Result<Row, _>>()?);
+        }
+        let n = rows.len() as u64;
+        Ok(((n, if want_rows { rows } else { Vec::new() }), images))
     }
 
     async fn insert(
@@ -284,38 +331,22 @@ impl<B: AtBackend> AtTransaction<B> {
                 return Err(AtError::Unsupported(format!("no column {c} in {}", meta.qualified())));
             }
         }
-        let (out, keys) = match B::DIALECT {
-            SqlDialect::Postgres => {
-                // The inserted keys come back from RETURNING, after the caller's own columns.
-                let extra: Vec<(String, String)> = pk
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &c)| (B::text_expr(&meta.columns[c]), format!("__tandem_pk_{j}")))
-                    .collect();
-                let stmt = with_returning(&a.statement, extra)?;
-                let (sql, plan) = bind_plan(&stmt.to_string(), B::DIALECT)?;
-                let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
-                let mut keys = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    let width = sqlx::Row::len(r);
-                    let first = width
-                        .checked_sub(pk.len())
-                        .ok_or_else(|| AtError::Internal("RETURNING row is too short".into()))?;
-                    keys.push((first..width).map(|i| B::text_at(r, i)).collect::<Result<Row, _>>()?);
-                }
-                let n = rows.len() as u64;
-                ((n, if want_rows { rows } else { Vec::new() }), keys)
+        let (out, after) = match B::DIALECT {
+            // The inserted rows come back from RETURNING, after the caller's own columns.
+            SqlDialect::Postgres => self.run_returning(a, meta, &all, params, want_rows).await?,
+            SqlDialect::MySql => {
+                let (out, keys) = self.insert_mysql(a, meta, pk, columns, rows, params, want_rows).await?;
+                (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
             }
-            SqlDialect::MySql => self.insert_mysql(a, meta, pk, columns, rows, params, want_rows).await?,
         };
-        let after = rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?;
-        if after.len() != keys.len() {
+        if after.len() as u64 != out.0 {
             return Err(AtError::Internal(format!(
                 "inserted {} row(s) but found {} again by primary key",
-                keys.len(),
+                out.0,
                 after.len()
             )));
         }
+        let keys: Vec<Row> = after.iter().map(|r| pick(r, pk)).collect();
         self.record(meta, pk, StatementKind::Insert, Vec::new(), after, &keys);
         Ok(out)
     }

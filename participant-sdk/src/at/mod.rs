@@ -81,6 +81,10 @@ pub enum AtError {
     /// Rollback found rows changed by someone else; nothing was restored.
     #[error("dirty write: {} row(s) changed outside the global transaction; nothing was rolled back", .0.len())]
     DirtyWrite(Vec<Conflict>),
+    /// Rows changed under the statement between its images; the local
+    /// transaction must be rolled back (drop it) and may be retried.
+    #[error("concurrent change: {0}")]
+    Concurrent(String),
     /// The undo log row cannot be read back.
     #[error("undo log of this branch is unreadable: {0}")]
     CorruptUndo(String),

@@ -279,14 +279,17 @@ pub fn is_constant(e: &Expr) -> bool {
     }
 }
 
-/// The PostgreSQL INSERT with `RETURNING` extended by `extra` (AT's key
-/// columns, last, so that the caller's own columns keep their positions).
+/// The PostgreSQL INSERT or UPDATE with `RETURNING` extended by `extra`
+/// (AT's image columns, last, so that the caller's own columns keep their
+/// positions).
 pub fn with_returning(statement: &Statement, extra: Vec<(String, String)>) -> Result<Statement, AtError> {
     let mut s = statement.clone();
-    let Statement::Insert(ins) = &mut s else {
-        return Err(refuse("RETURNING can only be added to INSERT"));
+    let returning = match &mut s {
+        Statement::Insert(ins) => &mut ins.returning,
+        Statement::Update { returning, .. } => returning,
+        _ => return Err(AtError::Internal("RETURNING can only be added to INSERT or UPDATE".into())),
     };
-    let items = ins.returning.get_or_insert_with(Vec::new);
+    let items = returning.get_or_insert_with(Vec::new);
     for (expr_sql, alias) in extra {
         let expr = Parser::new(&PostgreSqlDialect {})
             .try_with_sql(&expr_sql)
