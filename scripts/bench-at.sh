@@ -8,14 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-postgres.sh
-cargo build --release --locked -p tandem-bench
-server="${TANDEM_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
-for clients in 1 16; do
-  for mode in local1 at; do
-    psql "$server/postgres" -qAtc 'DROP DATABASE IF EXISTS tandem_bench' -c 'CREATE DATABASE tandem_bench'
-    printf '%-6s %2s clients: ' "$mode" "$clients"
-    RUST_LOG=warn ./target/release/tandem-bench --mode "$mode" --concurrency "$clients" \
-      --participant-pg "$server" --duration-secs 10 --database-url "$server/tandem_bench" 2>/dev/null | tail -1
-  done
-done
-psql "$server/postgres" -qAtc 'DROP DATABASE IF EXISTS tandem_bench' -c 'DROP DATABASE IF EXISTS tandem_bench_p0'
+exec bash scripts/bench-pair.sh local1 at "${TANDEM_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
