@@ -154,7 +154,7 @@ impl Business for PgBusiness {
         out
     }
     async fn undo_rows(&self, xid: &Xid) -> Vec<(String, i32)> {
-        sqlx::query_as("SELECT branch_id, state::int FROM tandem_undo_log WHERE xid = $1 ORDER BY branch_id")
+        sqlx::query_as("SELECT branch_key, state::int FROM tandem_undo_log WHERE xid = $1 ORDER BY branch_key")
             .bind(xid.as_str())
             .fetch_all(&self.pool)
             .await
@@ -195,7 +195,7 @@ impl Business for MariaBusiness {
     }
     async fn undo_rows(&self, xid: &Xid) -> Vec<(String, i32)> {
         sqlx::query_as(
-            "SELECT branch_id, CAST(state AS SIGNED INTEGER) FROM tandem_undo_log WHERE xid = ? ORDER BY branch_id",
+            "SELECT branch_key, CAST(state AS SIGNED INTEGER) FROM tandem_undo_log WHERE xid = ? ORDER BY branch_key",
         )
         .bind(xid.as_str())
         .fetch_all(&self.pool)
@@ -215,6 +215,12 @@ async fn stock<D: Business>(d: &D) {
          INSERT INTO stock VALUES (1, 'a', 10, NULL), (2, 'b', 20, 'x'), (3, 'c', 30, NULL)",
     )
     .await;
+}
+
+/// The undo-row key the SDK registered as the (only) branch's payload.
+async fn undo_key(c: &Coordinator, xid: &Xid) -> String {
+    let tx = c.client().get(xid).await.unwrap();
+    tx.branches[0].payload.as_ref().and_then(|p| p["undo_key"].as_str()).expect("undo_key in the payload").to_owned()
 }
 
 async fn qty<D: Business>(d: &D, id: i64) -> Vec<String> {
@@ -238,7 +244,7 @@ where
         let xid = c.begin().await;
         let mut t = p.at.begin(&xid).await.unwrap();
         if case == "update" || case == "all three" {
-            let sql = d.q("UPDATE stock SET qty = qty - ?, note = ? WHERE id IN (?, ?)");
+            let sql = d.q("UPDATE stock AS s SET qty = s.qty - ?, note = ? WHERE s.id IN (?, ?)");
             let n = t.sql(&sql).bind(5i32).bind("held").bind(1i64).bind(2i64).execute().await.unwrap();
             assert_eq!(n, 2, "{case}");
         }
@@ -253,13 +259,15 @@ where
         }
         let branch = t.commit().await.unwrap().expect("a branch was registered");
         assert_ne!(d.snapshot("stock", STOCK_COLS, "id").await, original, "{case}: phase 1 committed locally");
-        assert_eq!(d.undo_rows(&xid).await, vec![(branch.to_string(), 0)]);
+        let key = undo_key(c, &xid).await;
+        assert_ne!(key, branch.to_string(), "the SDK's own key, registered as the payload");
+        assert_eq!(d.undo_rows(&xid).await, vec![(key.clone(), 0)]);
 
         c.client().rollback(&xid, None).await.unwrap();
         let t = wait_status(c.client(), &xid, "rolled_back", WAIT).await;
         assert_eq!(t.branches[0].status, BranchStatus::RolledBack);
         assert_eq!(d.snapshot("stock", STOCK_COLS, "id").await, original, "{case}: rolled back exactly");
-        assert_eq!(d.undo_rows(&xid).await, vec![(branch.to_string(), 1)], "{case}: undo row became a marker");
+        assert_eq!(d.undo_rows(&xid).await, vec![(key, 1)], "{case}: undo row became a marker");
     }
 }
 
@@ -850,7 +858,7 @@ async fn an_empty_rollback_leaves_a_marker_that_refuses_a_late_phase_one() {
     // A late phase 1 of that branch writes its undo row in its own local
     // transaction: the marker's key refuses it, so its changes cannot commit.
     let late =
-        sqlx::query("INSERT INTO tandem_undo_log (xid, branch_id, state, rollback_info) VALUES ($1, $2, 0, '{}')")
+        sqlx::query("INSERT INTO tandem_undo_log (xid, branch_key, state, rollback_info) VALUES ($1, $2, 0, '{}')")
             .bind(xid.as_str())
             .bind(branch.as_str())
             .execute(&d.pool)

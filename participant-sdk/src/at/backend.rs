@@ -110,11 +110,11 @@ impl AtBackend for Pg {
     const DIALECT: SqlDialect = SqlDialect::Postgres;
     const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
         xid           text        NOT NULL,
-        branch_id     text        NOT NULL,
+        branch_key    text        NOT NULL,  -- chosen by the SDK, sent as the branch payload's undo_key
         state         smallint    NOT NULL,  -- 0: phase-1 images; 1: rolled back, or empty-rollback marker
         rollback_info text,                  -- UndoLog as plain JSON
         created_at    timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (xid, branch_id))";
+        PRIMARY KEY (xid, branch_key))";
 
     async fn table_meta(conn: &mut PgConnection, table: &TableRef) -> Result<Option<TableMeta>, sqlx::Error> {
         let rows: Vec<(String, String, String, String, Option<i32>, bool)> = sqlx::query_as(
@@ -223,11 +223,11 @@ impl AtBackend for MySqlDb {
     const DIALECT: SqlDialect = SqlDialect::MySql;
     const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
         xid           varchar(64)  NOT NULL,
-        branch_id     varchar(64)  NOT NULL,
+        branch_key    varchar(64)  NOT NULL,
         state         smallint     NOT NULL,
         rollback_info longtext,
         created_at    datetime(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-        PRIMARY KEY (xid, branch_id)) ENGINE = InnoDB";
+        PRIMARY KEY (xid, branch_key)) ENGINE = InnoDB";
 
     async fn table_meta(conn: &mut MySqlConnection, table: &TableRef) -> Result<Option<TableMeta>, sqlx::Error> {
         let rows: Vec<(String, String, String, String, String, i64)> = sqlx::query_as(

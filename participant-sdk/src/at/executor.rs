@@ -7,6 +7,7 @@ use super::sql::{analyze, bind_plan, is_constant, with_returning, Analyzed, Chan
 use super::{AtError, AtResource};
 use crate::client::ClientError;
 use backon::{ConstantBuilder, Retryable};
+use sqlparser::ast::Statement;
 use sqlx::Database;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -253,6 +254,9 @@ impl<B: AtBackend> AtTransaction<B> {
             _ => StatementKind::Delete,
         };
         let all: Vec<usize> = (0..meta.columns.len()).collect();
+        if kind == StatementKind::Update && B::DIALECT == SqlDialect::Postgres && !want_rows && !a.returning {
+            return self.update_in_one_statement(a, meta, pk, params).await.map(|n| (n, Vec::new()));
+        }
         let sql_before =
             format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, &all), Self::from_where(a, meta));
         let (sql_before, plan) = bind_plan(&sql_before, B::DIALECT)?;
@@ -281,6 +285,66 @@ impl<B: AtBackend> AtTransaction<B> {
         }
         self.record(meta, pk, kind, before, after, &keys);
         Ok(out)
+    }
+
+    /// PostgreSQL, UPDATE without RETURNING: both images and the change in
+    /// one statement. The before image locks the rows (`FOR UPDATE` in a CTE)
+    /// and the UPDATE changes exactly those rows (joined by `ctid`), so no
+    /// phantom can slip in between; its RETURNING is the after image.
+    async fn update_in_one_statement(
+        &mut self,
+        a: &Analyzed,
+        meta: &TableMeta,
+        pk: &[usize],
+        params: &[Param<B::Db>],
+    ) -> Result<u64, AtError> {
+        let d = B::DIALECT;
+        let Statement::Update { assignments, .. } = &a.statement else {
+            return Err(AtError::Internal("not an update".into()));
+        };
+        let n = meta.columns.len();
+        let image = |i: usize| format!("{} AS __tandem_{i}", B::text_expr(&meta.columns[i]));
+        let images: Vec<String> = (0..n).map(image).collect();
+        let names: Vec<String> = (0..n).map(|i| format!("__tandem_{i}")).collect();
+        let target = match &a.alias {
+            Some(alias) => format!("{} AS {}", qualified(d, meta), d.quote(alias)),
+            None => qualified(d, meta),
+        };
+        let target_ref = a.alias.as_ref().map_or_else(|| qualified(d, meta), |alias| d.quote(alias));
+        let sets: Vec<String> = assignments.iter().map(ToString::to_string).collect();
+        let sql = format!(
+            "WITH __tandem_b AS (SELECT {images}, ctid AS __tandem_ctid FROM {from_where} FOR UPDATE), \
+                  __tandem_a AS (UPDATE {target} SET {sets} FROM __tandem_b \
+                                 WHERE {target_ref}.ctid = __tandem_b.__tandem_ctid RETURNING {images}) \
+             SELECT 'b', {names} FROM __tandem_b UNION ALL SELECT 'a', {names} FROM __tandem_a",
+            images = images.join(", "),
+            from_where = Self::from_where(a, meta),
+            sets = sets.join(", "),
+            names = names.join(", "),
+        );
+        let (sql, plan) = bind_plan(&sql, d)?;
+        let mut before = Vec::new();
+        let mut after = Vec::new();
+        for mut row in B::fetch_text(&mut self.tx, &sql, params, &plan).await? {
+            let which = row.remove(0);
+            match which.as_deref() {
+                Some("b") => before.push(row),
+                _ => after.push(row),
+            }
+        }
+        if after.len() != before.len() {
+            // A locked row whose newest version the statement's snapshot
+            // cannot see (changed and committed concurrently): not updated.
+            return Err(AtError::Concurrent(format!(
+                "the statement changed {} of the {} row(s) it imaged; retry the local transaction",
+                after.len(),
+                before.len()
+            )));
+        }
+        let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
+        let n = after.len() as u64;
+        self.record(meta, pk, StatementKind::Update, before, after, &keys);
+        Ok(n)
     }
 
     /// PostgreSQL: runs the INSERT or UPDATE with AT's text columns
@@ -444,19 +508,23 @@ impl<B: AtBackend> AtTransaction<B> {
                 lock_keys,
                 xid: Some(self.xid.clone()),
             };
-            let client = self.resource.client().clone();
-            let retry = self.resource.inner.lock_retry;
             let started = Instant::now();
-            let check = || async {
-                let r = client.check_locks(&req).await?;
-                match r.holder {
-                    Some(holder) if !r.free => {
-                        Err(AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() })
+            let check = {
+                let (client, req) = (self.resource.client().clone(), Arc::new(req));
+                move || {
+                    let (client, req) = (client.clone(), req.clone());
+                    async move {
+                        let r = client.check_locks(&req).await?;
+                        match r.holder {
+                            Some(holder) if !r.free => {
+                                Err(AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() })
+                            }
+                            _ => Ok(()),
+                        }
                     }
-                    _ => Ok(()),
                 }
             };
-            check.retry(lock_backoff(retry)).sleep(tokio::time::sleep).when(retryable_lock).await?;
+            with_lock_retry(self.resource.inner.lock_retry, check).await?;
         }
         self.run_original(&a.sql, params, want_rows).await
     }
@@ -496,33 +564,44 @@ impl<B: AtBackend> AtTransaction<B> {
             tx.commit().await?;
             return Ok(None);
         }
+        // The undo row is written while the registration is in flight; the
+        // local commit waits for both.
+        let key = BranchId::generate();
         let req = RegisterBranchRequest {
             resource: resource.resource().to_owned(),
             callback_url: resource.inner.callback_url.clone(),
-            payload: None,
+            payload: Some(serde_json::json!({ super::UNDO_KEY: key.as_str() })),
             lock_keys: Some(lock_keys.into_iter().collect()),
         };
+        let info =
+            serde_json::to_string(&UndoLog { version: 1, statements }).map_err(|e| AtError::Internal(e.to_string()))?;
         let client = resource.client().clone();
         let started = Instant::now();
-        let register = || async {
-            client.register(&xid, &req).await.map_err(|e| match e {
-                ClientError::Problem(p) if p.code == ErrorCode::LockConflict => match p.lock_holder.clone() {
-                    Some(holder) => AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() },
-                    None => AtError::Coordinator(ClientError::Problem(p)),
-                },
-                other => AtError::Coordinator(other),
-            })
+        // Each attempt owns its inputs: a future that borrows across the
+        // retry loop would not be `Send` for every lifetime (spawned callers).
+        let register = {
+            let (client, xid, req) = (client.clone(), xid.clone(), Arc::new(req));
+            move || {
+                let (client, xid, req) = (client.clone(), xid.clone(), req.clone());
+                async move {
+                    client.register(&xid, &req).await.map_err(|e| match e {
+                        ClientError::Problem(p) if p.code == ErrorCode::LockConflict => match p.lock_holder.clone() {
+                            Some(holder) => {
+                                AtError::LockConflict { holder: Box::new(holder), waited: started.elapsed() }
+                            }
+                            None => AtError::Coordinator(ClientError::Problem(p)),
+                        },
+                        other => AtError::Coordinator(other),
+                    })
+                }
+            }
         };
-        let branch = register
-            .retry(lock_backoff(resource.inner.lock_retry))
-            .sleep(tokio::time::sleep)
-            .when(retryable_lock)
-            .await?;
-        let branch_id = branch.branch_id;
+        let registering = with_lock_retry(resource.inner.lock_retry, register);
+        let (registered, undo) = tokio::join!(registering, super::undo::insert::<B>(&mut tx, &xid, &key, info));
+        let branch_id = registered?.branch_id;
         let finish = async {
-            let log = UndoLog { version: 1, statements };
-            let info = serde_json::to_string(&log).map_err(|e| AtError::Internal(e.to_string()))?;
-            match super::undo::insert::<B>(&mut tx, &xid, &branch_id, info).await {
+            match undo {
+                // Only a rollback of this very key leaves such a row: refuse phase 1.
                 Err(AtError::Database(e)) if B::is_unique_violation(&e) => {
                     return Err(AtError::Suspended { xid: xid.clone(), branch_id: branch_id.clone() })
                 }
@@ -551,9 +630,16 @@ impl<B: AtBackend> AtTransaction<B> {
     }
 }
 
-fn lock_backoff(r: super::LockRetry) -> ConstantBuilder {
+/// Runs `attempt` until it succeeds, fails otherwise than on a lock that is
+/// worth waiting for, or the retry budget is spent.
+async fn with_lock_retry<T, F, Fut>(r: super::LockRetry, attempt: F) -> Result<T, AtError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AtError>>,
+{
     let times = (r.timeout.as_millis() / r.interval.as_millis().max(1)) as usize;
-    ConstantBuilder::default().with_delay(r.interval).with_max_times(times)
+    let backoff = ConstantBuilder::default().with_delay(r.interval).with_max_times(times);
+    attempt.retry(backoff).sleep(tokio::time::sleep).when(retryable_lock).await
 }
 
 /// A lock conflict is worth waiting for, unless its holder is rolling back

@@ -205,9 +205,10 @@ impl<B: AtBackend> AtResource<B> {
 
     /// Applies a phase-2 callback.
     pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<(), AtError> {
+        let key = undo_key(req);
         match req.action {
             CallbackAction::Commit => {
-                let item = (req.xid.clone(), req.branch_id.clone());
+                let item = (req.xid.clone(), key);
                 if let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) =
                     self.inner.cleanup.try_send(item)
                 {
@@ -215,7 +216,7 @@ impl<B: AtBackend> AtResource<B> {
                 }
                 Ok(())
             }
-            CallbackAction::Rollback => undo::rollback::<B>(&self.inner.pool, self, &req.xid, &req.branch_id).await,
+            CallbackAction::Rollback => undo::rollback::<B>(&self.inner.pool, self, &req.xid, &key).await,
         }
     }
 
@@ -241,6 +242,21 @@ impl<B: AtBackend> AtResource<B> {
         Ok(meta)
     }
 }
+
+/// The key of a branch's undo row: the `undo_key` of its payload (the SDK
+/// registers one), else the branch id (a branch registered without one, whose
+/// empty rollback still leaves a marker).
+fn undo_key(req: &CallbackRequest) -> BranchId {
+    req.payload
+        .as_ref()
+        .and_then(|p| p.get(UNDO_KEY))
+        .and_then(|k| k.as_str())
+        .and_then(|k| BranchId::parse(k).ok())
+        .unwrap_or_else(|| req.branch_id.clone())
+}
+
+/// Payload field carrying a branch's undo-row key.
+const UNDO_KEY: &str = "undo_key";
 
 async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<CallbackRequest>) -> Response {
     if req.resource != r.inner.resource {

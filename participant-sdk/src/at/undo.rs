@@ -1,5 +1,10 @@
 //! The undo log: written in phase 1, replayed by rollback, deleted in batches
 //! after commit.
+//!
+//! A row's key is `(xid, branch_key)`, where the SDK chooses `branch_key`
+//! and registers it as the branch's payload (`{"undo_key": ...}`), which every
+//! callback carries back. The undo row can then be written while the
+//! registration is still in flight, instead of after it.
 
 use super::backend::{AtBackend, Conn};
 use super::executor::{qualified, rows_by_pk};
@@ -21,18 +26,18 @@ const STATE_ROLLED_BACK: i16 = 1;
 pub(super) async fn insert<B: AtBackend>(
     conn: &mut Conn<B>,
     xid: &Xid,
-    branch_id: &BranchId,
+    key: &BranchId,
     info: String,
 ) -> Result<(), AtError> {
     let d = B::DIALECT;
     let sql = format!(
-        "INSERT INTO tandem_undo_log (xid, branch_id, state, rollback_info) VALUES ({}, {}, {STATE_NORMAL}, {})",
+        "INSERT INTO tandem_undo_log (xid, branch_key, state, rollback_info) VALUES ({}, {}, {STATE_NORMAL}, {})",
         d.param(1),
         d.param(2),
         d.param(3)
     );
     let (sql, plan) = bind_plan(&sql, d)?;
-    let params = [B::text(Some(xid.to_string())), B::text(Some(branch_id.to_string())), B::text(Some(info))];
+    let params = [B::text(Some(xid.to_string())), B::text(Some(key.to_string())), B::text(Some(info))];
     B::execute(conn, &sql, &params, &plan).await?;
     Ok(())
 }
@@ -42,13 +47,13 @@ pub(super) async fn rollback<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
     resource: &AtResource<B>,
     xid: &Xid,
-    branch_id: &BranchId,
+    branch_key: &BranchId,
 ) -> Result<(), AtError> {
     let d = B::DIALECT;
-    let key = [B::text(Some(xid.to_string())), B::text(Some(branch_id.to_string()))];
+    let key = [B::text(Some(xid.to_string())), B::text(Some(branch_key.to_string()))];
     let mut tx = pool.begin().await?;
     let sql = format!(
-        "SELECT CAST(state AS CHAR(1)), rollback_info FROM tandem_undo_log WHERE xid = {} AND branch_id = {} FOR UPDATE",
+        "SELECT CAST(state AS CHAR(1)), rollback_info FROM tandem_undo_log WHERE xid = {} AND branch_key = {} FOR UPDATE",
         d.param(1),
         d.param(2)
     );
@@ -58,7 +63,7 @@ pub(super) async fn rollback<B: AtBackend>(
         // Empty rollback: phase 1 never committed here. The marker makes a
         // phase 1 still in flight fail on the primary key.
         let sql = format!(
-            "INSERT INTO tandem_undo_log (xid, branch_id, state) VALUES ({}, {}, {STATE_ROLLED_BACK})",
+            "INSERT INTO tandem_undo_log (xid, branch_key, state) VALUES ({}, {}, {STATE_ROLLED_BACK})",
             d.param(1),
             d.param(2)
         );
@@ -72,7 +77,7 @@ pub(super) async fn rollback<B: AtBackend>(
             Err(e) => return Err(e.into()),
         }
         tx.commit().await?;
-        tracing::info!(%xid, %branch_id, "AT empty rollback: marker left");
+        tracing::info!(%xid, %branch_key, "AT empty rollback: marker left");
         return Ok(());
     };
     if row.first().cloned().flatten().as_deref() == Some("1") {
@@ -88,14 +93,14 @@ pub(super) async fn rollback<B: AtBackend>(
         }
     }
     let sql = format!(
-        "UPDATE tandem_undo_log SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_id = {}",
+        "UPDATE tandem_undo_log SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_key = {}",
         d.param(1),
         d.param(2)
     );
     let (sql, plan) = bind_plan(&sql, d)?;
     B::execute(&mut tx, &sql, &key, &plan).await?;
     tx.commit().await?;
-    tracing::info!(%xid, %branch_id, statements = log.statements.len(), "AT branch rolled back");
+    tracing::info!(%xid, %branch_key, statements = log.statements.len(), "AT branch rolled back");
     Ok(())
 }
 
@@ -220,7 +225,7 @@ async fn restore_row<B: AtBackend>(
     Ok(())
 }
 
-/// Deletes the undo rows of committed branches.
+/// Deletes the undo rows of committed branches (by `(xid, branch_key)`).
 pub(super) async fn delete_batch<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
     items: &[(Xid, BranchId)],
@@ -234,7 +239,7 @@ pub(super) async fn delete_batch<B: AtBackend>(
         tuples.push(format!("({}, {})", d.param(params.len() - 1), d.param(params.len())));
     }
     let sql = format!(
-        "DELETE FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND (xid, branch_id) IN ({})",
+        "DELETE FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND (xid, branch_key) IN ({})",
         tuples.join(", ")
     );
     let (sql, plan) = bind_plan(&sql, d)?;
