@@ -186,7 +186,9 @@ impl Business for MariaBusiness {
         }
     }
     async fn snapshot(&self, table: &str, columns: &[&str], order: &str) -> Vec<String> {
-        let cols: Vec<String> = columns.iter().map(|c| format!("IFNULL(CAST({c} AS CHAR), '∅')")).collect();
+        // The property table's blob column `b` as hex: its bytes need not be UTF-8.
+        let text = |c: &str| if c == "b" { format!("HEX({c})") } else { format!("CAST({c} AS CHAR)") };
+        let cols: Vec<String> = columns.iter().map(|c| format!("IFNULL({}, '∅')", text(c))).collect();
         let sql = format!("SELECT CONCAT_WS('|', {}) FROM {table} ORDER BY {order}", cols.join(", "));
         sqlx::query_scalar(&sql).fetch_all(&self.pool).await.unwrap()
     }

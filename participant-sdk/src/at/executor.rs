@@ -76,6 +76,21 @@ impl<'a, B: AtBackend> AtQuery<'a, B> {
     }
 }
 
+/// One statement being run: what it is, its table, and how it was called.
+#[derive(Clone, Copy)]
+struct Stmt<'s, DB: Database> {
+    /// The analysed statement.
+    a: &'s Analyzed,
+    /// Its table.
+    meta: &'s TableMeta,
+    /// Indexes of the table's primary-key columns.
+    pk: &'s [usize],
+    /// The caller's parameters.
+    params: &'s [Param<DB>],
+    /// Whether the caller wants the statement's rows.
+    want_rows: bool,
+}
+
 /// Builds AT-generated SQL with numbered parameters after the user's.
 struct Gen<B: AtBackend> {
     params: Vec<Param<B::Db>>,
@@ -192,10 +207,11 @@ impl<B: AtBackend> AtTransaction<B> {
                 meta.qualified()
             )));
         }
+        let s = Stmt { a: &a, meta: &meta, pk: &pk, params: &params, want_rows };
         match &a.change {
-            Change::SelectForUpdate => self.select_for_update(&a, &meta, &pk, &params, want_rows).await,
-            Change::Insert { .. } => self.insert(&a, &meta, &pk, &params, want_rows).await,
-            Change::Update { .. } | Change::Delete => self.update_or_delete(&a, &meta, &pk, &params, want_rows).await,
+            Change::SelectForUpdate => self.select_for_update(s).await,
+            Change::Insert { .. } => self.insert(s).await,
+            Change::Update { .. } | Change::Delete => self.update_or_delete(s).await,
         }
     }
 
@@ -228,14 +244,8 @@ impl<B: AtBackend> AtTransaction<B> {
         }
     }
 
-    async fn update_or_delete(
-        &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
-        pk: &[usize],
-        params: &[Param<B::Db>],
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+    async fn update_or_delete(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let Stmt { a, meta, pk, params, want_rows, .. } = s;
         let kind = match &a.change {
             Change::Update { columns } => {
                 for c in columns {
@@ -255,7 +265,7 @@ impl<B: AtBackend> AtTransaction<B> {
         };
         let all: Vec<usize> = (0..meta.columns.len()).collect();
         if kind == StatementKind::Update && B::DIALECT == SqlDialect::Postgres && !want_rows && !a.returning {
-            return self.update_in_one_statement(a, meta, pk, params).await.map(|n| (n, Vec::new()));
+            return self.update_in_one_statement(s).await.map(|n| (n, Vec::new()));
         }
         let sql_before =
             format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, &all), Self::from_where(a, meta));
@@ -264,9 +274,7 @@ impl<B: AtBackend> AtTransaction<B> {
         let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
         let (out, after) = match (kind, B::DIALECT) {
             // The after image comes back with the UPDATE itself.
-            (StatementKind::Update, SqlDialect::Postgres) => {
-                self.run_returning(a, meta, &all, params, want_rows).await?
-            }
+            (StatementKind::Update, SqlDialect::Postgres) => self.run_returning(s, &all).await?,
             (StatementKind::Update, SqlDialect::MySql) => {
                 let out = self.run_original(&a.sql, params, want_rows).await?;
                 (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
@@ -291,13 +299,8 @@ impl<B: AtBackend> AtTransaction<B> {
     /// one statement. The before image locks the rows (`FOR UPDATE` in a CTE)
     /// and the UPDATE changes exactly those rows (joined by `ctid`), so no
     /// phantom can slip in between; its RETURNING is the after image.
-    async fn update_in_one_statement(
-        &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
-        pk: &[usize],
-        params: &[Param<B::Db>],
-    ) -> Result<u64, AtError> {
+    async fn update_in_one_statement(&mut self, s: Stmt<'_, B::Db>) -> Result<u64, AtError> {
+        let Stmt { a, meta, pk, params, .. } = s;
         let d = B::DIALECT;
         let Statement::Update { assignments, .. } = &a.statement else {
             return Err(AtError::Internal("not an update".into()));
@@ -352,12 +355,10 @@ impl<B: AtBackend> AtTransaction<B> {
     /// and those columns of every row.
     async fn run_returning(
         &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
+        s: Stmt<'_, B::Db>,
         columns: &[usize],
-        params: &[Param<B::Db>],
-        want_rows: bool,
     ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
+        let Stmt { a, meta, params, want_rows, .. } = s;
         let extra: Vec<(String, String)> = columns
             .iter()
             .enumerate()
@@ -378,14 +379,8 @@ impl<B: AtBackend> AtTransaction<B> {
         Ok(((n, if want_rows { rows } else { Vec::new() }), images))
     }
 
-    async fn insert(
-        &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
-        pk: &[usize],
-        params: &[Param<B::Db>],
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+    async fn insert(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let Stmt { a, meta, pk, .. } = s;
         let Change::Insert { columns, rows } = &a.change else {
             return Err(AtError::Internal("not an insert".into()));
         };
@@ -397,9 +392,9 @@ impl<B: AtBackend> AtTransaction<B> {
         }
         let (out, after) = match B::DIALECT {
             // The inserted rows come back from RETURNING, after the caller's own columns.
-            SqlDialect::Postgres => self.run_returning(a, meta, &all, params, want_rows).await?,
+            SqlDialect::Postgres => self.run_returning(s, &all).await?,
             SqlDialect::MySql => {
-                let (out, keys) = self.insert_mysql(a, meta, pk, columns, rows, params, want_rows).await?;
+                let (out, keys) = self.insert_mysql(s, columns, rows).await?;
                 (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
             }
         };
@@ -417,17 +412,13 @@ impl<B: AtBackend> AtTransaction<B> {
 
     /// MySQL has no RETURNING: the keys are the statement's own key values
     /// (literals or parameters), or the AUTO_INCREMENT values it generated.
-    #[allow(clippy::too_many_arguments)]
     async fn insert_mysql(
         &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
-        pk: &[usize],
+        s: Stmt<'_, B::Db>,
         columns: &[String],
         rows: &[Vec<sqlparser::ast::Expr>],
-        params: &[Param<B::Db>],
-        want_rows: bool,
     ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
+        let Stmt { a, meta, pk, params, want_rows, .. } = s;
         // Position of each key column among the inserted values.
         let positions: Vec<Option<usize>> = pk
             .iter()
@@ -487,14 +478,8 @@ impl<B: AtBackend> AtTransaction<B> {
         }
     }
 
-    async fn select_for_update(
-        &mut self,
-        a: &Analyzed,
-        meta: &TableMeta,
-        pk: &[usize],
-        params: &[Param<B::Db>],
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+    async fn select_for_update(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let Stmt { a, meta, pk, params, want_rows, .. } = s;
         // Lock the rows locally first, then make sure no other global
         // transaction holds them: the read is then read-committed.
         let sql_keys = format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, pk), Self::from_where(a, meta));
