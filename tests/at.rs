@@ -885,6 +885,7 @@ async fn unsupported_sql_is_refused<D: Business>(d: &D, c: &Coordinator)
 where
     i64: AtParam<<D::B as AtBackend>::Db>,
 {
+    poisoned_transactions_do_not_commit(d, c).await;
     stock(d).await;
     d.exec("CREATE TABLE nokey (a int, b int); INSERT INTO nokey VALUES (1, 1)").await;
     let p = participant::<D::B>(d.pool(), &c.c.url, "inventory", LockRetry::default()).await;
@@ -911,6 +912,9 @@ where
     }
     let r = t.sql(&d.q("UPDATE stock SET qty = 1 WHERE id = ?")).execute().await;
     assert!(matches!(r, Err(AtError::Unsupported(ref m)) if m.contains("parameter")), "{r:?}");
+    // Rows come back only from SELECT ... FOR UPDATE or RETURNING.
+    let r = t.sql(&d.q("INSERT INTO stock (id, sku, qty) VALUES (?, 'q', 1)")).bind(77i64).fetch_all().await;
+    assert!(matches!(r, Err(AtError::Unsupported(ref m)) if m.contains("fetch_all")), "{:?}", r.err());
     assert_eq!(t.commit().await.unwrap(), None, "nothing imaged, no branch");
     assert!(c.client().get(&xid).await.unwrap().branches.is_empty());
     assert_eq!(d.snapshot("stock", STOCK_COLS, "id").await, original, "nothing changed");
@@ -929,6 +933,76 @@ async fn unsupported_sql_is_refused_with_nothing_changed_on_mariadb() {
     let c = Coordinator::start("at_refm").await;
     let d = MariaBusiness::new("at_ref_m").await;
     unsupported_sql_is_refused(&d, &c).await;
+}
+
+/// A statement that fails after it ran leaves the branch unable to commit:
+/// commit rolls everything back, registers nothing.
+async fn poisoned_transactions_do_not_commit<D: Business>(d: &D, c: &Coordinator)
+where
+    i64: AtParam<<D::B as AtBackend>::Db>,
+{
+    d.exec("CREATE TABLE poison (id bigint PRIMARY KEY, v int NOT NULL); INSERT INTO poison VALUES (1, 1)").await;
+    let p = participant::<D::B>(d.pool(), &c.c.url, "poison", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    t.sql(&d.q("UPDATE poison SET v = 2 WHERE id = ?")).bind(1i64).execute().await.unwrap();
+    // NOT NULL violated: the database refuses after AT imaged the row.
+    let r = t.sql(&d.q("UPDATE poison SET v = NULL WHERE id = ?")).bind(1i64).execute().await;
+    assert!(matches!(r, Err(AtError::Database(_))), "{r:?}");
+    let r = t.commit().await;
+    assert!(matches!(r, Err(AtError::Poisoned(_))), "{r:?}");
+    assert_eq!(d.snapshot("poison", &["v"], "id").await, vec!["1"], "nothing committed");
+    assert!(c.client().get(&xid).await.unwrap().branches.is_empty(), "no branch registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_and_identity_tables_roll_back_on_postgres() {
+    let c = Coordinator::start("at_part").await;
+    let d = PgBusiness::new("at_part_p").await;
+    d.exec(
+        "CREATE TABLE ev (region text, id int, v int NOT NULL, PRIMARY KEY (region, id)) PARTITION BY LIST (region); \
+         CREATE TABLE ev_eu PARTITION OF ev FOR VALUES IN ('eu'); \
+         CREATE TABLE ev_us PARTITION OF ev FOR VALUES IN ('us'); \
+         INSERT INTO ev VALUES ('eu', 1, 10), ('us', 1, 20); \
+         CREATE TABLE tick (id int PRIMARY KEY, n bigint GENERATED ALWAYS AS IDENTITY, v int NOT NULL); \
+         INSERT INTO tick (id, v) VALUES (1, 5), (2, 6)",
+    )
+    .await;
+    let p = participant::<Pg>(d.pool(), &c.c.url, "events", LockRetry::default()).await;
+    let ev = ["region", "id", "v"];
+    let tick = ["id", "n", "v"];
+    let (ev0, tick0) = (d.snapshot("ev", &ev, "region, id").await, d.snapshot("tick", &tick, "id").await);
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    // The two partitions' first rows share a ctid: only the eu row may change.
+    let n = t.sql("UPDATE ev SET v = v + 1 WHERE region = $1 AND id = $2").bind("eu").bind(1i32).execute().await;
+    assert_eq!(n.unwrap(), 1);
+    assert_eq!(d.snapshot("ev", &["v"], "region, id").await, vec!["10", "20"], "not yet committed");
+    t.sql("UPDATE tick SET v = 0 WHERE id = $1").bind(1i32).execute().await.unwrap();
+    t.sql("DELETE FROM tick WHERE id = $1").bind(2i32).execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot("ev", &["v"], "region, id").await, vec!["11", "20"]);
+    c.client().rollback(&xid, None).await.unwrap();
+    wait_status(c.client(), &xid, "rolled_back", WAIT).await;
+    assert_eq!(d.snapshot("ev", &ev, "region, id").await, ev0);
+    assert_eq!(d.snapshot("tick", &tick, "id").await, tick0, "identity values restored too");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_at_branch_refuses_to_join_a_transaction_that_takes_no_locks() {
+    let c = Coordinator::start("at_mode").await;
+    let d = PgBusiness::new("at_mode_p").await;
+    stock(&d).await;
+    let p = participant::<Pg>(d.pool(), &c.c.url, "inventory", LockRetry::default()).await;
+    let tcc = c.client().begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None }).await.unwrap();
+    let mut t = p.at.begin(&tcc.xid).await.unwrap();
+    t.sql("UPDATE stock SET qty = 0 WHERE id = $1").bind(1i64).execute().await.unwrap();
+    let r = t.commit().await;
+    assert!(matches!(r, Err(AtError::Unsupported(ref m)) if m.contains("AT transactions")), "{r:?}");
+    assert_eq!(qty(&d, 1).await, vec!["10"], "nothing committed");
+    let tx = c.client().get(&tcc.xid).await.unwrap();
+    assert_eq!(tx.branches[0].status, BranchStatus::Phase1Failed, "the registered branch reported its failure");
+    assert_eq!(tx.branches[0].global_locks, Some(false));
 }
 
 // ------------------------------------------------------------ crash recovery

@@ -78,6 +78,12 @@ pub struct Branch {
     pub payload: Option<serde_json::Value>,
     /// Global lock keys held by this branch (AT mode).
     pub lock_keys: Vec<String>,
+    /// Whether the coordinator holds `lock_keys` as global locks for this
+    /// branch: true in AT mode until the branch's phase 2 completes. Absent
+    /// where the coordinator does not know the mode (phase-1 report answers).
+    /// Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub global_locks: Option<bool>,
     /// Callback attempts made so far.
     pub attempts: u32,
     /// Last callback error, if any.

@@ -1,5 +1,6 @@
 //! Row types and their conversion to wire types.
 
+use crate::transaction::mode::takes_global_locks;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
@@ -87,6 +88,9 @@ pub struct BranchRow {
     pub attempts: i32,
     /// Last callback error.
     pub last_error: Option<String>,
+    /// Whether the lock keys were taken as global locks, where the statement
+    /// that read the row says so (registration with lock keys); else unknown.
+    pub locked: Option<bool>,
 }
 
 fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
@@ -154,6 +158,12 @@ impl BranchRow {
             lock_keys: row.try_get(c("lock_keys").as_str())?,
             attempts: row.try_get(c("attempts").as_str())?,
             last_error: row.try_get(c("last_error").as_str())?,
+            // Only the locking registration returns `locked` (an int, NULL when no lock was taken).
+            locked: match row.try_get::<Option<i32>, _>(c("locked").as_str()) {
+                Ok(v) => Some(v.is_some()),
+                Err(sqlx::Error::ColumnNotFound(_)) => None,
+                Err(e) => return Err(e),
+            },
         })
     }
 }
@@ -168,6 +178,7 @@ impl BranchRow {
             status: self.status,
             payload: self.payload.clone(),
             lock_keys: self.lock_keys.clone(),
+            global_locks: self.locked,
             attempts: u32::try_from(self.attempts).unwrap_or(0),
             last_error: self.last_error.clone(),
         }
@@ -188,7 +199,15 @@ impl TxRow {
             deadline: self.deadline,
             decided_at: self.decided_at,
             finished_at: self.finished_at,
-            branches: branches.iter().map(BranchRow::to_wire).collect(),
+            branches: branches
+                .iter()
+                .map(|b| {
+                    let mut w = b.to_wire();
+                    let held = !matches!(b.status, BranchStatus::Committed | BranchStatus::RolledBack);
+                    w.global_locks = Some(takes_global_locks(self.mode) && !b.lock_keys.is_empty() && held);
+                    w
+                })
+                .collect(),
         }
     }
 }

@@ -74,6 +74,11 @@ pub trait AtBackend: Send + Sync + 'static {
     fn value_expr(col: &Column, placeholder: &str) -> String;
     /// Whether `e` is a unique-key violation (by SQLSTATE / error number).
     fn is_unique_violation(e: &sqlx::Error) -> bool;
+    /// Whether `e` is an integrity constraint violation (SQLSTATE class 23 on
+    /// both): retrying the same write cannot succeed.
+    fn is_integrity_violation(e: &sqlx::Error) -> bool {
+        e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c.starts_with("23"))
+    }
     /// MySQL: the first `AUTO_INCREMENT` value of the last INSERT and the step.
     async fn last_insert_ids(conn: &mut Conn<Self>) -> Result<(u64, u64), sqlx::Error>;
 }
@@ -117,9 +122,9 @@ impl AtBackend for Pg {
         PRIMARY KEY (xid, branch_key))";
 
     async fn table_meta(conn: &mut PgConnection, table: &TableRef) -> Result<Option<TableMeta>, sqlx::Error> {
-        let rows: Vec<(String, String, String, String, Option<i32>, bool)> = sqlx::query_as(
+        let rows: Vec<(String, String, String, String, Option<i32>, bool, bool)> = sqlx::query_as(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                    array_position(i.indkey::int2[], a.attnum), a.attgenerated <> '' \
+                    array_position(i.indkey::int2[], a.attnum), a.attgenerated <> '', a.attidentity = 'a' \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped \
              LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary \
@@ -136,11 +141,12 @@ impl AtBackend for Pg {
         let (schema, name) = (first.0.clone(), first.1.clone());
         let columns = rows
             .into_iter()
-            .map(|(_, _, col, ty, pk, generated)| Column {
+            .map(|(_, _, col, ty, pk, generated, identity_always)| Column {
                 name: col,
                 sql_type: ty,
                 pk_position: pk.and_then(|p| usize::try_from(p).ok()),
                 generated,
+                identity_always,
                 auto_increment: false,
             })
             .collect();
@@ -252,7 +258,12 @@ impl AtBackend for MySqlDb {
                 name: col,
                 sql_type: ty,
                 pk_position: usize::try_from(pk).ok().filter(|p| *p > 0),
-                generated: extra.contains("generated"),
+                // MySQL 8 marks expression defaults DEFAULT_GENERATED: those are
+                // ordinary columns; only virtual / stored columns are computed.
+                generated: extra.contains("virtual generated")
+                    || extra.contains("stored generated")
+                    || matches!(extra.trim(), "persistent" | "virtual"),
+                identity_always: false,
                 auto_increment: extra.contains("auto_increment"),
             })
             .collect();

@@ -7,7 +7,7 @@ use super::sql::{analyze, bind_plan, is_constant, with_returning, Analyzed, Chan
 use super::{AtError, AtResource};
 use crate::client::ClientError;
 use backon::{ConstantBuilder, Retryable};
-use sqlparser::ast::Statement;
+use sqlparser::ast::{BinaryOperator, Expr, Statement};
 use sqlx::Database;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub struct AtTransaction<B: AtBackend> {
     statements: Vec<UndoStatement>,
     /// Global lock keys of every row written.
     lock_keys: BTreeSet<String>,
+    /// Set when a statement failed after it may have run: the branch can
+    /// only be rolled back.
+    poisoned: Option<String>,
 }
 
 impl<B: AtBackend> std::fmt::Debug for AtTransaction<B> {
@@ -64,20 +67,29 @@ impl<'a, B: AtBackend> AtQuery<'a, B> {
 
     /// Runs the statement; returns the number of rows it affected (or read, for `SELECT ... FOR UPDATE`).
     pub async fn execute(self) -> Result<u64, AtError> {
-        let (n, _) = self.txn.run(self.sql, self.params, false).await?;
-        Ok(n)
+        Ok(self.run(false).await?.0)
     }
 
     /// Runs the statement and returns its rows (`RETURNING`, or `SELECT ... FOR UPDATE`).
-    /// An INSERT ... RETURNING row carries AT's key columns after the ones asked for.
+    /// A RETURNING row carries AT's image columns after the ones asked for.
     pub async fn fetch_all(self) -> Result<Vec<<B::Db as Database>::Row>, AtError> {
-        let (_, rows) = self.txn.run(self.sql, self.params, true).await?;
-        Ok(rows)
+        Ok(self.run(true).await?.1)
+    }
+
+    async fn run(self, want_rows: bool) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let r = self.txn.run(self.sql, self.params, want_rows).await;
+        if let Err(e) = &r {
+            // A refusal happens before anything ran; any other error may come
+            // after the statement changed rows that were not imaged.
+            if !matches!(e, AtError::Unsupported(_)) {
+                self.txn.poisoned.get_or_insert_with(|| e.to_string());
+            }
+        }
+        r
     }
 }
 
 /// One statement being run: what it is, its table, and how it was called.
-#[derive(Clone, Copy)]
 struct Stmt<'s, DB: Database> {
     /// The analysed statement.
     a: &'s Analyzed,
@@ -90,6 +102,14 @@ struct Stmt<'s, DB: Database> {
     /// Whether the caller wants the statement's rows.
     want_rows: bool,
 }
+
+// Manual impls: a derive would require `DB: Copy`.
+impl<DB: Database> Clone for Stmt<'_, DB> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<DB: Database> Copy for Stmt<'_, DB> {}
 
 /// Builds AT-generated SQL with numbered parameters after the user's.
 struct Gen<B: AtBackend> {
@@ -124,6 +144,43 @@ impl<B: AtBackend> Gen<B> {
         }
         out
     }
+}
+
+/// Most parameters one generated statement may carry (PostgreSQL's limit
+/// is 65,535; MySQL's prepared statements allow as many).
+const MAX_PARAMS: usize = 60_000;
+
+/// A rewritten statement and its parameters.
+type Restricted<DB> = (Statement, Vec<Param<DB>>);
+
+/// The UPDATE or DELETE `s` with `AND (<key> = <imaged key> OR ...)` added to
+/// its WHERE clause, and its parameters (the caller's, then the keys').
+fn restrict<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted<B::Db>, AtError> {
+    if s.params.len() + keys.len() * s.pk.len() > MAX_PARAMS {
+        return Err(AtError::Unsupported(format!(
+            "the statement matches {} rows; AT images at most {} keys' worth of parameters per statement",
+            keys.len(),
+            MAX_PARAMS
+        )));
+    }
+    let mut g = Gen::<B>::new(s.params);
+    let filter = g.pk_filter(s.meta, s.pk, keys);
+    let filter = super::sql::parse_expr(&filter, B::DIALECT)?;
+    let mut statement = s.a.statement.clone();
+    let selection = match &mut statement {
+        Statement::Update { selection, .. } => selection,
+        Statement::Delete(d) => &mut d.selection,
+        _ => return Err(AtError::Internal("only UPDATE and DELETE are restricted".into())),
+    };
+    *selection = Some(match selection.take() {
+        Some(w) => Expr::BinaryOp {
+            left: Box::new(Expr::Nested(Box::new(w))),
+            op: BinaryOperator::And,
+            right: Box::new(Expr::Nested(Box::new(filter))),
+        },
+        None => filter,
+    });
+    Ok((statement, g.params))
 }
 
 /// `schema.table`, quoted.
@@ -161,7 +218,7 @@ pub(super) async fn rows_by_pk<B: AtBackend>(
 
 impl<B: AtBackend> AtTransaction<B> {
     pub(super) fn new(resource: AtResource<B>, xid: Xid, tx: sqlx::Transaction<'static, B::Db>) -> Self {
-        AtTransaction { resource, xid, tx, statements: Vec::new(), lock_keys: BTreeSet::new() }
+        AtTransaction { resource, xid, tx, statements: Vec::new(), lock_keys: BTreeSet::new(), poisoned: None }
     }
 
     /// The global transaction.
@@ -192,6 +249,13 @@ impl<B: AtBackend> AtTransaction<B> {
         want_rows: bool,
     ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
         let a = analyze(sql, B::DIALECT)?;
+        if want_rows && !a.returning && a.change != Change::SelectForUpdate {
+            return Err(AtError::Unsupported(
+                "fetch_all returns rows only for SELECT ... FOR UPDATE or, on PostgreSQL, a statement with \
+                 RETURNING; use execute"
+                    .into(),
+            ));
+        }
         if a.params != params.len() {
             return Err(AtError::Unsupported(format!(
                 "the statement uses {} parameter(s) but {} were bound",
@@ -244,6 +308,22 @@ impl<B: AtBackend> AtTransaction<B> {
         }
     }
 
+    /// Runs a rewritten statement (numbered parameters over `params`).
+    async fn run_statement(
+        &mut self,
+        statement: &Statement,
+        params: &[Param<B::Db>],
+        want_rows: bool,
+    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        let (sql, plan) = bind_plan(&statement.to_string(), B::DIALECT)?;
+        if want_rows {
+            let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
+            Ok((rows.len() as u64, rows))
+        } else {
+            Ok((B::execute(&mut self.tx, &sql, params, &plan).await?, Vec::new()))
+        }
+    }
+
     async fn update_or_delete(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
         let Stmt { a, meta, pk, params, want_rows, .. } = s;
         let kind = match &a.change {
@@ -272,18 +352,23 @@ impl<B: AtBackend> AtTransaction<B> {
         let (sql_before, plan) = bind_plan(&sql_before, B::DIALECT)?;
         let before = B::fetch_text(&mut self.tx, &sql_before, params, &plan).await?;
         let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
+        if keys.is_empty() {
+            return Ok((0, Vec::new())); // nothing matched, so nothing may change
+        }
+        // The statement runs restricted to the imaged rows: a row that began
+        // to match since (a phantom under READ COMMITTED) is left alone.
+        let (stmt, all_params) = restrict::<B>(s, &keys)?;
         let (out, after) = match (kind, B::DIALECT) {
             // The after image comes back with the UPDATE itself.
-            (StatementKind::Update, SqlDialect::Postgres) => self.run_returning(s, &all).await?,
+            (StatementKind::Update, SqlDialect::Postgres) => self.run_returning(s, &stmt, &all_params, &all).await?,
             (StatementKind::Update, SqlDialect::MySql) => {
-                let out = self.run_original(&a.sql, params, want_rows).await?;
+                let out = self.run_statement(&stmt, &all_params, want_rows).await?;
                 (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
             }
-            _ => (self.run_original(&a.sql, params, want_rows).await?, Vec::new()),
+            _ => (self.run_statement(&stmt, &all_params, want_rows).await?, Vec::new()),
         };
-        // A row that began to match between the before image and the
-        // statement (a phantom under READ COMMITTED) was changed unimaged:
-        // refuse, and the local transaction must be rolled back.
+        // An imaged row that no longer matches was not changed: the images
+        // would not describe what happened. Refuse; the transaction must roll back.
         if out.0 != before.len() as u64 {
             return Err(AtError::Concurrent(format!(
                 "the statement changed {} row(s) but {} were imaged; retry the local transaction",
@@ -316,9 +401,11 @@ impl<B: AtBackend> AtTransaction<B> {
         let target_ref = a.alias.as_ref().map_or_else(|| qualified(d, meta), |alias| d.quote(alias));
         let sets: Vec<String> = assignments.iter().map(ToString::to_string).collect();
         let sql = format!(
-            "WITH __tandem_b AS (SELECT {images}, ctid AS __tandem_ctid FROM {from_where} FOR UPDATE), \
+            "WITH __tandem_b AS (SELECT {images}, tableoid AS __tandem_rel, ctid AS __tandem_ctid \
+                                 FROM {from_where} FOR UPDATE), \
                   __tandem_a AS (UPDATE {target} SET {sets} FROM __tandem_b \
-                                 WHERE {target_ref}.ctid = __tandem_b.__tandem_ctid RETURNING {images}) \
+                                 WHERE {target_ref}.tableoid = __tandem_b.__tandem_rel \
+                                   AND {target_ref}.ctid = __tandem_b.__tandem_ctid RETURNING {images}) \
              SELECT 'b', {names} FROM __tandem_b UNION ALL SELECT 'a', {names} FROM __tandem_a",
             images = images.join(", "),
             from_where = Self::from_where(a, meta),
@@ -356,15 +443,17 @@ impl<B: AtBackend> AtTransaction<B> {
     async fn run_returning(
         &mut self,
         s: Stmt<'_, B::Db>,
+        statement: &Statement,
+        params: &[Param<B::Db>],
         columns: &[usize],
     ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
-        let Stmt { a, meta, params, want_rows, .. } = s;
+        let Stmt { meta, want_rows, .. } = s;
         let extra: Vec<(String, String)> = columns
             .iter()
             .enumerate()
             .map(|(j, &c)| (B::text_expr(&meta.columns[c]), format!("__tandem_{j}")))
             .collect();
-        let stmt = with_returning(&a.statement, extra)?;
+        let stmt = with_returning(statement, extra)?;
         let (sql, plan) = bind_plan(&stmt.to_string(), B::DIALECT)?;
         let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
         let mut images = Vec::with_capacity(rows.len());
@@ -392,7 +481,7 @@ impl<B: AtBackend> AtTransaction<B> {
         }
         let (out, after) = match B::DIALECT {
             // The inserted rows come back from RETURNING, after the caller's own columns.
-            SqlDialect::Postgres => self.run_returning(s, &all).await?,
+            SqlDialect::Postgres => self.run_returning(s, &a.statement, s.params, &all).await?,
             SqlDialect::MySql => {
                 let (out, keys) = self.insert_mysql(s, columns, rows).await?;
                 (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
@@ -540,11 +629,17 @@ impl<B: AtBackend> AtTransaction<B> {
     }
 
     /// Ends phase 1: registers the branch with its global locks (retrying a
-    /// conflict as configured), writes the undo row, commits locally.
+    /// conflict as configured), writes the undo row, commits locally. After a
+    /// statement of this transaction failed (other than a refusal), it rolls
+    /// back instead and answers [`AtError::Poisoned`].
     /// Returns the branch id, or `None` when nothing was written (no branch
     /// is registered then). On any error the local transaction is rolled back.
     pub async fn commit(self) -> Result<Option<BranchId>, AtError> {
-        let AtTransaction { resource, xid, mut tx, statements, lock_keys } = self;
+        let AtTransaction { resource, xid, mut tx, statements, lock_keys, poisoned } = self;
+        if let Some(cause) = poisoned {
+            tx.rollback().await?;
+            return Err(AtError::Poisoned(cause));
+        }
         if statements.is_empty() {
             tx.commit().await?;
             return Ok(None);
@@ -583,8 +678,15 @@ impl<B: AtBackend> AtTransaction<B> {
         };
         let registering = with_lock_retry(resource.inner.lock_retry, register);
         let (registered, undo) = tokio::join!(registering, super::undo::insert::<B>(&mut tx, &xid, &key, info));
-        let branch_id = registered?.branch_id;
+        let branch = registered?;
+        let branch_id = branch.branch_id;
         let finish = async {
+            if branch.global_locks != Some(true) {
+                // A TCC or XA transaction: its coordinator would not protect these rows.
+                return Err(AtError::Unsupported(format!(
+                    "transaction {xid} took no global locks for this branch: AT branches must join AT transactions"
+                )));
+            }
             match undo {
                 // Only a rollback of this very key leaves such a row: refuse phase 1.
                 Err(AtError::Database(e)) if B::is_unique_violation(&e) => {

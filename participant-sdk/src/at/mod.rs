@@ -85,6 +85,14 @@ pub enum AtError {
     /// transaction must be rolled back (drop it) and may be retried.
     #[error("concurrent change: {0}")]
     Concurrent(String),
+    /// An earlier statement of this local transaction failed after it may
+    /// have run, so it cannot commit: it was rolled back instead.
+    #[error("an earlier statement of this branch failed ({0}); the local transaction was rolled back")]
+    Poisoned(String),
+    /// Rollback could not write a before image back: a constraint refused it
+    /// (for example a row with the same unique key was inserted since).
+    #[error("rollback refused by the database: {0}")]
+    RestoreRefused(String),
     /// The undo log row cannot be read back.
     #[error("undo log of this branch is unreadable: {0}")]
     CorruptUndo(String),
@@ -271,7 +279,11 @@ async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<
             let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
             problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
         }
-        Err(e @ AtError::CorruptUndo(_)) => problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None),
+        Err(e @ (AtError::CorruptUndo(_) | AtError::RestoreRefused(_))) => {
+            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, error = %e,
+                "AT rollback cannot complete; branch needs manual repair");
+            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None)
+        }
         Err(e) => {
             tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "AT callback failed; will be retried");
             problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string(), None)

@@ -110,7 +110,11 @@ fn refuse(reason: impl Into<String>) -> AtError {
 /// Parses one statement and checks that AT mode can image it.
 pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
     let d = dialect.parser_dialect();
+    // Literals stay as written (no unescaping): re-rendered parts of the
+    // statement (its WHERE clause, VALUES) then carry them verbatim, backslash
+    // escapes and doubled quotes included.
     let mut tokens = Tokenizer::new(d.as_ref(), sql)
+        .with_unescape(false)
         .tokenize()
         .map_err(|e| refuse(format!("cannot tokenize the statement: {e}")))?;
     let mut params = 0usize;
@@ -300,6 +304,15 @@ pub fn with_returning(statement: &Statement, extra: Vec<(String, String)>) -> Re
     Ok(s)
 }
 
+/// Parses an expression AT generated (numbered placeholders) in `dialect`.
+pub fn parse_expr(sql: &str, dialect: SqlDialect) -> Result<Expr, AtError> {
+    let d = dialect.parser_dialect();
+    Parser::new(d.as_ref())
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_expr())
+        .map_err(|e| AtError::Internal(format!("generated expression {sql:?} does not parse: {e}")))
+}
+
 /// Turns SQL written with numbered parameters (`$n` on PostgreSQL, `?n` on
 /// MySQL) into the driver's form, and says which parameter (0-based index
 /// into the statement's parameter list) to bind at each position.
@@ -412,6 +425,15 @@ mod tests {
             analyze("DELETE FROM t WHERE id = ? RETURNING id", SqlDialect::MySql),
             Err(AtError::Unsupported(_))
         ));
+    }
+
+    #[test]
+    fn literals_are_re_rendered_verbatim() {
+        let sql = r"DELETE FROM t WHERE path = 'C:\\tmp\\' AND name = 'it''s' AND x = ?";
+        let a = analyze(sql, SqlDialect::MySql).unwrap();
+        assert_eq!(a.selection.unwrap().to_string(), r"path = 'C:\\tmp\\' AND name = 'it''s' AND x = ?1");
+        let a = analyze(r"UPDATE t SET v = 1 WHERE s = 'a''b' AND e = E'x\\y'", SqlDialect::Postgres).unwrap();
+        assert_eq!(a.selection.unwrap().to_string(), r"s = 'a''b' AND e = E'x\\y'");
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use super::backend::{AtBackend, Conn};
 use super::executor::{qualified, rows_by_pk};
-use super::image::{as_object, pick, row_undo, Conflict, Row, RowUndo, TableMeta, UndoLog, UndoStatement};
+use super::image::{
+    as_object, pick, row_undo, Conflict, Row, RowUndo, StatementKind, TableMeta, UndoLog, UndoStatement,
+};
 use super::sql::{bind_plan, TableRef};
 use super::{AtError, AtResource, CLEANUP_BATCH};
 use std::collections::HashMap;
@@ -112,7 +114,12 @@ async fn undo_statement<B: AtBackend>(
     stmt: &UndoStatement,
 ) -> Result<Vec<Conflict>, AtError> {
     let table = TableRef { schema: Some(stmt.schema.clone()), name: stmt.table.clone() };
-    let meta = resource.meta(conn, &table).await.map_err(|e| AtError::CorruptUndo(e.to_string()))?;
+    // A table that is gone cannot be restored (a person must look); a
+    // database error reading the catalog is retried like any other.
+    let meta = resource.meta(conn, &table).await.map_err(|e| match e {
+        AtError::Unsupported(m) => AtError::CorruptUndo(m),
+        other => other,
+    })?;
     let index = |name: &String| {
         meta.index_of(name).ok_or_else(|| {
             AtError::CorruptUndo(format!("column {name} of the undo log is not in {} any more", meta.qualified()))
@@ -140,6 +147,9 @@ async fn undo_statement<B: AtBackend>(
     let mut conflicts = Vec::new();
     for key in &keys {
         let (b, a, c) = (before.get(key), after.get(key), current.get(key));
+        if stmt.kind == StatementKind::Update && (b.is_none() || a.is_none()) {
+            return Err(AtError::CorruptUndo(format!("the update images of {key:?} do not pair up")));
+        }
         match row_undo(b, a, c) {
             RowUndo::Nothing => {}
             RowUndo::Restore => plan.push((key, b)),
@@ -197,7 +207,7 @@ async fn restore_row<B: AtBackend>(
         (Some(_), true) => {
             let sets: Vec<String> = writable
                 .iter()
-                .filter(|(c, _)| !pk.contains(c))
+                .filter(|(c, _)| !pk.contains(c) && !meta.columns[*c].identity_always)
                 .map(|(c, v)| {
                     let col = &meta.columns[*c];
                     format!("{} = {}", d.quote(&col.name), B::value_expr(col, &param((*v).clone())))
@@ -218,9 +228,16 @@ async fn restore_row<B: AtBackend>(
         }
     };
     let (sql, plan) = bind_plan(&sql, d)?;
-    let n = B::execute(conn, &sql, &params, &plan).await?;
+    let what = || format!("{} key {:?}", meta.qualified(), key);
+    let n = B::execute(conn, &sql, &params, &plan).await.map_err(|e| {
+        if B::is_integrity_violation(&e) {
+            AtError::RestoreRefused(format!("{}: {e}", what()))
+        } else {
+            e.into()
+        }
+    })?;
     if n != 1 {
-        return Err(AtError::Internal(format!("restoring one row of {} changed {n} rows", meta.qualified())));
+        return Err(AtError::RestoreRefused(format!("restoring {} changed {n} rows", what())));
     }
     Ok(())
 }
