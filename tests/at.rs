@@ -186,8 +186,13 @@ impl Business for MariaBusiness {
         }
     }
     async fn snapshot(&self, table: &str, columns: &[&str], order: &str) -> Vec<String> {
-        // The property table's blob column `b` as hex: its bytes need not be UTF-8.
-        let text = |c: &str| if c == "b" { format!("HEX({c})") } else { format!("CAST({c} AS CHAR)") };
+        // The property table's blob column `b` as hex (its bytes need not be
+        // UTF-8), and its FLOAT `f4` exactly (as text a FLOAT has six digits).
+        let text = |c: &str| match c {
+            "b" => format!("HEX({c})"),
+            "f4" => format!("CAST({c} + 0e0 AS CHAR)"),
+            _ => format!("CAST({c} AS CHAR)"),
+        };
         let cols: Vec<String> = columns.iter().map(|c| format!("IFNULL({}, '∅')", text(c))).collect();
         let sql = format!("SELECT CONCAT_WS('|', {}) FROM {table} ORDER BY {order}", cols.join(", "));
         sqlx::query_scalar(&sql).fetch_all(&self.pool).await.unwrap()
@@ -389,6 +394,9 @@ const TYPES: &[(&str, &str, &str)] = &[
     ("b", "bytea", "blob"),
     ("u", "uuid", "uuid"),
     ("f", "double precision", "double"),
+    ("f4", "real", "float"),
+    ("tm", "time(6)", "time(6)"),
+    ("arr", "int[]", "varchar(64)"),
 ];
 
 fn value(col: usize) -> BoxedStrategy<Option<String>> {
@@ -411,6 +419,16 @@ fn value(col: usize) -> BoxedStrategy<Option<String>> {
             .boxed(),
         "u" => any::<[u8; 16]>().prop_map(|b| uuid::Builder::from_random_bytes(b).into_uuid().to_string()).boxed(),
         "f" => (-1.0e12f64..1.0e12).prop_map(|v| v.to_string()).boxed(),
+        "f4" => (-1.0e6f32..1.0e6).prop_map(|v| v.to_string()).boxed(),
+        "tm" => (0u32..24, 0u32..60, 0u32..60, 0u32..1_000_000)
+            .prop_map(|(h, m, s, us)| format!("{h:02}:{m:02}:{s:02}.{us:06}"))
+            .boxed(),
+        "arr" => proptest::collection::vec(proptest::option::of(-1000i32..1000), 0..5)
+            .prop_map(|v| {
+                let items: Vec<String> = v.iter().map(|x| x.map_or("NULL".into(), |x| x.to_string())).collect();
+                format!("{{{}}}", items.join(","))
+            })
+            .boxed(),
         other => unreachable!("{other}"),
     };
     prop_oneof![1 => Just(None), 4 => some.prop_map(Some)].boxed()

@@ -313,6 +313,8 @@ impl AtBackend for MySqlDb {
             // Seconds since the epoch: independent of the session's time_zone.
             "timestamp" => format!("CAST(UNIX_TIMESTAMP({c}) AS CHAR)"),
             "bit" => format!("CAST({c} + 0 AS CHAR)"),
+            // A FLOAT as text has six digits; as a double it is exact.
+            "float" => format!("CAST({c} + 0e0 AS CHAR)"),
             _ => format!("CAST({c} AS CHAR)"),
         }
     }
