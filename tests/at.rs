@@ -690,6 +690,85 @@ async fn two_global_transactions_on_one_row_are_serialized_by_the_global_lock() 
     assert_eq!(qty(&d, 1).await, vec!["9"]);
 }
 
+/// Many global transactions moving money between six hot rows, half of
+/// them rolled back, some failing on a lock: the total never changes, every
+/// transaction ends, and no lock or undo row is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_transfers_on_hot_rows_keep_the_total() {
+    let c = Coordinator::start("at_hot").await;
+    let d = PgBusiness::new("at_hot_p").await;
+    d.exec("CREATE TABLE acct (id int PRIMARY KEY, bal bigint NOT NULL); INSERT INTO acct SELECT g, 1000 FROM generate_series(0, 5) g")
+        .await;
+    let p = participant::<Pg>(d.pool(), &c.c.url, "bank", LockRetry::default()).await;
+    let client = c.client().clone();
+    let mut tasks = Vec::new();
+    for w in 0..4i32 {
+        let (at, client) = (p.at.clone(), client.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut xids = Vec::new();
+            for i in 0..12i32 {
+                let (from, to) = ((w + i) % 6, (w * 2 + i + 1) % 6);
+                if from == to {
+                    continue;
+                }
+                let req = BeginRequest { mode: Mode::At, name: None, timeout_ms: Some(60_000) };
+                let xid = client.begin(&req).await.unwrap().xid;
+                let mut t = at.begin(&xid).await.unwrap();
+                let moved = async {
+                    t.sql("UPDATE acct SET bal = bal - $1 WHERE id = $2").bind(7i64).bind(from).execute().await?;
+                    t.sql("UPDATE acct SET bal = bal + $1 WHERE id = $2").bind(7i64).bind(to).execute().await?;
+                    Ok::<_, AtError>(())
+                }
+                .await;
+                let registered = match moved {
+                    Ok(()) => t.commit().await.is_ok(),
+                    Err(_) => false,
+                };
+                if registered && i % 2 == 0 {
+                    client.commit(&xid, None).await.unwrap();
+                } else {
+                    client.rollback(&xid, None).await.unwrap();
+                }
+                xids.push(xid);
+            }
+            xids
+        }));
+    }
+    let mut xids = Vec::new();
+    for t in tasks {
+        xids.extend(t.await.unwrap());
+    }
+    for xid in &xids {
+        eventually("every transaction ends", WAIT, || async {
+            let t = client.get(xid).await.ok()?;
+            matches!(t.status, GlobalStatus::Committed | GlobalStatus::RolledBack).then_some(())
+        })
+        .await;
+    }
+    let mut committed = 0;
+    for xid in &xids {
+        committed += usize::from(client.get(xid).await.unwrap().status == GlobalStatus::Committed);
+    }
+    let metrics = reqwest::get(format!("{}/metrics", c.c.url)).await.unwrap().text().await.unwrap();
+    let conflicts = metrics.lines().find(|l| l.starts_with("tandem_lock_conflicts_total")).unwrap_or_default();
+    eprintln!("{committed} of {} committed; {conflicts}", xids.len());
+    assert!(committed > 0, "some transfers commit");
+    let total: i64 = sqlx::query_scalar("SELECT sum(bal)::bigint FROM acct").fetch_one(&d.pool).await.unwrap();
+    assert_eq!(total, 6000, "money is neither made nor lost");
+    let locks = LockCheckRequest {
+        resource: "bank".into(),
+        lock_keys: (0..6).map(|i| format!("public.acct:{i}")).collect(),
+        xid: None,
+    };
+    assert!(client.check_locks(&locks).await.unwrap().free, "no lock left behind");
+    eventually("undo rows of committed branches deleted", WAIT, || async {
+        let n: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM tandem_undo_log WHERE state = 0").fetch_one(&d.pool).await.ok()?;
+        (n == 0).then_some(())
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_conflict_fails_the_local_transaction_after_bounded_retries() {
     let c = Coordinator::start("at_lockf").await;
