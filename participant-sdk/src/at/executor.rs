@@ -730,7 +730,14 @@ where
 }
 
 /// A lock conflict is worth waiting for, unless its holder is rolling back
-/// (its rollback may need a person; Seata fails fast there too).
+/// (its rollback may need a person; Seata fails fast there too). So is a
+/// coordinator that answered 503 (its database busy or briefly away): a
+/// registration repeated after a lost answer only adds a branch with the same
+/// undo key and locks, whose phase 2 is idempotent.
 fn retryable_lock(e: &AtError) -> bool {
-    matches!(e, AtError::LockConflict { holder, .. } if holder.status != GlobalStatus::RollingBack)
+    match e {
+        AtError::LockConflict { holder, .. } => holder.status != GlobalStatus::RollingBack,
+        AtError::Coordinator(c) => c.status() == Some(503),
+        _ => false,
+    }
 }
