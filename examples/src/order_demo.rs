@@ -22,7 +22,7 @@ use serde::Deserialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
-use tandem_coordinator::{Application, Settings};
+use tandem_examples::DemoCoordinator;
 use tandem_sdk::at::{AtError, AtResource, Pg, CALLBACK_PATH};
 use tandem_sdk::wire::{BeginRequest, Mode};
 use tandem_sdk::{in_transaction, GlobalError, GlobalXid, RequestBuilderExt, TandemClient};
@@ -157,12 +157,8 @@ async fn main() -> anyhow::Result<()> {
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo_at", "").await?.close().await;
-    let mut settings = Settings::new(format!("{server}/tandem_demo_at"));
-    settings.listen = args.listen;
-    let app = Application::build(&settings).await.context("starting the coordinator")?;
-    let coordinator = format!("http://{}", app.local_addr()?);
-    let shutdown = app.shutdown_token();
-    let server_task = tokio::spawn(app.run());
+    let demo = DemoCoordinator::start(format!("{server}/tandem_demo_at"), args.listen).await?;
+    let coordinator = demo.url.clone();
     println!("coordinator: {coordinator}");
 
     let orders_db = database(
@@ -205,11 +201,5 @@ async fn main() -> anyhow::Result<()> {
     }
     show(&orders_db, &inventory_db, "after rollback").await?;
 
-    if args.serve {
-        println!("\nserving; Ctrl-C to stop");
-        tandem_coordinator::startup::shutdown_signal().await;
-    }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), server_task).await???;
-    Ok(())
+    demo.finish(args.serve).await
 }

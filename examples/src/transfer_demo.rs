@@ -15,8 +15,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use std::time::Duration;
-use tandem_coordinator::{Application, Settings};
+use tandem_examples::DemoCoordinator;
 use tandem_sdk::wire::{BeginRequest, Mode, Xid};
 use tandem_sdk::{in_transaction, GlobalError, RequestBuilderExt, TandemClient};
 
@@ -107,12 +106,8 @@ async fn main() -> anyhow::Result<()> {
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo").await?.close().await;
-    let mut settings = Settings::new(format!("{server}/tandem_demo"));
-    settings.listen = args.listen;
-    let app = Application::build(&settings).await.context("starting the coordinator")?;
-    let coordinator = format!("http://{}", app.local_addr()?);
-    let shutdown = app.shutdown_token();
-    let server_task = tokio::spawn(app.run());
+    let demo = DemoCoordinator::start(format!("{server}/tandem_demo"), args.listen).await?;
+    let coordinator = demo.url.clone();
     println!("coordinator: {coordinator} (OpenAPI at {coordinator}/openapi.json)");
 
     let a = start_bank(server, "tandem_demo_bank_a", &coordinator, "alice", 1_000).await?;
@@ -141,11 +136,5 @@ async fn main() -> anyhow::Result<()> {
         println!("  {} {:<11} {}", t.xid, t.status.as_str(), branches.join(" "));
     }
 
-    if args.serve {
-        println!("\nserving; Ctrl-C to stop");
-        tandem_coordinator::startup::shutdown_signal().await;
-    }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(15), server_task).await???;
-    Ok(())
+    demo.finish(args.serve).await
 }
