@@ -105,13 +105,59 @@ where
     rows.iter().map(|r| (0..r.len()).map(|i| r.try_get::<Option<String>, _>(i)).collect()).collect()
 }
 
+/// Implements [`AtBackend`] for `$backend` on sqlx's `$db`: the methods that
+/// run statements are the same for every driver; the rest is given.
+macro_rules! at_backend {
+    ($backend:ty, $db:ty, $conn:ty, $row:ty, { $($rest:tt)* }) => {
+        #[async_trait]
+        impl AtBackend for $backend {
+            type Db = $db;
+            $($rest)*
+
+            async fn fetch_text(
+                conn: &mut $conn,
+                sql: &str,
+                params: &[Param<$db>],
+                plan: &[usize],
+            ) -> Result<Vec<Row>, sqlx::Error> {
+                let rows = sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await?;
+                text_rows(&rows)
+            }
+
+            async fn fetch_rows(
+                conn: &mut $conn,
+                sql: &str,
+                params: &[Param<$db>],
+                plan: &[usize],
+            ) -> Result<Vec<$row>, sqlx::Error> {
+                sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await
+            }
+
+            async fn execute(
+                conn: &mut $conn,
+                sql: &str,
+                params: &[Param<$db>],
+                plan: &[usize],
+            ) -> Result<u64, sqlx::Error> {
+                Ok(sqlx::query_with(sql, args(params, plan)?).execute(&mut *conn).await?.rows_affected())
+            }
+
+            fn text_at(row: &$row, index: usize) -> Result<Option<String>, sqlx::Error> {
+                row.try_get(index)
+            }
+
+            fn text(value: Option<String>) -> Param<$db> {
+                Arc::new(value)
+            }
+        }
+    };
+}
+
 /// PostgreSQL.
 #[derive(Debug, Clone, Copy)]
 pub struct Pg;
 
-#[async_trait]
-impl AtBackend for Pg {
-    type Db = Postgres;
+at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
     const DIALECT: SqlDialect = SqlDialect::Postgres;
     const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
         xid           text        NOT NULL,
@@ -153,42 +199,6 @@ impl AtBackend for Pg {
         Ok(Some(TableMeta { schema, name, columns }))
     }
 
-    async fn fetch_text(
-        conn: &mut PgConnection,
-        sql: &str,
-        params: &[Param<Postgres>],
-        plan: &[usize],
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        let rows = sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await?;
-        text_rows(&rows)
-    }
-
-    async fn fetch_rows(
-        conn: &mut PgConnection,
-        sql: &str,
-        params: &[Param<Postgres>],
-        plan: &[usize],
-    ) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-        sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await
-    }
-
-    async fn execute(
-        conn: &mut PgConnection,
-        sql: &str,
-        params: &[Param<Postgres>],
-        plan: &[usize],
-    ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query_with(sql, args(params, plan)?).execute(&mut *conn).await?.rows_affected())
-    }
-
-    fn text_at(row: &sqlx::postgres::PgRow, index: usize) -> Result<Option<String>, sqlx::Error> {
-        row.try_get(index)
-    }
-
-    fn text(value: Option<String>) -> Param<Postgres> {
-        Arc::new(value)
-    }
-
     fn text_expr(col: &Column) -> String {
         let c = SqlDialect::Postgres.quote(&col.name);
         if col.sql_type == "timestamp with time zone" {
@@ -212,7 +222,7 @@ impl AtBackend for Pg {
     async fn last_insert_ids(_conn: &mut PgConnection) -> Result<(u64, u64), sqlx::Error> {
         Err(sqlx::Error::Protocol("LAST_INSERT_ID is MySQL's".into()))
     }
-}
+});
 
 /// MySQL and MariaDB (InnoDB).
 #[derive(Debug, Clone, Copy)]
@@ -223,9 +233,7 @@ fn mysql_binary(t: &str) -> bool {
     matches!(t, "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob")
 }
 
-#[async_trait]
-impl AtBackend for MySqlDb {
-    type Db = MySql;
+at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
     const DIALECT: SqlDialect = SqlDialect::MySql;
     const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
         xid           varchar(64)  NOT NULL,
@@ -270,42 +278,6 @@ impl AtBackend for MySqlDb {
         Ok(Some(TableMeta { schema, name, columns }))
     }
 
-    async fn fetch_text(
-        conn: &mut MySqlConnection,
-        sql: &str,
-        params: &[Param<MySql>],
-        plan: &[usize],
-    ) -> Result<Vec<Row>, sqlx::Error> {
-        let rows = sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await?;
-        text_rows(&rows)
-    }
-
-    async fn fetch_rows(
-        conn: &mut MySqlConnection,
-        sql: &str,
-        params: &[Param<MySql>],
-        plan: &[usize],
-    ) -> Result<Vec<sqlx::mysql::MySqlRow>, sqlx::Error> {
-        sqlx::query_with(sql, args(params, plan)?).fetch_all(&mut *conn).await
-    }
-
-    async fn execute(
-        conn: &mut MySqlConnection,
-        sql: &str,
-        params: &[Param<MySql>],
-        plan: &[usize],
-    ) -> Result<u64, sqlx::Error> {
-        Ok(sqlx::query_with(sql, args(params, plan)?).execute(&mut *conn).await?.rows_affected())
-    }
-
-    fn text_at(row: &sqlx::mysql::MySqlRow, index: usize) -> Result<Option<String>, sqlx::Error> {
-        row.try_get(index)
-    }
-
-    fn text(value: Option<String>) -> Param<MySql> {
-        Arc::new(value)
-    }
-
     fn text_expr(col: &Column) -> String {
         let c = SqlDialect::MySql.quote(&col.name);
         match col.sql_type.as_str() {
@@ -343,4 +315,4 @@ impl AtBackend for MySqlDb {
         .await?;
         Ok((first, step))
     }
-}
+});
