@@ -1,5 +1,6 @@
 //! Phase 1 of an AT branch: imaging statements in a local transaction, then
-//! register → undo row → local commit.
+//! the registration with the global locks (the undo row is written
+//! meanwhile) and the local commit.
 
 use super::backend::{AtBackend, AtParam, Param};
 use super::image::{lock_key, pick, Row, StatementKind, TableMeta, UndoLog, UndoStatement};
@@ -47,8 +48,11 @@ impl<B: AtBackend> std::fmt::Debug for AtTransaction<B> {
 
 /// A statement with its parameters, built by [`AtTransaction::sql`].
 pub struct AtQuery<'a, B: AtBackend> {
+    /// The branch it runs in.
     txn: &'a mut AtTransaction<B>,
+    /// The statement as the caller wrote it.
     sql: &'a str,
+    /// Its parameters, in order.
     params: Vec<Param<B::Db>>,
 }
 
@@ -113,6 +117,7 @@ impl<DB: Database> Copy for Stmt<'_, DB> {}
 
 /// Builds AT-generated SQL with numbered parameters after the user's.
 struct Gen<B: AtBackend> {
+    /// The parameter list: the caller's, then AT's own.
     params: Vec<Param<B::Db>>,
 }
 
