@@ -376,6 +376,27 @@ async fn returning_and_generated_keys_on_postgres() {
     assert_eq!(d.snapshot("orders", &cols, "id").await, original);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_increment_keys_roll_back_on_mariadb() {
+    let c = Coordinator::start("at_ai").await;
+    let d = MariaBusiness::new("at_ai_m").await;
+    d.exec("CREATE TABLE orders (id bigint AUTO_INCREMENT PRIMARY KEY, item varchar(20) NOT NULL); INSERT INTO orders (item) VALUES ('seed')")
+        .await;
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "orders", LockRetry::default()).await;
+    let original = d.snapshot("orders", &["id", "item"], "id").await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    let n = t.sql("INSERT INTO orders (item) VALUES (?), (?)").bind("one").bind("two").execute().await.unwrap();
+    assert_eq!(n, 2);
+    let keys: Vec<String> = t.lock_keys().map(str::to_owned).collect();
+    assert_eq!(keys.len(), 2, "both generated keys are locked: {keys:?}");
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot("orders", &["item"], "id").await, vec!["seed", "one", "two"]);
+    c.client().rollback(&xid, None).await.unwrap();
+    wait_status(c.client(), &xid, "rolled_back", WAIT).await;
+    assert_eq!(d.snapshot("orders", &["id", "item"], "id").await, original);
+}
+
 // ------------------------------------------------------------ property test
 
 /// Column types of the property table: name, PostgreSQL type, MariaDB type.

@@ -559,10 +559,23 @@ impl<B: AtBackend> AtTransaction<B> {
         }
         match pk {
             [c] if meta.columns[*c].auto_increment => {
+                if rows.len() > 1 {
+                    // Only lock modes 0 and 1 give one multi-row INSERT consecutive
+                    // values; under 2 (MySQL 8's default) the computed keys could
+                    // name other sessions' rows.
+                    let mode = B::fetch_text(&mut self.tx, "SELECT CAST(@@innodb_autoinc_lock_mode AS CHAR)", &[], &[])
+                        .await?;
+                    if mode.first().and_then(|r| r.first()).cloned().flatten().as_deref() == Some("2") {
+                        return Err(AtError::Unsupported(
+                            "a multi-row INSERT with generated AUTO_INCREMENT keys needs innodb_autoinc_lock_mode \
+                             0 or 1; insert one row per statement or give the keys"
+                                .into(),
+                        ));
+                    }
+                }
                 let out = self.run_original(&a.sql, params, want_rows).await?;
                 let (first, step) = B::last_insert_ids(&mut self.tx).await?;
-                // Consecutive for one multi-row INSERT under innodb_autoinc_lock_mode 0 or 1
-                // (MariaDB's default); see the README.
+                // Consecutive for one INSERT (checked above for several rows).
                 let keys = (0..out.0).map(|i| vec![Some((first + i * step.max(1)).to_string())]).collect();
                 Ok((out, keys))
             }
