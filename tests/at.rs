@@ -327,11 +327,58 @@ where
     }
 }
 
+/// `purge` deletes old markers and old rows of committed transactions, and
+/// keeps everything a rollback may still need.
+async fn purge_keeps_what_a_rollback_needs<D: Business>(d: &D, c: &Coordinator, backdate: &str)
+where
+    i64: AtParam<<D::B as AtBackend>::Db>,
+{
+    let p = participant::<D::B>(d.pool(), &c.c.url, "inventory", LockRetry::default()).await;
+    let run = |id: i64| {
+        let p = &p;
+        async move {
+            let xid = c.begin().await;
+            let mut t = p.at.begin(&xid).await.unwrap();
+            t.sql(&d.q("UPDATE stock SET qty = qty + 1 WHERE id = ?")).bind(id).execute().await.unwrap();
+            t.commit().await.unwrap().expect("branch");
+            xid
+        }
+    };
+    let committed = run(1).await;
+    c.client().commit(&committed, None).await.unwrap();
+    let rolled_back = run(2).await;
+    c.client().rollback(&rolled_back, None).await.unwrap();
+    let open = run(3).await;
+    let recent = run(1).await;
+    c.client().rollback(&recent, None).await.unwrap();
+    wait_status(c.client(), &rolled_back, "rolled_back", WAIT).await;
+    wait_status(c.client(), &recent, "rolled_back", WAIT).await;
+    eventually("committed undo row deleted", WAIT, || async { d.undo_rows(&committed).await.is_empty().then_some(()) })
+        .await;
+    // As if the batched delete had been lost: the committed branch's row is back.
+    let key = undo_key(c, &committed).await;
+    d.exec(&format!(
+        "INSERT INTO tandem_undo_log (xid, branch_key, state, rollback_info) VALUES ('{committed}', '{key}', 0, '{{}}')"
+    ))
+    .await;
+    for xid in [&committed, &rolled_back, &open] {
+        d.exec(&backdate.replace("XID", xid.as_str())).await;
+    }
+    let purged = p.at.purge(Duration::from_secs(3600)).await.unwrap();
+    assert_eq!(purged, tandem_sdk::at::Purged { markers: 1, committed: 1 });
+    assert!(d.undo_rows(&committed).await.is_empty());
+    assert!(d.undo_rows(&rolled_back).await.is_empty(), "old marker gone");
+    assert_eq!(d.undo_rows(&open).await.len(), 1, "the undecided transaction keeps its images");
+    assert_eq!(d.undo_rows(&recent).await.len(), 1, "a recent marker stays");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commit_removes_the_undo_rows_on_postgres() {
     let c = Coordinator::start("at_cm").await;
     let d = PgBusiness::new("at_cm_p").await;
     commit_removes_undo_rows(&d, &c).await;
+    let backdate = "UPDATE tandem_undo_log SET created_at = created_at - interval '2 hours' WHERE xid = 'XID'";
+    purge_keeps_what_a_rollback_needs(&d, &c, backdate).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,6 +386,8 @@ async fn commit_removes_the_undo_rows_on_mariadb() {
     let c = Coordinator::start("at_cmm").await;
     let d = MariaBusiness::new("at_cm_m").await;
     commit_removes_undo_rows(&d, &c).await;
+    let backdate = "UPDATE tandem_undo_log SET created_at = created_at - INTERVAL 2 HOUR WHERE xid = 'XID'";
+    purge_keeps_what_a_rollback_needs(&d, &c, backdate).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

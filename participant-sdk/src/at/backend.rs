@@ -81,6 +81,8 @@ pub trait AtBackend: Send + Sync + 'static {
     }
     /// MySQL: the first `AUTO_INCREMENT` value of the last INSERT and the step.
     async fn last_insert_ids(conn: &mut Conn<Self>) -> Result<(u64, u64), sqlx::Error>;
+    /// The database's time `placeholder` milliseconds (a text parameter) ago.
+    fn ago(placeholder: &str) -> String;
 }
 
 fn args<'q, DB: Database>(
@@ -219,6 +221,10 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c == "23505")
     }
 
+    fn ago(placeholder: &str) -> String {
+        format!("now() - CAST({placeholder} AS bigint) * interval '1 millisecond'")
+    }
+
     async fn last_insert_ids(_conn: &mut PgConnection) -> Result<(u64, u64), sqlx::Error> {
         Err(sqlx::Error::Protocol("LAST_INSERT_ID is MySQL's".into()))
     }
@@ -305,6 +311,10 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         e.as_database_error()
             .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
             .is_some_and(|d| d.number() == 1062)
+    }
+
+    fn ago(placeholder: &str) -> String {
+        format!("NOW(6) - INTERVAL (CAST({placeholder} AS SIGNED) * 1000) MICROSECOND")
     }
 
     async fn last_insert_ids(conn: &mut MySqlConnection) -> Result<(u64, u64), sqlx::Error> {

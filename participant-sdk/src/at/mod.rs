@@ -116,6 +116,15 @@ impl Default for LockRetry {
     }
 }
 
+/// What [`AtResource::purge`] deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Markers of rolled-back branches and empty rollbacks.
+    pub markers: u64,
+    /// Phase-1 rows of committed transactions.
+    pub committed: u64,
+}
+
 /// Largest batch of undo rows deleted by one statement after commits.
 const CLEANUP_BATCH: usize = 256;
 /// Queued commit cleanups; beyond this the commit callback deletes inline.
@@ -192,6 +201,15 @@ impl<B: AtBackend> AtResource<B> {
         let mut conn = self.inner.pool.acquire().await?;
         B::execute(&mut conn, B::UNDO_DDL, &[], &[]).await?;
         Ok(())
+    }
+
+    /// Deletes undo rows no rollback can need any more, older than `age`:
+    /// markers of rolled-back branches, and phase-1 rows whose transaction the
+    /// coordinator reports committed (their batched delete was lost, say to a
+    /// restart). Rows of undecided or unknown transactions stay. Run it now
+    /// and then (Seata keeps undo rows 7 days).
+    pub async fn purge(&self, age: std::time::Duration) -> Result<Purged, AtError> {
+        undo::purge::<B>(&self.inner.pool, &self.inner.client, age).await
     }
 
     /// The resource name.

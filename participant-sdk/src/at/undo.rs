@@ -285,3 +285,50 @@ pub(super) async fn cleaner<B: AtBackend>(pool: sqlx::Pool<B::Db>, mut rx: mpsc:
         batch.clear();
     }
 }
+
+/// Transactions whose old phase-1 rows one purge looks at.
+const PURGE_XIDS: usize = 500;
+
+/// See [`AtResource::purge`].
+pub(super) async fn purge<B: AtBackend>(
+    pool: &sqlx::Pool<B::Db>,
+    client: &crate::client::TandemClient,
+    age: Duration,
+) -> Result<super::Purged, AtError> {
+    let d = B::DIALECT;
+    let ms = [B::text(Some(age.as_millis().to_string()))];
+    let mut conn = pool.acquire().await?;
+    let sql = format!(
+        "DELETE FROM tandem_undo_log WHERE state = {STATE_ROLLED_BACK} AND created_at < {}",
+        B::ago(&d.param(1))
+    );
+    let (sql, plan) = bind_plan(&sql, d)?;
+    let markers = B::execute(&mut conn, &sql, &ms, &plan).await?;
+    let sql = format!(
+        "SELECT DISTINCT xid FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND created_at < {} LIMIT {PURGE_XIDS}",
+        B::ago(&d.param(1))
+    );
+    let (sql, plan) = bind_plan(&sql, d)?;
+    let old = B::fetch_text(&mut conn, &sql, &ms, &plan).await?;
+    let mut committed = 0;
+    for xid in old.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
+        let Ok(xid) = Xid::parse(xid) else { continue };
+        match client.get(&xid).await {
+            Ok(t)
+                if matches!(
+                    t.status,
+                    tandem_wire::GlobalStatus::Committed | tandem_wire::GlobalStatus::CommitFailed
+                ) =>
+            {
+                let sql = format!("DELETE FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND xid = {}", d.param(1));
+                let (sql, plan) = bind_plan(&sql, d)?;
+                committed += B::execute(&mut conn, &sql, &[B::text(Some(xid.to_string()))], &plan).await?;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(%xid, error = %e, "purge: could not learn how this transaction ended; its undo rows stay")
+            }
+        }
+    }
+    Ok(super::Purged { markers, committed })
+}
