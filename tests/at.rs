@@ -56,6 +56,8 @@ async fn gate_layer(State(g): State<Arc<Gate>>, req: Request, next: Next) -> Res
 struct Participant<B: AtBackend> {
     at: AtResource<B>,
     gate: Arc<Gate>,
+    /// Its callback URL.
+    url: String,
 }
 
 async fn participant<B: AtBackend>(
@@ -67,13 +69,14 @@ async fn participant<B: AtBackend>(
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}{CALLBACK_PATH}", listener.local_addr().unwrap());
     let at = AtResource::<B>::with_lock_retry(pool, TandemClient::new(coordinator).unwrap(), resource, &url, retry);
+    let callback = url.clone();
     at.install().await.unwrap();
     let gate = Arc::new(Gate::default());
     let app = at.router().layer(axum::middleware::from_fn_with_state(gate.clone(), gate_layer));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });
-    Participant { at, gate }
+    Participant { at, gate, url: callback }
 }
 
 fn patient() -> LockRetry {
@@ -1153,6 +1156,55 @@ async fn partitioned_and_identity_tables_roll_back_on_postgres() {
     wait_status(c.client(), &xid, "rolled_back", WAIT).await;
     assert_eq!(d.snapshot("ev", &ev, "region, id").await, ev0);
     assert_eq!(d.snapshot("tick", &tick, "id").await, tick0, "identity values restored too");
+}
+
+/// Phase 1 in a session with one DateStyle and TimeZone, the rollback in a
+/// session with others: the images still compare and restore exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_do_not_depend_on_the_sessions_date_style_or_time_zone() {
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use std::str::FromStr;
+    let c = Coordinator::start("at_ds").await;
+    let d = PgBusiness::new("at_ds_p").await;
+    d.exec(
+        "CREATE TABLE ev (id int PRIMARY KEY, d date, ts timestamp(6), tz timestamptz); \
+         INSERT INTO ev VALUES (1, '2024-03-05', '2024-03-05 12:34:56.5', '2024-03-05 12:34:56.5+02')",
+    )
+    .await;
+    // sqlx opens sessions with ISO / UTC; a service may SET others.
+    let session = |style: &'static str, zone: &'static str| {
+        let opts = PgConnectOptions::from_str(&d._db.url).unwrap();
+        PgPoolOptions::new()
+            .max_connections(4)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    let set = format!("SET datestyle = '{style}'; SET timezone = '{zone}'");
+                    sqlx::Executor::execute(conn, set.as_str()).await.map(|_| ())
+                })
+            })
+            .connect_lazy_with(opts)
+    };
+    // The participant that serves the callbacks reads in MDY / New York...
+    let rollbacker =
+        participant::<Pg>(session("SQL, MDY", "America/New_York"), &c.c.url, "events", LockRetry::default()).await;
+    // ...the one that runs phase 1 in DMY / Tokyo, under the same resource name.
+    let client = TandemClient::new(&c.c.url).unwrap();
+    let writer = AtResource::<Pg>::new(session("SQL, DMY", "Asia/Tokyo"), client, "events", &rollbacker.url);
+    let cols = ["d", "ts", "tz"];
+    let original = d.snapshot("ev", &cols, "id").await;
+    let xid = c.begin().await;
+    let mut t = writer.begin(&xid).await.unwrap();
+    t.sql("UPDATE ev SET d = d + 1, ts = ts + interval '1 day', tz = tz + interval '1 day' WHERE id = $1")
+        .bind(1i32)
+        .execute()
+        .await
+        .unwrap();
+    t.commit().await.unwrap().expect("branch");
+    assert_ne!(d.snapshot("ev", &cols, "id").await, original);
+    c.client().rollback(&xid, None).await.unwrap();
+    let tx = wait_status(c.client(), &xid, "rolled_back", WAIT).await;
+    assert_eq!(tx.branches[0].status, BranchStatus::RolledBack, "{:?}", tx.branches[0].last_error);
+    assert_eq!(d.snapshot("ev", &cols, "id").await, original);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -203,10 +203,24 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
 
     fn text_expr(col: &Column) -> String {
         let c = SqlDialect::Postgres.quote(&col.name);
-        if col.sql_type == "timestamp with time zone" {
-            // Text of a timestamptz depends on the session's TimeZone; UTC makes
-            // images taken and compared in different sessions agree.
-            format!("CASE WHEN isfinite({c}) THEN ({c} AT TIME ZONE 'UTC')::text || '+00' ELSE {c}::text END")
+        let t = col.sql_type.as_str();
+        // Dates and timestamps print per the session's DateStyle (and
+        // timestamptz per its TimeZone): write them in one fixed ISO form, UTC
+        // for timestamptz, so that sessions with other settings read the same
+        // images and parse them back unambiguously. Infinities and BC dates
+        // keep their own text.
+        let iso = |value: &str, format: &str, suffix: &str| {
+            format!(
+                "CASE WHEN isfinite({c}) AND {c} >= '0001-01-01' \
+                 THEN to_char({value}, '{format}'){suffix} ELSE {c}::text END"
+            )
+        };
+        if t.starts_with("timestamp") && t.ends_with("with time zone") && !t.ends_with("without time zone") {
+            iso(&format!("{c} AT TIME ZONE 'UTC'"), "YYYY-MM-DD HH24:MI:SS.US", " || '+00'")
+        } else if t.starts_with("timestamp") {
+            iso(&c, "YYYY-MM-DD HH24:MI:SS.US", "")
+        } else if t == "date" {
+            iso(&c, "YYYY-MM-DD", "")
         } else {
             format!("{c}::text")
         }
