@@ -23,8 +23,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
 use tandem_examples::DemoCoordinator;
-use tandem_sdk::at::{AtError, AtResource, Pg, CALLBACK_PATH};
-use tandem_sdk::wire::{BeginRequest, Mode};
+use tandem_sdk::at::{AtError, AtResource, AtTransaction, Pg, CALLBACK_PATH};
+use tandem_sdk::wire::{BeginRequest, Mode, Xid};
 use tandem_sdk::{in_transaction, GlobalError, GlobalXid, RequestBuilderExt, TandemClient};
 
 #[derive(Debug, Parser)]
@@ -75,8 +75,22 @@ struct Line {
     qty: i32,
 }
 
-fn refused(status: StatusCode, e: impl std::fmt::Display) -> (StatusCode, String) {
+/// An error answer of a business route.
+type Refusal = (StatusCode, String);
+
+fn refused(status: StatusCode, e: impl std::fmt::Display) -> Refusal {
     (status, e.to_string())
+}
+
+/// AT errors are the SDK's or the database's: the caller may retry.
+fn unavailable(e: AtError) -> Refusal {
+    refused(StatusCode::SERVICE_UNAVAILABLE, e)
+}
+
+/// The local transaction of this request's branch of its global transaction.
+async fn branch(at: &AtResource<Pg>, xid: Option<Xid>) -> Result<AtTransaction<Pg>, Refusal> {
+    let xid = xid.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "no Tandem-Xid"))?;
+    at.begin(&xid).await.map_err(unavailable)
 }
 
 /// `POST /orders` (order service): inserts the order row in AT mode.
@@ -84,12 +98,11 @@ async fn place_order(
     State(at): State<AtResource<Pg>>,
     GlobalXid(xid): GlobalXid,
     Json(l): Json<Line>,
-) -> Result<String, (StatusCode, String)> {
-    let xid = xid.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "no Tandem-Xid"))?;
-    let fail = |e: AtError| refused(StatusCode::SERVICE_UNAVAILABLE, e);
-    let mut tx = at.begin(&xid).await.map_err(fail)?;
-    tx.sql("INSERT INTO orders (sku, qty) VALUES ($1, $2)").bind(l.sku).bind(l.qty).execute().await.map_err(fail)?;
-    tx.commit().await.map_err(fail)?;
+) -> Result<String, Refusal> {
+    let mut tx = branch(&at, xid).await?;
+    let insert = tx.sql("INSERT INTO orders (sku, qty) VALUES ($1, $2)").bind(l.sku).bind(l.qty);
+    insert.execute().await.map_err(unavailable)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok("ordered".into())
 }
 
@@ -98,22 +111,14 @@ async fn reserve(
     State(at): State<AtResource<Pg>>,
     GlobalXid(xid): GlobalXid,
     Json(l): Json<Line>,
-) -> Result<String, (StatusCode, String)> {
-    let xid = xid.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "no Tandem-Xid"))?;
-    let fail = |e: AtError| refused(StatusCode::SERVICE_UNAVAILABLE, e);
-    let mut tx = at.begin(&xid).await.map_err(fail)?;
-    let n = tx
-        .sql("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
-        .bind(l.qty)
-        .bind(l.sku.clone())
-        .execute()
-        .await
-        .map_err(fail)?;
-    if n == 0 {
+) -> Result<String, Refusal> {
+    let mut tx = branch(&at, xid).await?;
+    let update = tx.sql("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1").bind(l.qty).bind(l.sku.clone());
+    if update.execute().await.map_err(unavailable)? == 0 {
         // Nothing was imaged: dropping the transaction registers no branch.
         return Err(refused(StatusCode::CONFLICT, format!("not enough {} in stock", l.sku)));
     }
-    tx.commit().await.map_err(fail)?;
+    tx.commit().await.map_err(unavailable)?;
     Ok("reserved".into())
 }
 
