@@ -185,20 +185,17 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         .bind(&table.name)
         .fetch_all(&mut *conn)
         .await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let (schema, name) = (first.0.clone(), first.1.clone());
-        let columns = rows
-            .into_iter()
-            .map(|(_, _, col, ty, pk, generated, identity_always)| Column {
+        Ok(TableMeta::from_catalog(rows.into_iter().map(|(schema, table, col, ty, pk, generated, identity_always)| {
+            let column = Column {
                 name: col,
                 sql_type: ty,
                 pk_position: pk.and_then(|p| usize::try_from(p).ok()),
                 generated,
                 identity_always,
                 auto_increment: false,
-            })
-            .collect();
-        Ok(Some(TableMeta { schema, name, columns }))
+            };
+            (schema, table, column)
+        })))
     }
 
     fn text_expr(col: &Column) -> String {
@@ -278,11 +275,8 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         .bind(&table.name)
         .fetch_all(&mut *conn)
         .await?;
-        let Some(first) = rows.first() else { return Ok(None) };
-        let (schema, name) = (first.0.clone(), first.1.clone());
-        let columns = rows
-            .into_iter()
-            .map(|(_, _, col, ty, extra, pk)| Column {
+        Ok(TableMeta::from_catalog(rows.into_iter().map(|(schema, table, col, ty, extra, pk)| {
+            let column = Column {
                 name: col,
                 sql_type: ty,
                 pk_position: usize::try_from(pk).ok().filter(|p| *p > 0),
@@ -293,9 +287,9 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
                     || matches!(extra.trim(), "persistent" | "virtual"),
                 identity_always: false,
                 auto_increment: extra.contains("auto_increment"),
-            })
-            .collect();
-        Ok(Some(TableMeta { schema, name, columns }))
+            };
+            (schema, table, column)
+        })))
     }
 
     fn text_expr(col: &Column) -> String {

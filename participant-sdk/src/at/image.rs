@@ -41,6 +41,14 @@ pub struct TableMeta {
 }
 
 impl TableMeta {
+    /// A table from catalog rows (schema, table, column) in column order;
+    /// `None` when there are none (no such table).
+    pub fn from_catalog(rows: impl IntoIterator<Item = (String, String, Column)>) -> Option<TableMeta> {
+        let mut rows = rows.into_iter().peekable();
+        let (schema, name) = rows.peek().map(|(s, t, _)| (s.clone(), t.clone()))?;
+        Some(TableMeta { schema, name, columns: rows.map(|(_, _, c)| c).collect() })
+    }
+
     /// Indexes (into `columns`) of the primary key, in key order.
     pub fn pk(&self) -> Vec<usize> {
         let mut pk: Vec<(usize, usize)> =
