@@ -98,7 +98,8 @@ impl Coordinator {
         &self.c.client
     }
     async fn begin(&self) -> Xid {
-        let req = BeginRequest { mode: Mode::At, name: Some("at-test".into()), timeout_ms: Some(60_000) };
+        let req =
+            BeginRequest { mode: Mode::At, name: Some("at-test".into()), timeout_ms: Some(60_000), three_phase: None };
         self.client().begin(&req).await.unwrap().xid
     }
 }
@@ -784,7 +785,7 @@ async fn concurrent_transfers_on_hot_rows_keep_the_total() {
                 if from == to {
                     continue;
                 }
-                let req = BeginRequest { mode: Mode::At, name: None, timeout_ms: Some(60_000) };
+                let req = BeginRequest { mode: Mode::At, name: None, timeout_ms: Some(60_000), three_phase: None };
                 let xid = client.begin(&req).await.unwrap().xid;
                 let mut t = at.begin(&xid).await.unwrap();
                 let moved = async {
@@ -948,7 +949,11 @@ async fn the_coordinator_takes_locks_atomically_with_registration() {
     let mut other = reg(&["t:1"]);
     other.resource = "db2".into();
     c.client().register(&b, &other).await.unwrap();
-    let tcc = c.client().begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None }).await.unwrap();
+    let tcc = c
+        .client()
+        .begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None, three_phase: None })
+        .await
+        .unwrap();
     c.client().register(&tcc.xid, &reg(&["t:1"])).await.unwrap();
     // Bad keys change nothing.
     let err = c.client().register(&b, &reg(&[""])).await.unwrap_err();
@@ -1023,6 +1028,7 @@ async fn an_empty_rollback_leaves_a_marker_that_refuses_a_late_phase_one() {
         action: tandem_sdk::wire::CallbackAction::Rollback,
         resource: "inventory".into(),
         payload: None,
+        three_phase: None,
     };
     p.at.handle_callback(&cb).await.unwrap();
     p.at.handle_callback(&cb).await.unwrap(); // at-least-once: idempotent
@@ -1213,7 +1219,11 @@ async fn an_at_branch_refuses_to_join_a_transaction_that_takes_no_locks() {
     let d = PgBusiness::new("at_mode_p").await;
     stock(&d).await;
     let p = participant::<Pg>(d.pool(), &c.c.url, "inventory", LockRetry::default()).await;
-    let tcc = c.client().begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None }).await.unwrap();
+    let tcc = c
+        .client()
+        .begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None, three_phase: None })
+        .await
+        .unwrap();
     let mut t = p.at.begin(&tcc.xid).await.unwrap();
     t.sql("UPDATE stock SET qty = 0 WHERE id = $1").bind(1i64).execute().await.unwrap();
     let r = t.commit().await;
@@ -1235,7 +1245,7 @@ async fn the_coordinator_killed_during_rollback_finishes_it_after_restart() {
     let p = participant::<Pg>(d.pool(), &first.url, "inventory", LockRetry::default()).await;
     let original = d.snapshot("stock", STOCK_COLS, "id").await;
 
-    let req = BeginRequest { mode: Mode::At, name: None, timeout_ms: Some(60_000) };
+    let req = BeginRequest { mode: Mode::At, name: None, timeout_ms: Some(60_000), three_phase: None };
     let xid = first.client.begin(&req).await.unwrap().xid;
     let mut t = p.at.begin(&xid).await.unwrap();
     t.sql("UPDATE stock SET qty = 0 WHERE id <= $1").bind(2i64).execute().await.unwrap();

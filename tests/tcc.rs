@@ -12,7 +12,7 @@ use tandem_sdk::wire::{BeginRequest, BranchStatus, ErrorCode, GlobalStatus, Mode
 const WAIT: Duration = Duration::from_secs(20);
 
 fn tcc() -> BeginRequest {
-    BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None }
+    BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: None, three_phase: None }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,7 +210,11 @@ async fn undecided_transaction_is_rolled_back_at_its_deadline() {
     let c = InProcess::start(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 1_000).await;
 
-    let tx = c.client.begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: Some(400) }).await.expect("begin");
+    let tx = c
+        .client
+        .begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: Some(400), three_phase: None })
+        .await
+        .expect("begin");
     let branch_a = a.leg(&tx.xid, "alice", 10, "debit").await.expect("leg a");
     let branch_b = b.leg(&tx.xid, "bob", 10, "credit").await.expect("leg b");
     // Nobody commits.
@@ -312,7 +316,8 @@ async fn sigterm_shuts_down_gracefully() {
 async fn idempotent_begin_returns_the_same_transaction() {
     let db = TestDb::new("idem").await;
     let c = InProcess::start(fast_settings(&db.url)).await;
-    let req = BeginRequest { mode: Mode::Tcc, name: Some("order-7".into()), timeout_ms: Some(30_000) };
+    let req =
+        BeginRequest { mode: Mode::Tcc, name: Some("order-7".into()), timeout_ms: Some(30_000), three_phase: None };
     let first = c.client.begin_idempotent(&req, "order-7-attempt").await.expect("first");
     let second = c.client.begin_idempotent(&req, "order-7-attempt").await.expect("second");
     assert_eq!(first.xid, second.xid);
@@ -497,6 +502,14 @@ async fn serves_openapi_health_and_metrics() {
     for s in GlobalStatus::ALL {
         assert!(statuses.as_array().expect("enum").iter().any(|v| v == s.as_str()), "{s} in the enum");
     }
+    let branch_statuses = &doc["components"]["schemas"]["BranchStatus"]["enum"];
+    for s in tandem_sdk::wire::BranchStatus::ALL {
+        assert!(branch_statuses.as_array().expect("enum").iter().any(|v| v == s.as_str()), "{s} in the enum");
+    }
+    // 3PC: its actions and per-transaction phase timeouts are documented too.
+    let actions = doc["components"]["schemas"]["CallbackAction"].to_string();
+    assert!(actions.contains("can_commit") && actions.contains("pre_commit"), "{actions}");
+    assert!(doc["components"]["schemas"]["ThreePhaseOptions"]["properties"]["do_commit_timeout_ms"].is_object());
     assert_eq!(reqwest::get(format!("{}/healthz", c.url)).await.expect("h").status(), 200);
     assert_eq!(reqwest::get(format!("{}/readyz", c.url)).await.expect("r").status(), 200);
     let tx = c.client.begin(&tcc()).await.expect("begin");

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 const WAIT: Duration = Duration::from_secs(20);
 
 fn xa() -> BeginRequest {
-    BeginRequest { mode: Mode::Xa, name: None, timeout_ms: None }
+    BeginRequest { mode: Mode::Xa, name: None, timeout_ms: None, three_phase: None }
 }
 
 /// A participant service: a database on the XA server with an `items` table,

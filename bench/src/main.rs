@@ -142,7 +142,7 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
         Workload::At(_) => Mode::At,
     };
     let mut branch_time = None;
-    let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None }).await?;
+    let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None, three_phase: None }).await?;
     match work {
         Workload::Tcc(callbacks) => {
             for (i, url) in callbacks.iter().enumerate() {

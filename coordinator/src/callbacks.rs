@@ -33,6 +33,18 @@ impl CallbackClient {
 
     /// Sends one callback and classifies the answer per the contract.
     pub async fn send(&self, tx: &TxRow, branch: &BranchRow, action: CallbackAction) -> CallbackResult {
+        self.send_within(tx, branch, action, None).await
+    }
+
+    /// [`CallbackClient::send`] with its own timeout instead of the client's
+    /// (3PC phases wait the transaction's phase timeout).
+    pub async fn send_within(
+        &self,
+        tx: &TxRow,
+        branch: &BranchRow,
+        action: CallbackAction,
+        timeout: Option<Duration>,
+    ) -> CallbackResult {
         let body = CallbackRequest {
             xid: tx.xid.clone(),
             branch_id: branch.branch_id.clone(),
@@ -40,23 +52,26 @@ impl CallbackClient {
             action,
             resource: branch.resource.clone(),
             payload: branch.payload.clone(),
+            three_phase: tx.three_phase,
         };
         let started = Instant::now();
-        let result =
-            match self.http.post(&branch.callback_url).header(XID_HEADER, tx.xid.as_str()).json(&body).send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let text = if (200..300).contains(&status) { String::new() } else { read_prefix(resp).await };
-                    classify_http(status, &text)
-                }
-                Err(e) if e.is_timeout() => {
-                    CallbackResult::Unknown(format!("no answer within the callback timeout: {e}"))
-                }
-                Err(e) => CallbackResult::Unknown(format!("request failed: {e}")),
-            };
+        let mut request = self.http.post(&branch.callback_url).header(XID_HEADER, tx.xid.as_str()).json(&body);
+        if let Some(t) = timeout {
+            request = request.timeout(t);
+        }
+        let result = match request.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let text = if (200..300).contains(&status) { String::new() } else { read_prefix(resp).await };
+                classify_http(status, &text)
+            }
+            Err(e) if e.is_timeout() => CallbackResult::Unknown(format!("no answer within the callback timeout: {e}")),
+            Err(e) => CallbackResult::Unknown(format!("request failed: {e}")),
+        };
         let outcome = match &result {
             CallbackResult::Done => "done",
             CallbackResult::Refused(_) => "refused",
+            CallbackResult::HeuristicCommit(_) => "heuristic",
             CallbackResult::Unknown(_) => "unknown",
         };
         self.metrics

@@ -8,6 +8,7 @@
 //! - [`transaction`]: the concept itself: pure state machine ([`transaction::state`]),
 //!   per-mode policy ([`transaction::mode`]) and the operations ([`transaction::service`]).
 //! - [`phase2`]: delivers a recorded decision to the branches under a lease.
+//! - [`three_phase`]: the 3PC phases (CanCommit, PreCommit) before a decision.
 //! - [`callbacks`]: the HTTP client that talks to participants.
 //! - [`recovery`]: background worker for timeouts and interrupted phase 2.
 //! - [`store`]: all SQL; durable and relaxed commit pools.
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod phase2;
 pub mod recovery;
 pub mod startup;
+pub mod three_phase;
 pub mod store;
 pub mod transaction;
 

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub recovered: IntCounterVec,
     /// AT branch registrations refused because another transaction held a global lock.
     pub lock_conflicts: IntCounter,
+    /// 3PC transactions that ended `heuristic_mixed` (a participant committed
+    /// on its own timeout while the coordinator decided rollback), by mode.
+    pub heuristic: IntCounterVec,
 }
 
 impl Metrics {
@@ -53,6 +56,11 @@ impl Metrics {
             "tandem_callback_failures_total",
             "Callbacks refused (409) or with an unknown outcome",
             &["action", "kind"],
+        )?;
+        let heuristic = counter(
+            "tandem_heuristic_outcomes_total",
+            "Transactions that ended heuristic_mixed: a participant committed on its own timeout after an abort",
+            &["mode"],
         )?;
         let recovered =
             counter("tandem_recovery_taken_total", "Transactions taken over by the recovery worker", &["kind"])?;
@@ -90,6 +98,7 @@ impl Metrics {
             db_seconds,
             recovered,
             lock_conflicts,
+            heuristic,
         })
     }
 

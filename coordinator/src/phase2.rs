@@ -81,7 +81,7 @@ impl Coordinator {
     }
 
     /// One phase-2 pass (see the module docs).
-    async fn drive(&self, job: Phase2Job) -> Result<Phase2Outcome, StoreError> {
+    pub(crate) async fn drive(&self, job: Phase2Job) -> Result<Phase2Outcome, StoreError> {
         let Phase2Job { tx, mut branches, leased_at } = job;
         let Some(decision) = Decision::of_status(tx.status).filter(|_| !tx.status.is_terminal()) else {
             return Ok(Phase2Outcome::Pending);
@@ -117,7 +117,7 @@ impl Coordinator {
             match state::branch_after_callback(decision, &result) {
                 Some(status) => {
                     let last_error = match &result {
-                        CallbackResult::Refused(e) => {
+                        CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
                             tracing::warn!(xid = %tx.xid, branch_id = %branch.branch_id, error = %e,
                                 "participant refused phase 2 permanently");
                             Some(e.clone())
@@ -179,6 +179,12 @@ impl Coordinator {
             GlobalStatus::RolledBack => {
                 let reason = tx.rollback_reason.map(|r| r.as_str()).unwrap_or("requested");
                 m.rolled_back.with_label_values(&[mode, reason]).inc()
+            }
+            GlobalStatus::HeuristicMixed => {
+                tracing::error!(xid = %tx.xid, "heuristic outcome: a participant committed on its own timeout \
+                    although the transaction was rolled back; an operator must look");
+                m.heuristic.with_label_values(&[mode]).inc();
+                m.failed.with_label_values(&[mode, terminal.as_str()]).inc()
             }
             other => m.failed.with_label_values(&[mode, other.as_str()]).inc(),
         }

@@ -1,6 +1,8 @@
 //! The recovery worker: rolls back transactions past their deadline and
 //! resumes phase 2 of decided transactions whose lease expired (a crashed or
-//! stopped coordinator) or whose retry is due. Several coordinators run it
+//! stopped coordinator) or whose retry is due, and 3PC transactions left in
+//! `can_commit` or `pre_committed` by a coordinator that died (see
+//! [`crate::three_phase`]). Several coordinators run it
 //! against one database; `FOR UPDATE SKIP LOCKED` and the lease keep them
 //! from driving the same transaction at once.
 
@@ -91,6 +93,6 @@ async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, 
         };
         let branches = branches.remove(&tx.xid).unwrap_or_default();
         tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives phase 2");
-        coordinator.spawn_phase2(Phase2Job { tx, branches, leased_at }, Some(permit));
+        coordinator.spawn_driver(Phase2Job { tx, branches, leased_at }, true, Some(permit));
     }
 }

@@ -139,7 +139,8 @@ async fn order(
     qty: i32,
 ) -> Result<(), GlobalError<anyhow::Error>> {
     let http = reqwest::Client::new();
-    let begin = BeginRequest { mode: Mode::At, name: Some("place-order".into()), timeout_ms: Some(30_000) };
+    let begin =
+        BeginRequest { mode: Mode::At, name: Some("place-order".into()), timeout_ms: Some(30_000), three_phase: None };
     let line = serde_json::json!({"sku": "widget", "qty": qty});
     let (_, tx) = in_transaction(client, begin, |_| async move {
         for url in [format!("{orders}/orders"), format!("{inventory}/reserve")] {

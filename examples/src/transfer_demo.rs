@@ -79,7 +79,8 @@ async fn show(a: &Bank, b: &Bank, when: &str) -> anyhow::Result<()> {
 /// each registering its branch and running its try; commit on success.
 async fn transfer(client: &TandemClient, a: &Bank, b: &Bank, amount: i64) -> Result<Xid, GlobalError<anyhow::Error>> {
     let http = reqwest::Client::new();
-    let begin = BeginRequest { mode: Mode::Tcc, name: Some("transfer".into()), timeout_ms: Some(30_000) };
+    let begin =
+        BeginRequest { mode: Mode::Tcc, name: Some("transfer".into()), timeout_ms: Some(30_000), three_phase: None };
     let (xid, tx) = in_transaction(client, begin, |xid| async move {
         for (bank, account, direction) in [(b, "bob", "credit"), (a, "alice", "debit")] {
             let r = http

@@ -12,6 +12,9 @@
 //! - [`at`]: AT mode: INSERT / UPDATE / DELETE imaged into an undo log, global
 //!   row locks at the coordinator, automatic compensation on rollback
 //!   (PostgreSQL and MySQL/MariaDB).
+//! - [`three_phase`]: the 3PC participant: CanCommit vote, PreCommit as a
+//!   real PostgreSQL prepare, DoCommit / abort, and the timers that abort a
+//!   vote or commit a pre-committed branch when the coordinator goes quiet.
 //! - [`xa`]: XA branches on PostgreSQL prepared transactions: phase 1 with a
 //!   verified PREPARE, the phase-2 callback, and participant-side recovery.
 //!
@@ -22,6 +25,7 @@ pub mod client;
 pub mod global;
 pub mod propagation;
 pub mod tcc;
+pub mod three_phase;
 pub mod xa;
 
 pub use client::{ClientError, Decided, TandemClient};

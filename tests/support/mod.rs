@@ -487,7 +487,7 @@ impl World {
 /// Begins a TCC transaction and runs both legs (debit alice at A, credit bob at B).
 pub async fn begin_transfer(client: &TandemClient, a: &Bank, b: &Bank, amount: i64) -> (Xid, String, String) {
     let tx = client
-        .begin(&BeginRequest { mode: Mode::Tcc, name: Some("transfer".into()), timeout_ms: None })
+        .begin(&BeginRequest { mode: Mode::Tcc, name: Some("transfer".into()), timeout_ms: None, three_phase: None })
         .await
         .expect("begin");
     let branch_a = a.leg(&tx.xid, "alice", amount, "debit").await.expect("debit leg");

@@ -8,10 +8,12 @@
 mod ids;
 mod problem;
 mod status;
+mod three_phase;
 
 pub use ids::{BranchId, IdError, Xid};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, UnknownValue};
+pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,10 @@ pub struct BeginRequest {
     /// Time after which an undecided transaction is rolled back. Default 60000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Phase timeouts of a `3pc` transaction; each defaults when absent.
+    /// Refused for other modes. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub three_phase: Option<ThreePhaseOptions>,
 }
 
 /// `POST /v1/transactions/{xid}/branches`: register a branch.
@@ -113,6 +119,9 @@ pub struct Transaction {
     pub decided_at: Option<DateTime<Utc>>,
     /// When phase 2 finished.
     pub finished_at: Option<DateTime<Utc>>,
+    /// Phase timeouts, for a `3pc` transaction. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub three_phase: Option<ThreePhaseTimeouts>,
     /// Branches in registration order.
     pub branches: Vec<Branch>,
 }
@@ -130,10 +139,14 @@ pub struct TransactionList {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallbackAction {
-    /// Make the branch's effects final (TCC confirm, XA commit).
+    /// Make the branch's effects final (TCC confirm, XA commit, 3PC DoCommit).
     Commit,
     /// Undo the branch (TCC cancel, XA rollback); may arrive for a branch whose phase 1 never ran.
     Rollback,
+    /// 3PC phase 1: can the branch take the transaction? 2xx votes yes, 409 no.
+    CanCommit,
+    /// 3PC phase 2: execute and prepare, then acknowledge with 2xx.
+    PreCommit,
 }
 
 impl CallbackAction {
@@ -142,6 +155,8 @@ impl CallbackAction {
         match self {
             CallbackAction::Commit => "commit",
             CallbackAction::Rollback => "rollback",
+            CallbackAction::CanCommit => "can_commit",
+            CallbackAction::PreCommit => "pre_commit",
         }
     }
 }
@@ -162,6 +177,10 @@ pub struct CallbackRequest {
     /// Payload as registered.
     #[schema(value_type = Option<Object>)]
     pub payload: Option<serde_json::Value>,
+    /// The transaction's phase timeouts (3PC): they set the participant's
+    /// timers. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub three_phase: Option<ThreePhaseTimeouts>,
 }
 
 /// `POST /v1/locks/check`: are these global locks free for `xid`? (AT mode,

@@ -40,6 +40,9 @@ pub enum ErrorCode {
     Unavailable,
     /// An unexpected server error (500). Extension.
     Internal,
+    /// A 3PC participant refuses a rollback because it already committed on
+    /// its own timeout (409, participant → coordinator). Extension.
+    HeuristicCommit,
 }
 
 impl ErrorCode {
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::HeuristicCommit => "heuristic_commit",
         }
     }
 }

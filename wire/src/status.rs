@@ -82,6 +82,16 @@ text_enum!(
         CommitFailed = "commit_failed",
         /// A branch refused its rollback permanently; an operator must look. Terminal.
         RollbackFailed = "rollback_failed",
+        /// 3PC: commit requested; the coordinator is collecting CanCommit votes.
+        /// Not a decision: a coordinator that dies here is followed by an abort.
+        CanCommit = "can_commit",
+        /// 3PC: every branch voted yes; PreCommit sent, acknowledgements being
+        /// collected. Not a decision yet: all acknowledged → commit, else abort.
+        PreCommitted = "pre_committed",
+        /// 3PC: rollback was decided, but at least one branch had already
+        /// committed on its own timeout (`heuristic_committed`). The outcome
+        /// differs between participants; an operator must look. Terminal.
+        HeuristicMixed = "heuristic_mixed",
     }
 );
 
@@ -102,6 +112,9 @@ text_enum!(
         CommitFailed = "commit_failed",
         /// The participant refused the rollback permanently (409).
         RollbackFailed = "rollback_failed",
+        /// 3PC: the participant answered the rollback that it had already
+        /// committed on its own timeout (409 `heuristic_commit`).
+        HeuristicCommitted = "heuristic_committed",
     }
 );
 
@@ -136,7 +149,13 @@ impl GlobalStatus {
                 | GlobalStatus::RolledBack
                 | GlobalStatus::CommitFailed
                 | GlobalStatus::RollbackFailed
+                | GlobalStatus::HeuristicMixed
         )
+    }
+
+    /// A 3PC commit in progress before its decision (`can_commit`, `pre_committed`).
+    pub fn is_three_phase_pending(self) -> bool {
+        matches!(self, GlobalStatus::CanCommit | GlobalStatus::PreCommitted)
     }
 }
 
@@ -149,6 +168,7 @@ impl BranchStatus {
                 | BranchStatus::RolledBack
                 | BranchStatus::CommitFailed
                 | BranchStatus::RollbackFailed
+                | BranchStatus::HeuristicCommitted
         )
     }
 }

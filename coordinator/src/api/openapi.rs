@@ -18,6 +18,7 @@ use utoipa::OpenApi;
     components(schemas(
         tandem_wire::CallbackRequest, tandem_wire::CallbackAction, tandem_wire::ErrorCode,
         tandem_wire::LockHolder, tandem_wire::RollbackReason, tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode,
+        tandem_wire::ThreePhaseOptions, tandem_wire::ThreePhaseTimeouts,
     )),
     tags(
         (name = "transactions", description = "Global transactions"),

@@ -14,10 +14,12 @@
 mod batch;
 mod locks;
 mod rows;
+mod three_phase;
 mod transactions;
 
 pub use locks::LockedRegistration;
 pub use rows::{BranchRow, TxRow};
+pub use three_phase::PhaseStep;
 pub use transactions::{BranchUpdate, DecideResult, NewBranch, NewTransaction, ReportResult};
 
 use crate::metrics::Metrics;

@@ -5,13 +5,16 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 use std::str::FromStr;
-use tandem_wire::{Branch, BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Transaction, Xid};
+use tandem_wire::{
+    Branch, BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts, Transaction, Xid,
+};
 
 /// Column list of [`TxRow`], for `concat!` into statements.
 macro_rules! tx_cols {
     () => {
         "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
-         finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired"
+         finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired, \
+         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms"
     };
 }
 /// Column list of [`BranchRow`].
@@ -63,6 +66,8 @@ pub struct TxRow {
     pub branch_count: i32,
     /// `deadline <= now()` when the row was read.
     pub expired: bool,
+    /// Phase timeouts of a `3pc` transaction.
+    pub three_phase: Option<ThreePhaseTimeouts>,
 }
 
 /// A `branches` row.
@@ -133,6 +138,18 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
             version: row.try_get("version")?,
             branch_count: row.try_get("branch_count")?,
             expired: row.try_get("expired")?,
+            three_phase: match (
+                row.try_get::<Option<i64>, _>("can_commit_timeout_ms")?,
+                row.try_get::<Option<i64>, _>("pre_commit_timeout_ms")?,
+                row.try_get::<Option<i64>, _>("do_commit_timeout_ms")?,
+            ) {
+                (Some(c), Some(p), Some(d)) => Some(ThreePhaseTimeouts {
+                    can_commit_timeout_ms: u64::try_from(c).unwrap_or(0),
+                    pre_commit_timeout_ms: u64::try_from(p).unwrap_or(0),
+                    do_commit_timeout_ms: u64::try_from(d).unwrap_or(0),
+                }),
+                _ => None,
+            },
         })
     }
 }
@@ -199,6 +216,7 @@ impl TxRow {
             deadline: self.deadline,
             decided_at: self.decided_at,
             finished_at: self.finished_at,
+            three_phase: self.three_phase,
             branches: branches
                 .iter()
                 .map(|b| {

@@ -9,7 +9,7 @@ use sqlx::Row;
 use sqlx::{FromRow, PgPool};
 use std::collections::HashMap;
 use std::time::Duration;
-use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Xid};
+use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts, Xid};
 
 /// A transaction to insert.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct NewTransaction {
     pub timeout_ms: i64,
     /// Optional client idempotency key.
     pub idempotency_key: Option<String>,
+    /// Phase timeouts (`3pc` only).
+    pub three_phase: Option<ThreePhaseTimeouts>,
 }
 
 /// A branch to insert.
@@ -101,15 +103,16 @@ fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec
     Ok(Some((tx, branches)))
 }
 
-/// Statuses of a decided, unfinished transaction (bound as a parameter).
-const DECIDED: &[&str] = &["committing", "rolling_back"];
+/// Statuses of a leased, unfinished transaction (bound as a parameter):
+/// decided, or a 3PC commit collecting votes or acknowledgements.
+pub(super) const DECIDED: &[&str] = &["committing", "rolling_back", "can_commit", "pre_committed"];
 
 /// Branch statuses that release the branch's global locks: phase 2 completed.
 /// A `rollback_failed` branch keeps them, so that nobody writes over rows an
 /// operator must repair.
 const RELEASING: &[&str] = &["committed", "rolled_back"];
 
-fn ms(d: Duration) -> f64 {
+pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
@@ -377,13 +380,15 @@ impl Store {
     /// branch prepared) only if the row is exactly in that state, and returns
     /// the decided row with its branches. `None`: the row is in another state
     /// (or absent); use [`Store::decide`]. `strict` is false for a rollback
-    /// request, which only needs the transaction to be active.
+    /// request, which only needs the transaction to be active; a commit of a
+    /// mode in `modes_three_phase` is never decided here.
     pub async fn decide_expected(
         &self,
         xid: &Xid,
         outcome: (GlobalStatus, Option<RollbackReason>),
         strict: bool,
         modes_needing_prepared: &[&str],
+        modes_three_phase: &[&str],
         owner: &str,
         lease: Duration,
     ) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
@@ -394,7 +399,8 @@ impl Store {
                     "WITH d AS (UPDATE global_transactions SET status = $2, rollback_reason = $3, decided_at = now(), \
                                 owner = $4, next_attempt_at = now() + $5 * interval '1 millisecond' \
                      WHERE xid = $1 AND status = $6 AND ($7 IS FALSE OR (deadline > now() AND branches_failed = 0 \
-                           AND (branches_unprepared = 0 OR NOT (mode = ANY($8))))) RETURNING ",
+                           AND (branches_unprepared = 0 OR NOT (mode = ANY($8))) AND NOT (mode = ANY($9)))) \
+                     RETURNING ",
                     tx_cols!(),
                     ") SELECT d.*, ",
                     branch_cols_b!(),
@@ -408,6 +414,7 @@ impl Store {
                 .bind(GlobalStatus::Active.as_str())
                 .bind(strict)
                 .bind(modes_needing_prepared)
+                .bind(modes_three_phase)
                 .fetch_all(&self.durable),
             )
             .await?;
@@ -440,21 +447,22 @@ impl Store {
                 return Ok(None);
             };
             let outcome = decide(&tx, &branches);
-            let DecisionOutcome::Decide { decision, reason, .. } = outcome else {
+            let DecisionOutcome::Decide { status, reason, .. } = outcome else {
                 return Ok(Some(DecideResult { tx, branches, outcome }));
             };
             let written = self
                 .timed(
                     "decide",
                     sqlx::query_as::<_, TxRow>(concat!(
-                        "UPDATE global_transactions SET status = $2, rollback_reason = $3, decided_at = now(), \
+                        "UPDATE global_transactions SET status = $2, rollback_reason = $3, \
+                         decided_at = CASE WHEN $2 IN ('committing', 'rolling_back') THEN now() END, \
                          owner = $4, next_attempt_at = now() + $5 * interval '1 millisecond' \
                          WHERE xid = $1 AND version = $6 AND status = $7 \
-                           AND ($2 <> 'committing' OR deadline > now()) RETURNING ",
+                           AND ($2 = 'rolling_back' OR deadline > now()) RETURNING ",
                         tx_cols!()
                     ))
                     .bind(xid.as_str())
-                    .bind(decision.deciding_status().as_str())
+                    .bind(status.as_str())
                     .bind(reason.map(RollbackReason::as_str))
                     .bind(owner)
                     .bind(ms(lease))
@@ -599,7 +607,8 @@ impl Store {
             sqlx::query_as::<_, TxRow>(concat!(
                 "UPDATE global_transactions SET owner = $1, next_attempt_at = now() + $2 * interval '1 millisecond' \
                  WHERE xid IN (SELECT xid FROM global_transactions \
-                               WHERE status IN ('committing', 'rolling_back') AND next_attempt_at <= now() \
+                               WHERE status IN ('committing', 'rolling_back', 'can_commit', 'pre_committed') \
+                                 AND next_attempt_at <= now() \
                                ORDER BY next_attempt_at LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING ",
                 tx_cols!()
             ))
@@ -619,7 +628,7 @@ impl Store {
                 // Each branch matches one partial index exactly.
                 "SELECT 'active', count(*) FROM global_transactions WHERE status = 'active' \
                  UNION ALL SELECT status, count(*) FROM global_transactions \
-                 WHERE status IN ('committing', 'rolling_back') GROUP BY status",
+                 WHERE status IN ('committing', 'rolling_back', 'can_commit', 'pre_committed') GROUP BY status",
             )
             .fetch_all(&self.relaxed),
         )
@@ -652,13 +661,21 @@ pub(super) async fn insert_transactions(
     let names: Vec<Option<&str>> = items.iter().map(|t| t.name.as_deref()).collect();
     let timeouts: Vec<i64> = items.iter().map(|t| t.timeout_ms).collect();
     let keys: Vec<Option<&str>> = items.iter().map(|t| t.idempotency_key.as_deref()).collect();
+    let phase = |f: fn(&ThreePhaseTimeouts) -> u64| -> Vec<Option<i64>> {
+        items.iter().map(|t| t.three_phase.as_ref().map(|p| i64::try_from(f(p)).unwrap_or(i64::MAX))).collect()
+    };
+    let (can, pre, done) =
+        (phase(|p| p.can_commit_timeout_ms), phase(|p| p.pre_commit_timeout_ms), phase(|p| p.do_commit_timeout_ms));
     let rows = super::timed_with(
         &metrics,
         "insert_transactions",
         sqlx::query_as::<_, TxRow>(concat!(
-            "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key) \
-             SELECT u.xid, u.mode, u.name, $6, u.timeout_ms, now() + u.timeout_ms * interval '1 millisecond', u.key \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) AS u(xid, mode, name, timeout_ms, key) \
+            "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key, \
+                                             can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms) \
+             SELECT u.xid, u.mode, u.name, $6, u.timeout_ms, now() + u.timeout_ms * interval '1 millisecond', u.key, \
+                    u.can, u.pre, u.done \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $7::bigint[], $8::bigint[], \
+                         $9::bigint[]) AS u(xid, mode, name, timeout_ms, key, can, pre, done) \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
             tx_cols!()
         ))
@@ -668,6 +685,9 @@ pub(super) async fn insert_transactions(
         .bind(&timeouts)
         .bind(&keys)
         .bind(GlobalStatus::Active.as_str())
+        .bind(&can)
+        .bind(&pre)
+        .bind(&done)
         .fetch_all(&pool),
     )
     .await?;

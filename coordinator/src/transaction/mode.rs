@@ -6,7 +6,13 @@ use tandem_wire::Mode;
 
 /// Whether this coordinator drives transactions of `mode` (others answer 422).
 pub fn is_supported(mode: Mode) -> bool {
-    matches!(mode, Mode::Tcc | Mode::Xa | Mode::At)
+    matches!(mode, Mode::Tcc | Mode::Xa | Mode::At | Mode::ThreePc)
+}
+
+/// Whether a commit request of `mode` runs CanCommit and PreCommit before
+/// deciding (3PC). Such modes skip the one-statement commit decision.
+pub fn three_phase(mode: Mode) -> bool {
+    matches!(mode, Mode::ThreePc)
 }
 
 /// Whether branches of `mode` take the global locks named by their `lock_keys`
@@ -15,9 +21,10 @@ pub fn takes_global_locks(mode: Mode) -> bool {
     matches!(mode, Mode::At)
 }
 
-/// Whether commit requires every branch to have reported `prepared`.
+/// Whether commit requires every branch to have reported `prepared` in
+/// phase 1 (XA). 3PC branches are prepared by PreCommit, after the request.
 pub fn requires_prepared(mode: Mode) -> bool {
-    matches!(mode, Mode::Xa | Mode::ThreePc)
+    matches!(mode, Mode::Xa)
 }
 
 /// Phase-2 order for `mode`: `true` walks branches newest first.
@@ -61,7 +68,10 @@ mod tests {
         assert!(is_supported(Mode::Tcc));
         assert!(is_supported(Mode::Xa));
         assert!(is_supported(Mode::At));
-        assert!(!is_supported(Mode::ThreePc));
+        assert!(is_supported(Mode::ThreePc));
+        assert!(!is_supported(Mode::Saga));
+        assert!(three_phase(Mode::ThreePc));
+        assert!(!requires_prepared(Mode::ThreePc));
         assert!(takes_global_locks(Mode::At));
         assert!(!takes_global_locks(Mode::Tcc));
         assert!(requires_prepared(Mode::Xa));

@@ -160,6 +160,18 @@ impl Coordinator {
             }
             Some(ms) => Duration::from_millis(ms),
         };
+        let three_phase = match (req.mode, req.three_phase) {
+            (Mode::ThreePc, options) => Some(
+                options
+                    .unwrap_or_default()
+                    .resolve(u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX))
+                    .map_err(CoordinatorError::Validation)?,
+            ),
+            (_, None) => None,
+            (other, Some(_)) => {
+                return Err(CoordinatorError::Validation(format!("three_phase is only for mode 3pc, not {other}")))
+            }
+        };
         if let Some(key) = &idempotency_key {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(CoordinatorError::Validation(format!(
@@ -173,6 +185,7 @@ impl Coordinator {
             name: req.name,
             timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
             idempotency_key,
+            three_phase,
         };
         if let Some(row) = self.store().insert_transaction(&new).await? {
             self.metrics().begun.with_label_values(&[row.mode.as_str()]).inc();
@@ -186,7 +199,11 @@ impl Coordinator {
             // concurrent begin that failed): transient, the client retries.
             return Err(CoordinatorError::Store(crate::store::StoreError::Contended));
         };
-        if row.mode != new.mode || row.name != new.name || row.timeout_ms != new.timeout_ms {
+        if row.mode != new.mode
+            || row.name != new.name
+            || row.timeout_ms != new.timeout_ms
+            || row.three_phase != new.three_phase
+        {
             return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
         }
         let branches = self.store().branches(&row.xid).await?;
@@ -331,26 +348,30 @@ impl Coordinator {
             any_phase1_failed: false,
             all_prepared: true,
             requires_prepared: true,
+            three_phase: false,
         };
-        if let DecisionOutcome::Decide { decision, reason, overridden: false } = state::decide(requested, expected) {
+        if let DecisionOutcome::Decide { status, reason, overridden: false, .. } = state::decide(requested, expected) {
             let needing_prepared: Vec<&str> =
                 Mode::ALL.iter().filter(|m| mode::requires_prepared(**m)).map(|m| m.as_str()).collect();
+            let three_phase: Vec<&str> =
+                Mode::ALL.iter().filter(|m| mode::three_phase(**m)).map(|m| m.as_str()).collect();
             // A rollback request's outcome depends on the status alone.
             let strict = requested == Decision::Commit;
             let decided = self
                 .store()
                 .decide_expected(
                     &xid,
-                    (decision.deciding_status(), reason),
+                    (status, reason),
                     strict,
                     &needing_prepared,
+                    &three_phase,
                     self.instance_id(),
                     timing.lease,
                 )
                 .await?;
             if let Some((tx, branches)) = decided {
                 let job = Phase2Job { tx, branches, leased_at: started };
-                return self.run_phase2(&xid, job, false, wait, started).await;
+                return self.run_phase2(&xid, job, requested, false, wait, started).await;
             }
         }
 
@@ -366,6 +387,7 @@ impl Coordinator {
                         any_phase1_failed: branches.iter().any(|b| b.status == BranchStatus::Phase1Failed),
                         all_prepared: branches.iter().all(|b| b.status == BranchStatus::Prepared),
                         requires_prepared: mode::requires_prepared(tx.mode),
+                        three_phase: mode::three_phase(tx.mode),
                     },
                 )
             })
@@ -376,7 +398,7 @@ impl Coordinator {
         match r.outcome {
             DecisionOutcome::Decide { overridden, .. } => {
                 let job = Phase2Job { tx: r.tx, branches: r.branches, leased_at: started };
-                self.run_phase2(&xid, job, overridden, wait, started).await
+                self.run_phase2(&xid, job, requested, overridden, wait, started).await
             }
             DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
             DecisionOutcome::Conflict => {
@@ -390,32 +412,42 @@ impl Coordinator {
         }
     }
 
-    /// Runs phase 2 of a just-decided transaction and waits for it until
-    /// `wait` (counted from `started`) has passed. `overridden`: the client
-    /// asked for commit and got a rollback, answered 409 with the state.
+    /// Runs phase 2 of a just-decided transaction (or, for 3PC, its phases
+    /// first) and waits for it until `wait` (counted from `started`) has
+    /// passed. `overridden`: the client asked for commit and got a rollback,
+    /// answered 409 with the state; so is a 3PC commit that ends in an abort.
     async fn run_phase2(
         &self,
         xid: &Xid,
         job: Phase2Job,
+        requested: Decision,
         overridden: bool,
         wait: Duration,
         started: Instant,
     ) -> Result<DecideReply, CoordinatorError> {
         tracing::debug!(status = %job.tx.status, "decision recorded");
-        let handle = self.spawn_phase2(job, None);
+        let handle = self.spawn_driver(job, false, None);
         let remaining = wait.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, handle).await {
             Ok(Ok(Phase2Outcome::Finished(t))) => DecideReply::Finished(t),
             _ => self.wait_terminal(xid, wait.saturating_sub(started.elapsed())).await?,
         };
-        if !overridden {
+        let status = match &reply {
+            DecideReply::Finished(t) | DecideReply::InProgress(t) => t.status,
+        };
+        let aborted = requested == Decision::Commit && Decision::of_status(status) == Some(Decision::Rollback);
+        if !overridden && !aborted {
             return Ok(reply);
         }
         let t = match reply {
             DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
         };
-        let why = match t.rollback_reason {
-            Some(tandem_wire::RollbackReason::Timeout) => "its deadline had passed",
+        let why = match (t.mode, t.rollback_reason) {
+            (Mode::ThreePc, Some(tandem_wire::RollbackReason::Timeout)) => {
+                "a participant did not answer CanCommit or PreCommit in time"
+            }
+            (Mode::ThreePc, _) => "a participant voted no or failed PreCommit",
+            (_, Some(tandem_wire::RollbackReason::Timeout)) => "its deadline had passed",
             _ => "a branch failed phase 1",
         };
         Err(invalid(format!("commit refused: the transaction was rolled back because {why}"), Some(*t)))

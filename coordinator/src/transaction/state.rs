@@ -2,7 +2,7 @@
 //! coordinator must do next. No I/O here; the service and the phase-2 driver
 //! read rows, ask these functions, and write what they answer.
 
-use tandem_wire::{BranchStatus, CallbackAction, GlobalStatus, ReportStatus, RollbackReason};
+use tandem_wire::{BranchStatus, CallbackAction, ErrorCode, GlobalStatus, Problem, ReportStatus, RollbackReason};
 
 /// What a client asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,11 +33,13 @@ impl Decision {
     /// The decision a status records, if it records one.
     pub fn of_status(status: GlobalStatus) -> Option<Decision> {
         match status {
-            GlobalStatus::Active => None,
+            // A 3PC commit collecting votes or acknowledgements has not decided yet.
+            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => None,
             GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => Some(Decision::Commit),
-            GlobalStatus::RollingBack | GlobalStatus::RolledBack | GlobalStatus::RollbackFailed => {
-                Some(Decision::Rollback)
-            }
+            GlobalStatus::RollingBack
+            | GlobalStatus::RolledBack
+            | GlobalStatus::RollbackFailed
+            | GlobalStatus::HeuristicMixed => Some(Decision::Rollback),
         }
     }
 }
@@ -53,8 +55,11 @@ pub struct DecisionInput {
     pub any_phase1_failed: bool,
     /// Every branch has reported `prepared` (vacuously true without branches).
     pub all_prepared: bool,
-    /// The mode requires every branch to report `prepared` before commit (XA, 3PC).
+    /// The mode requires every branch to report `prepared` before commit (XA).
     pub requires_prepared: bool,
+    /// The mode commits in three phases (3PC): a commit request starts
+    /// CanCommit instead of deciding.
+    pub three_phase: bool,
 }
 
 /// What to do with a decision request.
@@ -64,6 +69,8 @@ pub enum DecisionOutcome {
     Decide {
         /// The decision to record.
         decision: Decision,
+        /// The status to write: the decision's, or `can_commit` for a 3PC commit.
+        status: GlobalStatus,
         /// Set when the decision is a rollback.
         reason: Option<RollbackReason>,
         /// The client asked for something else (commit turned into rollback): answer 409.
@@ -77,12 +84,21 @@ pub enum DecisionOutcome {
 
 /// Decides what a commit or rollback request does to a transaction.
 pub fn decide(requested: Decision, input: DecisionInput) -> DecisionOutcome {
+    if input.status.is_three_phase_pending() {
+        // The commit asked for earlier is running its phases: a repeated commit
+        // waits for it; a rollback would race the driver and is refused.
+        return match requested {
+            Decision::Commit => DecisionOutcome::AlreadyDecided,
+            Decision::Rollback => DecisionOutcome::Conflict,
+        };
+    }
     match Decision::of_status(input.status) {
         Some(existing) if existing == requested => DecisionOutcome::AlreadyDecided,
         Some(_) => DecisionOutcome::Conflict,
         None => match requested {
             Decision::Rollback => DecisionOutcome::Decide {
                 decision: Decision::Rollback,
+                status: GlobalStatus::RollingBack,
                 reason: Some(RollbackReason::Requested),
                 overridden: false,
             },
@@ -95,10 +111,18 @@ pub fn decide(requested: Decision, input: DecisionInput) -> DecisionOutcome {
                     None
                 };
                 match reason {
-                    None => DecisionOutcome::Decide { decision: Decision::Commit, reason: None, overridden: false },
-                    Some(reason) => {
-                        DecisionOutcome::Decide { decision: Decision::Rollback, reason: Some(reason), overridden: true }
-                    }
+                    None => DecisionOutcome::Decide {
+                        decision: Decision::Commit,
+                        status: if input.three_phase { GlobalStatus::CanCommit } else { GlobalStatus::Committing },
+                        reason: None,
+                        overridden: false,
+                    },
+                    Some(reason) => DecisionOutcome::Decide {
+                        decision: Decision::Rollback,
+                        status: GlobalStatus::RollingBack,
+                        reason: Some(reason),
+                        overridden: true,
+                    },
                 }
             }
         },
@@ -164,12 +188,19 @@ pub enum CallbackResult {
     Refused(String),
     /// Anything else, or no answer: retry later.
     Unknown(String),
+    /// 409 with the problem code `heuristic_commit`: a 3PC participant
+    /// committed on its own timeout and refuses the rollback.
+    HeuristicCommit(String),
 }
 
-/// Classifies an HTTP status of a callback answer (contract table).
+/// Classifies an HTTP status of a callback answer (contract table). A 409
+/// whose problem body has the code `heuristic_commit` is told apart.
 pub fn classify_http(status: u16, body: &str) -> CallbackResult {
     match status {
         200..=299 => CallbackResult::Done,
+        409 if serde_json::from_str::<Problem>(body).is_ok_and(|p| p.code == ErrorCode::HeuristicCommit) => {
+            CallbackResult::HeuristicCommit(format!("409: {body}"))
+        }
         409 => CallbackResult::Refused(format!("409: {body}")),
         other => CallbackResult::Unknown(format!("{other}: {body}")),
     }
@@ -181,8 +212,11 @@ pub fn branch_after_callback(decision: Decision, result: &CallbackResult) -> Opt
         (_, CallbackResult::Unknown(_)) => None,
         (Decision::Commit, CallbackResult::Done) => Some(BranchStatus::Committed),
         (Decision::Rollback, CallbackResult::Done) => Some(BranchStatus::RolledBack),
-        (Decision::Commit, CallbackResult::Refused(_)) => Some(BranchStatus::CommitFailed),
+        (Decision::Commit, CallbackResult::Refused(_) | CallbackResult::HeuristicCommit(_)) => {
+            Some(BranchStatus::CommitFailed)
+        }
         (Decision::Rollback, CallbackResult::Refused(_)) => Some(BranchStatus::RollbackFailed),
+        (Decision::Rollback, CallbackResult::HeuristicCommit(_)) => Some(BranchStatus::HeuristicCommitted),
     }
 }
 
@@ -191,6 +225,9 @@ pub fn branch_after_callback(decision: Decision, result: &CallbackResult) -> Opt
 pub fn phase2_outcome(decision: Decision, branches: &[BranchStatus]) -> Option<GlobalStatus> {
     if !branches.iter().all(|b| b.is_final()) {
         return None;
+    }
+    if decision == Decision::Rollback && branches.contains(&BranchStatus::HeuristicCommitted) {
+        return Some(GlobalStatus::HeuristicMixed);
     }
     let failed = branches.iter().any(|b| matches!(b, BranchStatus::CommitFailed | BranchStatus::RollbackFailed));
     Some(match (decision, failed) {
@@ -213,7 +250,82 @@ pub fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> bool {
             | (Committing, CommitFailed)
             | (RollingBack, RolledBack)
             | (RollingBack, RollbackFailed)
+            | (RollingBack, HeuristicMixed)
+            | (Active, CanCommit)
+            | (CanCommit, PreCommitted)
+            | (CanCommit, RollingBack)
+            | (PreCommitted, Committing)
+            | (PreCommitted, RollingBack)
     )
+}
+
+/// Where a 3PC phase (CanCommit or PreCommit) goes once every branch has answered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PhaseVerdict {
+    /// Every branch answered 2xx: go to the next phase.
+    Proceed,
+    /// Abort, for `reason`; `failed` lists the branches (by index) that did
+    /// not say yes, with what they answered.
+    Abort {
+        /// `branch_failed` for a no (409), `timeout` for no answer in time.
+        reason: RollbackReason,
+        /// Index and error of each branch that did not answer 2xx.
+        failed: Vec<(usize, String)>,
+    },
+}
+
+/// Judges the answers of one 3PC phase (`results[i]` from branch `i`): all
+/// yes → proceed; any no → abort `branch_failed`; otherwise (no answer, or an
+/// error) → abort `timeout`. 3PC phase 1 and 2 answers are not retried: a
+/// missing vote or acknowledgement is itself the signal to abort.
+pub fn phase_verdict(results: &[CallbackResult]) -> PhaseVerdict {
+    let mut failed = Vec::new();
+    let mut refused = false;
+    for (i, r) in results.iter().enumerate() {
+        match r {
+            CallbackResult::Done => {}
+            CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
+                refused = true;
+                failed.push((i, e.clone()));
+            }
+            CallbackResult::Unknown(e) => failed.push((i, e.clone())),
+        }
+    }
+    if failed.is_empty() {
+        return PhaseVerdict::Proceed;
+    }
+    let reason = if refused { RollbackReason::BranchFailed } else { RollbackReason::Timeout };
+    PhaseVerdict::Abort { reason, failed }
+}
+
+/// What a coordinator does with a 3PC transaction it finds in `status`
+/// (its own fresh commit request, or one taken over from a dead coordinator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreePhaseStep {
+    /// Send CanCommit to every branch.
+    AskVotes,
+    /// Send PreCommit to every branch not yet acknowledged (`prepared`).
+    PreCommit,
+    /// Abort: the votes of a dead coordinator are lost, and a yes-voter aborts
+    /// on its own timeout anyway.
+    AbortLostVotes,
+    /// Nothing for the 3PC driver (decided or finished): phase 2 as usual.
+    Phase2,
+}
+
+/// The next 3PC step for `status`; `resumed` is true when recovery took the
+/// transaction over from a coordinator whose lease expired.
+pub fn three_phase_step(status: GlobalStatus, resumed: bool) -> ThreePhaseStep {
+    match (status, resumed) {
+        (GlobalStatus::CanCommit, false) => ThreePhaseStep::AskVotes,
+        (GlobalStatus::CanCommit, true) => ThreePhaseStep::AbortLostVotes,
+        // Re-sending PreCommit is safe: a participant already pre-committed
+        // (or committed on its timeout) acknowledges again; one that aborted
+        // says no. All yes → commit, which is what every participant would
+        // otherwise do on its own timeout.
+        (GlobalStatus::PreCommitted, _) => ThreePhaseStep::PreCommit,
+        _ => ThreePhaseStep::Phase2,
+    }
 }
 
 #[cfg(test)]
@@ -221,14 +333,26 @@ mod tests {
     use super::*;
 
     fn input(status: GlobalStatus) -> DecisionInput {
-        DecisionInput { status, expired: false, any_phase1_failed: false, all_prepared: true, requires_prepared: false }
+        DecisionInput {
+            status,
+            expired: false,
+            any_phase1_failed: false,
+            all_prepared: true,
+            requires_prepared: false,
+            three_phase: false,
+        }
     }
 
     #[test]
     fn commit_of_active_commits() {
         assert_eq!(
             decide(Decision::Commit, input(GlobalStatus::Active)),
-            DecisionOutcome::Decide { decision: Decision::Commit, reason: None, overridden: false }
+            DecisionOutcome::Decide {
+                decision: Decision::Commit,
+                status: GlobalStatus::Committing,
+                reason: None,
+                overridden: false
+            }
         );
     }
 
@@ -240,6 +364,7 @@ mod tests {
             decide(Decision::Commit, i),
             DecisionOutcome::Decide {
                 decision: Decision::Rollback,
+                status: GlobalStatus::RollingBack,
                 reason: Some(RollbackReason::BranchFailed),
                 overridden: true
             }
@@ -254,6 +379,7 @@ mod tests {
             decide(Decision::Commit, i),
             DecisionOutcome::Decide {
                 decision: Decision::Rollback,
+                status: GlobalStatus::RollingBack,
                 reason: Some(RollbackReason::Timeout),
                 overridden: true
             }
@@ -263,6 +389,7 @@ mod tests {
             decide(Decision::Rollback, i),
             DecisionOutcome::Decide {
                 decision: Decision::Rollback,
+                status: GlobalStatus::RollingBack,
                 reason: Some(RollbackReason::Requested),
                 overridden: false
             }
@@ -348,6 +475,70 @@ mod tests {
             Some(BranchStatus::RollbackFailed)
         );
         assert_eq!(branch_after_callback(Decision::Commit, &CallbackResult::Unknown("x".into())), None);
+    }
+
+    #[test]
+    fn three_phase_commit_starts_with_can_commit_and_cannot_be_raced() {
+        let mut i = input(GlobalStatus::Active);
+        i.three_phase = true;
+        assert!(matches!(
+            decide(Decision::Commit, i),
+            DecisionOutcome::Decide { decision: Decision::Commit, status: GlobalStatus::CanCommit, .. }
+        ));
+        // A failed branch still turns the commit into a rollback at once.
+        i.any_phase1_failed = true;
+        assert!(matches!(
+            decide(Decision::Commit, i),
+            DecisionOutcome::Decide { status: GlobalStatus::RollingBack, overridden: true, .. }
+        ));
+        for s in [GlobalStatus::CanCommit, GlobalStatus::PreCommitted] {
+            assert_eq!(Decision::of_status(s), None, "{s} is not a decision");
+            assert_eq!(decide(Decision::Commit, input(s)), DecisionOutcome::AlreadyDecided);
+            assert_eq!(decide(Decision::Rollback, input(s)), DecisionOutcome::Conflict);
+        }
+        assert_eq!(Decision::of_status(GlobalStatus::HeuristicMixed), Some(Decision::Rollback));
+        assert!(global_transition_allowed(GlobalStatus::Active, GlobalStatus::CanCommit));
+        assert!(global_transition_allowed(GlobalStatus::CanCommit, GlobalStatus::PreCommitted));
+        assert!(global_transition_allowed(GlobalStatus::PreCommitted, GlobalStatus::Committing));
+        assert!(!global_transition_allowed(GlobalStatus::CanCommit, GlobalStatus::Committing));
+        assert!(!global_transition_allowed(GlobalStatus::PreCommitted, GlobalStatus::Committed));
+    }
+
+    #[test]
+    fn three_phase_verdicts_and_steps() {
+        let done = CallbackResult::Done;
+        assert_eq!(phase_verdict(&[done.clone(), done.clone()]), PhaseVerdict::Proceed);
+        assert_eq!(phase_verdict(&[]), PhaseVerdict::Proceed);
+        assert_eq!(
+            phase_verdict(&[done.clone(), CallbackResult::Unknown("timeout".into())]),
+            PhaseVerdict::Abort { reason: RollbackReason::Timeout, failed: vec![(1, "timeout".into())] }
+        );
+        // A no anywhere makes the abort a branch failure, even beside a timeout.
+        assert!(matches!(
+            phase_verdict(&[CallbackResult::Unknown("t".into()), CallbackResult::Refused("no".into())]),
+            PhaseVerdict::Abort { reason: RollbackReason::BranchFailed, ref failed } if failed.len() == 2
+        ));
+        assert_eq!(three_phase_step(GlobalStatus::CanCommit, false), ThreePhaseStep::AskVotes);
+        assert_eq!(three_phase_step(GlobalStatus::CanCommit, true), ThreePhaseStep::AbortLostVotes);
+        assert_eq!(three_phase_step(GlobalStatus::PreCommitted, true), ThreePhaseStep::PreCommit);
+        assert_eq!(three_phase_step(GlobalStatus::Committing, true), ThreePhaseStep::Phase2);
+    }
+
+    #[test]
+    fn heuristic_commit_is_told_apart_and_ends_mixed() {
+        let body = r#"{"type":"about:blank","title":"t","status":409,"detail":"committed on timeout","code":"heuristic_commit"}"#;
+        let r = classify_http(409, body);
+        assert!(matches!(r, CallbackResult::HeuristicCommit(_)));
+        assert_eq!(branch_after_callback(Decision::Rollback, &r), Some(BranchStatus::HeuristicCommitted));
+        let other = r#"{"type":"about:blank","title":"t","status":409,"detail":"x","code":"invalid_state"}"#;
+        assert!(matches!(classify_http(409, other), CallbackResult::Refused(_)));
+        use BranchStatus as B;
+        assert_eq!(
+            phase2_outcome(Decision::Rollback, &[B::HeuristicCommitted, B::RolledBack]),
+            Some(GlobalStatus::HeuristicMixed)
+        );
+        assert!(GlobalStatus::HeuristicMixed.is_terminal());
+        assert!(global_transition_allowed(GlobalStatus::RollingBack, GlobalStatus::HeuristicMixed));
     }
 
     #[test]

@@ -243,6 +243,7 @@ impl<B: AtBackend> AtResource<B> {
                 Ok(())
             }
             CallbackAction::Rollback => undo::rollback::<B>(&self.inner.pool, self, &req.xid, &key).await,
+            other => Err(AtError::Unsupported(format!("an AT branch does not take the action {}", other.as_str()))),
         }
     }
 
@@ -297,6 +298,7 @@ async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<
             let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
             problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
         }
+        Err(e @ AtError::Unsupported(_)) => problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None),
         Err(e @ (AtError::CorruptUndo(_) | AtError::RestoreRefused(_))) => {
             tracing::error!(xid = %req.xid, branch_id = %req.branch_id, error = %e,
                 "AT rollback cannot complete; branch needs manual repair");

@@ -294,6 +294,7 @@ impl TccParticipant {
         match req.action {
             CallbackAction::Commit => self.confirm(resource.as_ref(), &ctx, &payload).await,
             CallbackAction::Rollback => self.cancel(resource.as_ref(), &ctx, &payload).await,
+            other => Err(TccError::Conflict(format!("a TCC branch does not take the action {}", other.as_str()))),
         }
     }
 

@@ -21,7 +21,7 @@ pub mod gid;
 mod mysql;
 mod postgres;
 
-pub use gid::{Gid, GID_PREFIX, MYSQL_FORMAT_ID};
+pub use gid::{Gid, GID_PREFIX, MYSQL_FORMAT_ID, THREE_PHASE_GID_PREFIX};
 pub use mysql::MySqlXa;
 pub use postgres::PgXa;
 
@@ -70,6 +70,10 @@ pub enum XaError {
     /// already decided, rolled back); the prepared branch was rolled back.
     #[error("the global transaction was already decided: {0}")]
     Decided(ClientError),
+    /// The callback's action is not an XA phase-2 action (a 3PC action sent to
+    /// an XA branch): answered 409.
+    #[error("an XA branch does not take the action {0}")]
+    WrongAction(&'static str),
 }
 
 /// What a phase-2 callback did.
@@ -241,6 +245,9 @@ impl<B: XaBackend> XaParticipant<B> {
 
     /// Handles one coordinator callback.
     pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Phase2Result, XaError> {
+        if !matches!(req.action, CallbackAction::Commit | CallbackAction::Rollback) {
+            return Err(XaError::WrongAction(req.action.as_str()));
+        }
         Ok(self.inner.backend.finish(&Gid::new(&req.xid, &req.branch_id), req.action).await?)
     }
 
@@ -266,10 +273,11 @@ impl<B: XaBackend> XaParticipant<B> {
                     GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => {
                         Some(CallbackAction::Commit)
                     }
-                    GlobalStatus::RollingBack | GlobalStatus::RolledBack | GlobalStatus::RollbackFailed => {
-                        Some(CallbackAction::Rollback)
-                    }
-                    GlobalStatus::Active => None,
+                    GlobalStatus::RollingBack
+                    | GlobalStatus::RolledBack
+                    | GlobalStatus::RollbackFailed
+                    | GlobalStatus::HeuristicMixed => Some(CallbackAction::Rollback),
+                    GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => None,
                 },
                 Err(e) if e.code() == Some(ErrorCode::TransactionNotFound) => {
                     let age = now.signed_duration_since(since).to_std().unwrap_or_default();
@@ -286,7 +294,7 @@ impl<B: XaBackend> XaParticipant<B> {
                     tracing::info!(%xid, branch_id = %gid.branch(), action = a.as_str(), "recovered prepared branch");
                     match a {
                         CallbackAction::Commit => out.committed += 1,
-                        CallbackAction::Rollback => out.rolled_back += 1,
+                        _ => out.rolled_back += 1,
                     }
                 }
                 None => out.pending += 1,
@@ -323,6 +331,10 @@ async fn callback<B: XaBackend>(State(p): State<XaParticipant<B>>, Json(req): Js
                 Phase2Result::AlreadyDone => "already_done",
             };
             (StatusCode::OK, Json(serde_json::json!({ "outcome": outcome }))).into_response()
+        }
+        Err(e @ XaError::WrongAction(_)) => {
+            let p = Problem::new(409, ErrorCode::InvalidState, "Conflict", e.to_string());
+            (StatusCode::CONFLICT, Json(p)).into_response()
         }
         Err(e) => {
             tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "XA callback failed");

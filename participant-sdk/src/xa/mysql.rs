@@ -93,7 +93,8 @@ impl XaBackend for MySqlXa {
     async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error> {
         let verb = match action {
             CallbackAction::Commit => "COMMIT",
-            CallbackAction::Rollback => "ROLLBACK",
+            // Only commit and rollback reach here (`XaParticipant::handle_callback`).
+            _ => "ROLLBACK",
         };
         match self.pool.execute(gid.mysql_statement(verb).as_str()).await {
             Ok(_) => Ok(Phase2Result::Applied),

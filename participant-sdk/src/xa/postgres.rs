@@ -73,7 +73,8 @@ impl XaBackend for PgXa {
     async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error> {
         let verb = match action {
             CallbackAction::Commit => "COMMIT PREPARED",
-            CallbackAction::Rollback => "ROLLBACK PREPARED",
+            // Only commit and rollback reach here (`XaParticipant::handle_callback`).
+            _ => "ROLLBACK PREPARED",
         };
         match self.pool.execute(gid.statement(verb).as_str()).await {
             Ok(_) => Ok(Phase2Result::Applied),

@@ -1,0 +1,528 @@
+//! Three-phase commit (mode `3pc`) participant on PostgreSQL.
+//!
+//! A business request only [joins](ThreePhaseParticipant::join) the global
+//! transaction with a payload that describes its work; the coordinator then
+//! drives the branch through the callback router:
+//!
+//! - **CanCommit**: the application's [`ThreePhaseWork::can_commit`] votes,
+//!   taking no locks. A yes is recorded with its vote deadline
+//!   (`pre_commit_timeout_ms` from now); no PreCommit by then → the branch
+//!   aborts on its own.
+//! - **PreCommit**: [`ThreePhaseWork::execute`] runs in a local transaction
+//!   that is then prepared (`PREPARE TRANSACTION`), so the pre-committed state
+//!   survives a crash of this process and of the database. The gid carries the
+//!   commit deadline (`do_commit_timeout_ms` from now); neither DoCommit nor
+//!   abort by then → the branch commits on its own.
+//! - **DoCommit** / **abort**: `COMMIT PREPARED` / `ROLLBACK PREPARED`.
+//!   An abort for a branch that already committed on its own is answered 409
+//!   `heuristic_commit`: the coordinator marks the transaction
+//!   `heuristic_mixed`.
+//!
+//! The state of each branch is the table `tandem_three_phase` (votes, aborts,
+//! commits) plus `pg_prepared_xacts` (pre-committed). The decisions are in
+//! [`state`], without I/O. [`ThreePhaseParticipant::recover`] re-arms the
+//! timers of a restarted process from the database alone.
+//!
+//! Callbacks of one branch are serialized in this process (striped locks);
+//! run one participant process per database and resource, or route a branch's
+//! callbacks to one process.
+
+pub mod state;
+mod timer;
+
+pub use state::{Effect, Event, LocalState, Reply};
+pub use timer::now_ms;
+
+use crate::client::{ClientError, TandemClient};
+use crate::xa::{Gid, THREE_PHASE_GID_PREFIX};
+use async_trait::async_trait;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use sqlx::{Executor, PgConnection, PgPool};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use tandem_wire::{
+    Branch, BranchId, CallbackAction, CallbackRequest, ErrorCode, Problem, RegisterBranchRequest, Xid,
+    PROBLEM_CONTENT_TYPE,
+};
+use tokio_util::sync::CancellationToken;
+
+/// Path of the 3PC callback endpoint.
+pub const CALLBACK_PATH: &str = "/tandem/3pc/callback";
+
+/// Independent locks that serialize the callbacks and timers of one branch.
+const STRIPES: usize = 64;
+
+/// Boxed error of the application's work.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The participant's table: one row per branch it voted on.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tandem_three_phase (
+    xid          text        NOT NULL,
+    branch_id    text        NOT NULL,
+    -- voted | aborted | committed. Pre-committed is a prepared transaction whose
+    -- own update turns 'voted' into 'committed' when it commits.
+    state        text        NOT NULL,
+    -- Voted: when the branch aborts on its own without PreCommit (Unix ms).
+    deadline_ms  bigint,
+    -- Why it aborted, or how it committed (DoCommit or its own timeout).
+    detail       text,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (xid, branch_id)
+)";
+
+/// Errors of the 3PC participant.
+#[derive(Debug, thiserror::Error)]
+pub enum ThreePhaseError {
+    /// Talking to the coordinator failed.
+    #[error(transparent)]
+    Coordinator(#[from] ClientError),
+    /// The participant's database failed; the coordinator retries or aborts.
+    #[error("participant database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The server cannot prepare transactions; the message names the setting.
+    #[error("{0}")]
+    Unavailable(&'static str),
+    /// The callback names another resource.
+    #[error("this participant serves resource {ours:?}, not {asked:?}")]
+    WrongResource {
+        /// This participant's resource.
+        ours: String,
+        /// The callback's.
+        asked: String,
+    },
+    /// A CanCommit or PreCommit without the transaction's phase timeouts.
+    #[error("a {0} callback must carry three_phase timeouts")]
+    MissingTimeouts(&'static str),
+}
+
+/// The application's side of a 3PC branch.
+#[async_trait]
+pub trait ThreePhaseWork: Send + Sync + 'static {
+    /// CanCommit: whether this branch can take the work `payload` describes.
+    /// A quick check that takes no locks and writes nothing; an error votes no.
+    async fn can_commit(&self, pool: &PgPool, payload: &serde_json::Value) -> Result<bool, BoxError>;
+
+    /// PreCommit: do the work on `conn`, inside the branch's local
+    /// transaction, which is prepared afterwards. An error refuses PreCommit
+    /// (the coordinator aborts) and rolls the local transaction back.
+    async fn execute(&self, conn: &mut PgConnection, payload: &serde_json::Value) -> Result<(), BoxError>;
+}
+
+/// What a callback did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What to answer the coordinator.
+    pub reply: Reply,
+    /// The branch's state afterwards.
+    pub state: LocalState,
+    /// Why, for a refusal.
+    pub detail: Option<String>,
+}
+
+/// What [`ThreePhaseParticipant::recover`] re-armed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Rearmed {
+    /// Pre-committed branches whose commit timer runs again.
+    pub pre_committed: usize,
+    /// Yes votes whose abort timer runs again.
+    pub voted: usize,
+}
+
+/// A 3PC participant for one resource on one PostgreSQL database
+/// (`max_prepared_transactions > 0`). Cheap to clone.
+#[derive(Clone)]
+pub struct ThreePhaseParticipant {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The participant's database.
+    pool: PgPool,
+    /// Coordinator client.
+    client: TandemClient,
+    /// Resource name registered with each branch.
+    resource: String,
+    /// Where the coordinator reaches [`ThreePhaseParticipant::router`].
+    callback_url: String,
+    /// The application's vote and work.
+    work: Arc<dyn ThreePhaseWork>,
+    /// Serialize one branch's callbacks and timers.
+    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// Cancels every timer ([`ThreePhaseParticipant::stop`]).
+    stop: CancellationToken,
+}
+
+impl ThreePhaseParticipant {
+    /// `public_base_url` is how the coordinator reaches this service; callbacks
+    /// go to `{public_base_url}`[`CALLBACK_PATH`].
+    pub fn new(
+        pool: PgPool,
+        client: TandemClient,
+        resource: &str,
+        public_base_url: &str,
+        work: impl ThreePhaseWork,
+    ) -> Self {
+        ThreePhaseParticipant {
+            inner: Arc::new(Inner {
+                pool,
+                client,
+                resource: resource.to_owned(),
+                callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
+                work: Arc::new(work),
+                stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                stop: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Creates the participant's table if it is missing.
+    pub async fn install(&self) -> Result<(), sqlx::Error> {
+        self.inner.pool.execute(SCHEMA).await.map(|_| ())
+    }
+
+    /// Startup check: PostgreSQL must allow prepared transactions.
+    pub async fn check(&self) -> Result<(), ThreePhaseError> {
+        let n: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&self.inner.pool).await?;
+        if n.trim() == "0" {
+            return Err(ThreePhaseError::Unavailable(
+                "PostgreSQL has max_prepared_transactions = 0, so 3PC branches cannot pre-commit: \
+                 set max_prepared_transactions (for example to 64) in postgresql.conf and restart the server",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Joins `xid` with a branch whose work `payload` describes (it is handed
+    /// to [`ThreePhaseWork`] in CanCommit and PreCommit).
+    pub async fn join(&self, xid: &Xid, payload: serde_json::Value) -> Result<Branch, ThreePhaseError> {
+        let req = RegisterBranchRequest {
+            resource: self.inner.resource.clone(),
+            callback_url: self.inner.callback_url.clone(),
+            payload: Some(payload),
+            lock_keys: None,
+        };
+        Ok(self.inner.client.register(xid, &req).await?)
+    }
+
+    /// Stops every timer of this participant (shutdown; tests use it to play
+    /// a process that died). Prepared branches stay in the database.
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+
+    /// The branch's state at this participant.
+    pub async fn state(&self, xid: &Xid, branch: &BranchId) -> Result<LocalState, sqlx::Error> {
+        Ok(self.read(xid, branch).await?.0)
+    }
+
+    /// Handles one coordinator callback.
+    #[tracing::instrument(skip_all, fields(xid = %req.xid, branch_id = %req.branch_id, action = req.action.as_str()))]
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Answer, ThreePhaseError> {
+        if req.resource != self.inner.resource {
+            return Err(ThreePhaseError::WrongResource {
+                ours: self.inner.resource.clone(),
+                asked: req.resource.clone(),
+            });
+        }
+        let timeouts = || req.three_phase.ok_or(ThreePhaseError::MissingTimeouts(req.action.as_str()));
+        let payload = req.payload.clone().unwrap_or(serde_json::Value::Null);
+        let _serial = self.lock(&req.xid, &req.branch_id).await;
+        let (state, gid) = self.read(&req.xid, &req.branch_id).await?;
+        let mut detail = None;
+        let event = match req.action {
+            CallbackAction::CanCommit => {
+                timeouts()?;
+                let yes = match state {
+                    // Only a first CanCommit asks the application.
+                    LocalState::Unknown => match self.inner.work.can_commit(&self.inner.pool, &payload).await {
+                        Ok(yes) => yes,
+                        Err(e) => {
+                            detail = Some(format!("CanCommit check failed: {e}"));
+                            false
+                        }
+                    },
+                    _ => true,
+                };
+                Event::CanCommit { yes }
+            }
+            CallbackAction::PreCommit => {
+                timeouts()?;
+                Event::PreCommit
+            }
+            CallbackAction::Commit => Event::DoCommit,
+            CallbackAction::Rollback => Event::Abort,
+        };
+        let (effect, mut reply) = state::next(state, event);
+        let mut after = state;
+        match effect {
+            Effect::Nothing => {}
+            Effect::RecordVote => {
+                let deadline = now_ms() + ms(timeouts()?.pre_commit_timeout_ms);
+                self.record_vote(&req.xid, &req.branch_id, deadline).await?;
+                self.arm(req.xid.clone(), req.branch_id.clone(), deadline, Event::VoteTimeout);
+                after = LocalState::Voted;
+            }
+            Effect::RecordAbort => {
+                let why = match event {
+                    Event::CanCommit { .. } => detail.clone().unwrap_or_else(|| "voted no".into()),
+                    _ => "abort from the coordinator".into(),
+                };
+                self.record_abort(&req.xid, &req.branch_id, &why).await?;
+                after = LocalState::Aborted;
+            }
+            Effect::Prepare => {
+                let commit_at = now_ms() + ms(timeouts()?.do_commit_timeout_ms);
+                let gid = Gid::three_phase(&req.xid, &req.branch_id, commit_at);
+                match self.prepare(&gid, &payload).await? {
+                    Ok(()) => {
+                        self.arm(req.xid.clone(), req.branch_id.clone(), commit_at, Event::CommitTimeout);
+                        after = LocalState::PreCommitted;
+                    }
+                    Err(why) => {
+                        self.record_abort(&req.xid, &req.branch_id, &why).await?;
+                        detail = Some(why);
+                        reply = Reply::No;
+                        after = LocalState::Aborted;
+                    }
+                }
+            }
+            Effect::CommitPrepared => {
+                if let Some(gid) = &gid {
+                    self.finish_prepared(gid, true, "committed by DoCommit").await?;
+                }
+                after = LocalState::Committed;
+            }
+            Effect::RollbackPrepared => {
+                if let Some(gid) = &gid {
+                    self.finish_prepared(gid, false, "abort from the coordinator").await?;
+                }
+                after = LocalState::Aborted;
+            }
+        }
+        if reply == Reply::HeuristicCommit {
+            tracing::error!("abort received for a branch that committed on its own timeout (heuristic commit)");
+            detail = Some("the branch already committed on its own timeout (heuristic commit)".into());
+        }
+        if detail.is_none() && reply != Reply::Yes {
+            detail = Some(format!("{} refused: the branch is {}", req.action.as_str(), state.as_str()));
+        }
+        Ok(Answer { reply, state: after, detail })
+    }
+
+    /// Re-arms the timers of this database's 3PC branches (call at startup):
+    /// a prepared branch commits at the deadline in its gid, a yes vote
+    /// without PreCommit aborts at its recorded deadline. A passed deadline
+    /// fires at once.
+    pub async fn recover(&self) -> Result<Rearmed, ThreePhaseError> {
+        let gids: Vec<String> = sqlx::query_scalar(
+            "SELECT gid FROM pg_prepared_xacts WHERE database = current_database() AND starts_with(gid, $1)",
+        )
+        .bind(THREE_PHASE_GID_PREFIX)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut out = Rearmed::default();
+        for gid in gids.iter().filter_map(|g| Gid::parse_postgres(g).ok()) {
+            if let Some(at) = gid.commit_at_ms() {
+                self.arm(gid.xid().clone(), gid.branch().clone(), at, Event::CommitTimeout);
+                out.pre_committed += 1;
+            }
+        }
+        let voted: Vec<(String, String, Option<i64>)> =
+            sqlx::query_as("SELECT xid, branch_id, deadline_ms FROM tandem_three_phase WHERE state = 'voted'")
+                .fetch_all(&self.inner.pool)
+                .await?;
+        for (xid, branch, deadline) in voted {
+            let (Ok(xid), Ok(branch)) = (Xid::parse(&xid), BranchId::parse(&branch)) else { continue };
+            // A pre-committed branch also reads `voted`; its vote timer finds nothing to do.
+            self.arm(xid, branch, deadline.unwrap_or(0), Event::VoteTimeout);
+            out.voted += 1;
+        }
+        tracing::info!(pre_committed = out.pre_committed, voted = out.voted, "3PC timers re-armed");
+        Ok(out)
+    }
+
+    /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
+    pub fn router(&self) -> Router {
+        Router::new().route(CALLBACK_PATH, post(callback)).with_state(self.clone())
+    }
+
+    async fn lock(&self, xid: &Xid, branch: &BranchId) -> tokio::sync::MutexGuard<'_, ()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (xid.as_str(), branch.as_str()).hash(&mut h);
+        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
+        self.inner.stripes[i].lock().await
+    }
+
+    /// The branch's state and, if it is pre-committed, its prepared gid.
+    async fn read(&self, xid: &Xid, branch: &BranchId) -> Result<(LocalState, Option<Gid>), sqlx::Error> {
+        let (row, gid): (Option<String>, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT state FROM tandem_three_phase WHERE xid = $1 AND branch_id = $2), \
+                    (SELECT gid FROM pg_prepared_xacts WHERE database = current_database() \
+                       AND starts_with(gid, $3) AND right(gid, length($4)) = $4 LIMIT 1)",
+        )
+        .bind(xid.as_str())
+        .bind(branch.as_str())
+        .bind(THREE_PHASE_GID_PREFIX)
+        .bind(format!("|{xid}|{branch}"))
+        .fetch_one(&self.inner.pool)
+        .await?;
+        if let Some(gid) = gid.and_then(|g| Gid::parse_postgres(&g).ok()) {
+            return Ok((LocalState::PreCommitted, Some(gid)));
+        }
+        let state = match row.as_deref() {
+            None => LocalState::Unknown,
+            Some("voted") => LocalState::Voted,
+            Some("committed") => LocalState::Committed,
+            Some(_) => LocalState::Aborted,
+        };
+        Ok((state, None))
+    }
+
+    async fn record_vote(&self, xid: &Xid, branch: &BranchId, deadline_ms: i64) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO tandem_three_phase (xid, branch_id, state, deadline_ms) VALUES ($1, $2, 'voted', $3) \
+             ON CONFLICT (xid, branch_id) DO NOTHING",
+        )
+        .bind(xid.as_str())
+        .bind(branch.as_str())
+        .bind(deadline_ms)
+        .execute(&self.inner.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// Records the branch as aborted unless it committed (a committed row is never overwritten).
+    async fn record_abort(&self, xid: &Xid, branch: &BranchId, why: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO tandem_three_phase (xid, branch_id, state, detail) VALUES ($1, $2, 'aborted', $3) \
+             ON CONFLICT (xid, branch_id) DO UPDATE SET state = 'aborted', detail = $3, updated_at = now() \
+             WHERE tandem_three_phase.state = 'voted'",
+        )
+        .bind(xid.as_str())
+        .bind(branch.as_str())
+        .bind(why)
+        .execute(&self.inner.pool)
+        .await
+        .map(|_| ())
+    }
+
+    /// PreCommit: the vote row turns `committed` and the work runs, in one
+    /// local transaction, which is then prepared and checked in
+    /// `pg_prepared_xacts`. `Ok(Err(why))`: refused, nothing is left prepared.
+    async fn prepare(&self, gid: &Gid, payload: &serde_json::Value) -> Result<Result<(), String>, sqlx::Error> {
+        let mut conn = self.inner.pool.acquire().await?;
+        conn.execute("BEGIN").await?;
+        let run = async {
+            let n = sqlx::query(
+                "UPDATE tandem_three_phase SET state = 'committed', deadline_ms = NULL, updated_at = now() \
+                 WHERE xid = $1 AND branch_id = $2 AND state = 'voted'",
+            )
+            .bind(gid.xid().as_str())
+            .bind(gid.branch().as_str())
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| e.to_string())?
+            .rows_affected();
+            if n != 1 {
+                return Err("the vote is no longer open".to_owned());
+            }
+            self.inner.work.execute(&mut *conn, payload).await.map_err(|e| format!("PreCommit work failed: {e}"))
+        };
+        if let Err(why) = run.await {
+            if conn.execute("ROLLBACK").await.is_err() {
+                conn.detach();
+            }
+            return Ok(Err(why));
+        }
+        if let Err(e) = conn.execute(gid.statement("PREPARE TRANSACTION").as_str()).await {
+            conn.detach();
+            return Err(e);
+        }
+        // Inside an aborted block PREPARE answers ROLLBACK and no error: check.
+        let prepared: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_prepared_xacts WHERE gid = $1)")
+            .bind(gid.as_postgres())
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(if prepared { Ok(()) } else { Err("the branch did not prepare (its transaction had aborted)".into()) })
+    }
+
+    /// `COMMIT PREPARED` or `ROLLBACK PREPARED`, then records how it ended.
+    async fn finish_prepared(&self, gid: &Gid, commit: bool, how: &str) -> Result<(), sqlx::Error> {
+        let verb = if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" };
+        match self.inner.pool.execute(gid.statement(verb).as_str()).await {
+            Ok(_) => {}
+            // 42704: no such gid any more (finished meanwhile by another process).
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => {}
+            Err(e) => return Err(e),
+        }
+        if commit {
+            sqlx::query("UPDATE tandem_three_phase SET detail = $3, updated_at = now() WHERE xid = $1 AND branch_id = $2")
+                .bind(gid.xid().as_str())
+                .bind(gid.branch().as_str())
+                .bind(how)
+                .execute(&self.inner.pool)
+                .await?;
+            Ok(())
+        } else {
+            self.record_abort(gid.xid(), gid.branch(), how).await
+        }
+    }
+
+    /// Runs `event` (a timeout) for the branch at `deadline_ms`.
+    fn arm(&self, xid: Xid, branch: BranchId, deadline_ms: i64, event: Event) {
+        let this = self.clone();
+        timer::arm(deadline_ms, self.inner.stop.clone(), async move {
+            if let Err(e) = this.on_timeout(&xid, &branch, event).await {
+                // Handled here: the next recover() re-arms from the database.
+                tracing::warn!(%xid, branch_id = %branch, error = %e, "3PC timer failed; recover() re-arms it");
+            }
+        });
+    }
+
+    async fn on_timeout(&self, xid: &Xid, branch: &BranchId, event: Event) -> Result<(), sqlx::Error> {
+        let _serial = self.lock(xid, branch).await;
+        let (state, gid) = self.read(xid, branch).await?;
+        match (state::next(state, event).0, gid) {
+            (Effect::RecordAbort, _) => {
+                tracing::info!(%xid, branch_id = %branch, "no PreCommit before the vote deadline; aborting");
+                self.record_abort(xid, branch, "no PreCommit before the vote deadline").await
+            }
+            (Effect::CommitPrepared, Some(gid)) => {
+                tracing::warn!(%xid, branch_id = %branch, "neither DoCommit nor abort before the deadline; committing");
+                self.finish_prepared(&gid, true, "committed on its own timeout").await
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+async fn callback(State(p): State<ThreePhaseParticipant>, Json(req): Json<CallbackRequest>) -> Response {
+    let (status, code, detail) = match p.handle_callback(&req).await {
+        Ok(Answer { reply: Reply::Yes, state, .. }) => {
+            return (StatusCode::OK, Json(serde_json::json!({ "state": state.as_str() }))).into_response();
+        }
+        Ok(Answer { reply: Reply::HeuristicCommit, detail, .. }) => {
+            (StatusCode::CONFLICT, ErrorCode::HeuristicCommit, detail.unwrap_or_default())
+        }
+        Ok(Answer { detail, .. }) => (StatusCode::CONFLICT, ErrorCode::InvalidState, detail.unwrap_or_default()),
+        Err(e @ ThreePhaseError::WrongResource { .. }) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string()),
+        Err(e @ ThreePhaseError::MissingTimeouts(_)) => {
+            (StatusCode::CONFLICT, ErrorCode::ValidationFailed, e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "3PC callback failed");
+            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string())
+        }
+    };
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = Problem::new(status.as_u16(), code, title, detail);
+    (status, [(axum::http::header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)], Json(body)).into_response()
+}
