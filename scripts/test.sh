@@ -18,7 +18,7 @@ status=${PIPESTATUS[0]}
 set -e
 # The suite must leave no prepared transaction of ours on any server.
 for server in "$TANDEM_TEST_PG" "$TANDEM_TEST_XA_PG"; do
-  left=$(psql "$server/postgres" -Atqc "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'tandem|%'")
+  left=$(psql "$server/postgres" -Atqc "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'tandem|%' OR gid LIKE 'tandem3|%'")
   if [ "$left" != 0 ]; then
     echo "prepared transactions left on $server: $left" >&2
     psql "$server/postgres" -Atqc "SELECT gid, database, prepared FROM pg_prepared_xacts" >&2

@@ -85,9 +85,8 @@ async fn gate(State(g): State<Arc<Gate>>, req: Request, next: Next) -> Response 
     let Ok(bytes) = axum::body::to_bytes(body, 1 << 20).await else {
         return (axum::http::StatusCode::BAD_REQUEST, "body").into_response();
     };
-    let action = serde_json::from_slice::<CallbackRequest>(&bytes)
-        .map(|c| c.action.as_str().to_owned())
-        .unwrap_or_default();
+    let action =
+        serde_json::from_slice::<CallbackRequest>(&bytes).map(|c| c.action.as_str().to_owned()).unwrap_or_default();
     g.seen.lock().expect("gate").push(action.clone());
     if g.fail.lock().expect("gate").contains(&action) {
         return (axum::http::StatusCode::SERVICE_UNAVAILABLE, "partitioned").into_response();
@@ -139,7 +138,13 @@ impl Shop {
         Shop { _db: db, pool, participant, vote, gate, url, resource: tag.to_owned() }
     }
 
-    fn participant(pool: &PgPool, coordinator: &str, tag: &str, url: &str, vote: &Arc<AtomicBool>) -> ThreePhaseParticipant {
+    fn participant(
+        pool: &PgPool,
+        coordinator: &str,
+        tag: &str,
+        url: &str,
+        vote: &Arc<AtomicBool>,
+    ) -> ThreePhaseParticipant {
         let client = TandemClient::new(coordinator).expect("client");
         ThreePhaseParticipant::new(pool.clone(), client, tag, url, Ledger { vote: vote.clone() })
     }
@@ -171,10 +176,14 @@ impl Shop {
         (state, detail)
     }
 
-    async fn wait_state(&self, t: &Transaction, want: LocalState) -> Option<String> {
+    /// Waits for `want` with its detail (a commit records how it came about
+    /// just after the commit itself).
+    async fn wait_state(&self, t: &Transaction, want: LocalState) -> String {
         eventually(&format!("{} {}", self.resource, want.as_str()), WAIT, || async {
-            let (s, d) = self.state(t).await;
-            (s == want).then_some(d)
+            match self.state(t).await {
+                (s, Some(d)) if s == want => Some(d),
+                _ => None,
+            }
         })
         .await
     }
@@ -304,7 +313,7 @@ async fn a_pre_commit_acknowledgement_timeout_aborts_and_undoes_the_late_prepare
     let c = InProcess::start(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_pto_a", &c.url).await, Shop::start("tpc_pto_b", &c.url).await);
     b.gate.delay.lock().expect("gate").insert("pre_commit".into(), Duration::from_millis(1_500));
-    let xid = begin(&c.client, &three_pc(2_000, 400, 20_000), &a, &b).await;
+    let xid = begin(&c.client, &three_pc(300, 600, 20_000), &a, &b).await;
 
     let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
     let t = wait_status(&c.client, &t.xid, "rolled_back", WAIT).await;
@@ -329,7 +338,7 @@ async fn participants_commit_on_their_own_when_the_coordinator_dies_after_pre_co
     let (a, b) = (Shop::start("tpc_dead_a", &c.url).await, Shop::start("tpc_dead_b", &c.url).await);
     // B pre-commits but its acknowledgement never reaches the coordinator.
     b.gate.set(&b.gate.hold, "pre_commit", true);
-    let xid = begin(&c.client, &three_pc(2_000, 2_000, 4_500), &a, &b).await;
+    let xid = begin(&c.client, &three_pc(1_000, 2_000, 7_000), &a, &b).await;
     let _ = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
     eventually("B pre-committed", WAIT, || async { (b.gate.held.load(Ordering::SeqCst) == 1).then_some(()) }).await;
     let t = c.client.get(&xid).await.expect("get");
@@ -346,7 +355,7 @@ async fn participants_commit_on_their_own_when_the_coordinator_dies_after_pre_co
     // No DoCommit, no abort: both commit on their own timeout.
     for shop in [&a, &b] {
         let how = shop.wait_state(&t, LocalState::Committed).await;
-        assert_eq!(how.as_deref(), Some("committed on its own timeout"), "{}", shop.resource);
+        assert_eq!(how, "committed on its own timeout", "{}", shop.resource);
         assert!(shop.amount(&xid).await.is_some());
         shop.assert_nothing_prepared().await;
     }
@@ -432,7 +441,7 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
     // is cut off from the abort, so it commits on its own timeout.
     b.gate.set(&b.gate.fail, "pre_commit", true);
     a.gate.set(&a.gate.fail, "rollback", true);
-    let xid = begin(&c.client, &three_pc(2_000, 500, 1_500), &a, &b).await;
+    let xid = begin(&c.client, &three_pc(300, 500, 6_000), &a, &b).await;
 
     let t = commit_refused(&c.client, &xid, Duration::from_secs(1)).await;
     assert_eq!(t.status, GlobalStatus::RollingBack);
@@ -495,9 +504,19 @@ async fn bad_three_phase_options_are_refused() {
     let c = InProcess::start(fast_settings(&db.url)).await;
     let mut tcc = three_pc(1_000, 2_000, 5_000);
     tcc.mode = Mode::Tcc;
+    // A participant that could commit on its own while a coordinator may still abort.
     let inverted = three_pc(1_000, 5_000, 5_000);
-    let zero = three_pc(0, 2_000, 5_000);
-    for (req, says) in [(&tcc, "only for mode 3pc"), (&inverted, "greater than"), (&zero, "can_commit_timeout_ms")] {
+    let short = three_pc(1_000, 5_000, 12_000);
+    let slow_votes = three_pc(5_000, 5_000, 60_000);
+    let zero = three_pc(0, 2_000, 60_000);
+    let cases = [
+        (&tcc, "only for mode 3pc"),
+        (&inverted, "greater than"),
+        (&short, "greater than"),
+        (&slow_votes, "less than"),
+        (&zero, "can_commit_timeout_ms"),
+    ];
+    for (req, says) in cases {
         let e = c.client.begin(req).await.expect_err("refused");
         assert_eq!((e.status(), e.code()), (Some(422), Some(ErrorCode::ValidationFailed)), "{e}");
         assert!(e.to_string().contains(says), "{e}");
@@ -509,7 +528,7 @@ async fn bad_three_phase_options_are_refused() {
         .await
         .expect("begin");
     let d = t.three_phase.expect("defaults");
-    assert_eq!((d.can_commit_timeout_ms, d.pre_commit_timeout_ms, d.do_commit_timeout_ms), (5_000, 10_000, 30_000));
+    assert_eq!((d.can_commit_timeout_ms, d.pre_commit_timeout_ms, d.do_commit_timeout_ms), (3_000, 5_000, 40_000));
     let listed = c.client.list(&Default::default()).await.expect("list");
     assert_eq!(listed.transactions.len(), 1, "refused begins wrote nothing");
     c.stop().await;

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, Settings};
 use tandem_sdk::at::{AtResource, Pg};
+use tandem_sdk::three_phase::{BoxError, ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
 use tandem_sdk::xa::XaParticipant;
 use tandem_sdk::TandemClient;
@@ -33,7 +34,9 @@ struct Args {
     /// one UPDATE each), `local` (the same UPDATEs in one local transaction,
     /// no coordinator: the baseline of `xa`), `at` (one AT branch running one
     /// one-row UPDATE: images, undo row, global lock), or `local1` (that one
-    /// UPDATE in a plain local transaction: the baseline of `at`).
+    /// UPDATE in a plain local transaction: the baseline of `at`), or `3pc`
+    /// (three-phase commit: each participant votes with a SELECT, then
+    /// pre-commits the same UPDATE as `xa` under PREPARE TRANSACTION).
     #[arg(long, default_value = "tcc")]
     mode: String,
     /// PostgreSQL server (no database name) for the `xa` and `local` participants'
@@ -103,6 +106,29 @@ enum Workload {
     At(AtResource<Pg>),
     /// The one UPDATE in a plain local transaction.
     Local1(PgPool),
+    /// 3PC: join every participant with the row in the payload, commit.
+    ThreePc(Vec<ThreePhaseParticipant>),
+}
+
+/// The 3PC participant's work: vote yes if the account exists; PreCommit runs [`UPDATE`].
+struct Accounts;
+
+#[async_trait::async_trait]
+impl ThreePhaseWork for Accounts {
+    async fn can_commit(&self, pool: &PgPool, payload: &serde_json::Value) -> Result<bool, BoxError> {
+        let row = payload.get("row").and_then(|r| r.as_i64()).ok_or("payload without row")?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM accounts WHERE id = $1)")
+            .bind(i32::try_from(row)?)
+            .fetch_one(pool)
+            .await?;
+        Ok(exists)
+    }
+
+    async fn execute(&self, conn: &mut PgConnection, payload: &serde_json::Value) -> Result<(), BoxError> {
+        let row = payload.get("row").and_then(|r| r.as_i64()).ok_or("payload without row")?;
+        sqlx::query(UPDATE).bind(i32::try_from(row)?).execute(conn).await?;
+        Ok(())
+    }
 }
 
 /// The statement of every branch: client `row` owns its own row (no lock waits between clients).
@@ -140,6 +166,7 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
         Workload::Tcc(_) => Mode::Tcc,
         Workload::Xa(_) => Mode::Xa,
         Workload::At(_) => Mode::At,
+        Workload::ThreePc(_) => Mode::ThreePc,
     };
     let mut branch_time = None;
     let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None, three_phase: None }).await?;
@@ -174,6 +201,11 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
             local.commit().await?;
             branch_time = Some(t0.elapsed());
         }
+        Workload::ThreePc(participants) => {
+            for p in participants {
+                p.join(&tx.xid, serde_json::json!({ "row": row })).await?;
+            }
+        }
         Workload::Local(_) | Workload::Local1(_) => {}
     }
     let done = client.commit(&tx.xid, None).await?;
@@ -193,8 +225,8 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "at" | "local1") {
-        bail!("--mode {}: expected tcc, xa, local, at or local1", args.mode);
+    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "at" | "local1" | "3pc") {
+        bail!("--mode {}: expected tcc, xa, local, at, local1 or 3pc", args.mode);
     }
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
@@ -226,6 +258,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let app = at.router();
             tokio::spawn(async move { axum::serve(listener, app).await });
             Workload::At(at)
+        }
+        "3pc" => {
+            let mut participants = Vec::new();
+            for i in 0..args.branches {
+                let pool =
+                    participant_db(&args.participant_pg, &format!("tandem_bench_p{i}"), args.concurrency).await?;
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                let url = format!("http://{}", listener.local_addr()?);
+                let p = ThreePhaseParticipant::new(pool, client.clone(), &format!("p{i}"), &url, Accounts);
+                p.check().await?;
+                p.install().await?;
+                let app = p.router();
+                tokio::spawn(async move { axum::serve(listener, app).await });
+                participants.push(p);
+            }
+            Workload::ThreePc(participants)
         }
         _ => {
             let mut participants = Vec::new();
@@ -339,7 +387,7 @@ async fn bench(
     let secs = args.duration_secs as f64;
     let mut result = serde_json::json!({
         "mode": args.mode,
-        "branches": if matches!(args.mode.as_str(), "tcc" | "xa" | "local") { args.branches } else { 1 },
+        "branches": if matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "3pc") { args.branches } else { 1 },
         "concurrency": args.concurrency,
         "tx": tx,
         "tx_per_sec": (tx as f64 / secs * 10.0).round() / 10.0,

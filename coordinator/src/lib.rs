@@ -25,8 +25,8 @@ pub mod metrics;
 pub mod phase2;
 pub mod recovery;
 pub mod startup;
-pub mod three_phase;
 pub mod store;
+pub mod three_phase;
 pub mod transaction;
 
 pub use config::Settings;

@@ -90,69 +90,73 @@ impl Coordinator {
         let owner = self.instance_id();
         let store = self.store();
         let mut lease_until = leased_at + timing.lease;
-        let order = mode::phase2_order(tx.mode, decision, (0..branches.len()).collect());
+        let order: Vec<usize> = mode::phase2_order(tx.mode, decision, (0..branches.len()).collect())
+            .into_iter()
+            .filter(|&i| !branches[i].status.is_final())
+            .collect();
         let mut updates: Vec<BranchUpdate> = Vec::new();
+        let mut unknown: Option<String> = None;
 
-        for i in order {
-            let branch = &branches[i];
-            if branch.status.is_final() {
-                continue;
-            }
+        if mode::concurrent_phase2(tx.mode) {
+            // Every branch at once; one that does not answer holds up no other.
             if self.shutdown_token().is_cancelled() {
                 store.schedule_retry(&tx.xid, owner, &updates, Duration::ZERO).await?;
                 return Ok(Phase2Outcome::Pending);
             }
-            if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2 {
-                if !store.renew_lease(&tx.xid, owner, timing.lease).await? {
-                    tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
-                    return Ok(Phase2Outcome::Pending);
-                }
-                lease_until = Instant::now() + timing.lease;
+            if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2
+                && !store.renew_lease(&tx.xid, owner, timing.lease).await?
+            {
+                tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
+                return Ok(Phase2Outcome::Pending);
             }
-            let result = self
-                .callbacks()
-                .send(&tx, branch, decision.action())
-                .instrument(tracing::debug_span!("callback", branch_id = %branch.branch_id))
-                .await;
-            match state::branch_after_callback(decision, &result) {
-                Some(status) => {
-                    let last_error = match &result {
-                        CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
-                            tracing::warn!(xid = %tx.xid, branch_id = %branch.branch_id, error = %e,
-                                "participant refused phase 2 permanently");
-                            Some(e.clone())
-                        }
-                        _ => None,
-                    };
-                    updates.push(BranchUpdate {
-                        branch_id: branch.branch_id.clone(),
-                        status: Some(status),
-                        attempts_added: 1,
-                        last_error: last_error.clone(),
-                    });
-                    let b = &mut branches[i];
-                    b.status = status;
-                    b.attempts += 1;
-                    b.last_error = last_error.or(b.last_error.take());
-                }
-                None => {
-                    let error = match result {
-                        CallbackResult::Unknown(e) => e,
-                        _ => String::new(),
-                    };
-                    let delay = retry_delay(timing.retry_base, timing.retry_max, tx.attempts);
-                    tracing::info!(xid = %tx.xid, branch_id = %branch.branch_id, %error,
-                        retry_in_ms = delay.as_millis() as u64, "callback outcome unknown; will retry");
-                    updates.push(BranchUpdate {
-                        branch_id: branch.branch_id.clone(),
-                        status: None,
-                        attempts_added: 1,
-                        last_error: Some(error),
-                    });
-                    store.schedule_retry(&tx.xid, owner, &updates, delay).await?;
-                    return Ok(Phase2Outcome::Pending);
+            let results = futures::future::join_all(order.iter().map(|&i| {
+                let branch = &branches[i];
+                self.callbacks()
+                    .send(&tx, branch, decision.action())
+                    .instrument(tracing::debug_span!("callback", branch_id = %branch.branch_id))
+            }))
+            .await;
+            for (&i, result) in order.iter().zip(results) {
+                if let Some(error) = record(&tx, decision, &mut branches[i], &result, &mut updates) {
+                    unknown = Some(error);
                 }
             }
+        } else {
+            for i in order {
+                if self.shutdown_token().is_cancelled() {
+                    store.schedule_retry(&tx.xid, owner, &updates, Duration::ZERO).await?;
+                    return Ok(Phase2Outcome::Pending);
+                }
+                if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2 {
+                    if !store.renew_lease(&tx.xid, owner, timing.lease).await? {
+                        tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
+                        return Ok(Phase2Outcome::Pending);
+                    }
+                    lease_until = Instant::now() + timing.lease;
+                }
+                let result = self
+                    .callbacks()
+                    .send(&tx, &branches[i], decision.action())
+                    .instrument(tracing::debug_span!("callback", branch_id = %branches[i].branch_id))
+                    .await;
+                if let Some(error) = record(&tx, decision, &mut branches[i], &result, &mut updates) {
+                    // The first branch whose outcome is unknown ends the pass (ordered modes).
+                    unknown = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Some(error) = unknown {
+            let mut delay = retry_delay(timing.retry_base, timing.retry_max, tx.attempts);
+            if let Some(t) = tx.three_phase {
+                // A 3PC abort must reach pre-committed participants before they
+                // commit on their own: keep several attempts inside that window.
+                delay = delay.min(Duration::from_millis(t.do_commit_timeout_ms / 8).max(timing.retry_base));
+            }
+            tracing::info!(xid = %tx.xid, %error, retry_in_ms = delay.as_millis() as u64,
+                "callback outcome unknown; will retry");
+            store.schedule_retry(&tx.xid, owner, &updates, delay).await?;
+            return Ok(Phase2Outcome::Pending);
         }
 
         let statuses: Vec<_> = branches.iter().map(|b| b.status).collect();
@@ -188,6 +192,44 @@ impl Coordinator {
             }
             other => m.failed.with_label_values(&[mode, other.as_str()]).inc(),
         }
+    }
+}
+
+/// Records a callback's result on `branch` and in `updates`; returns the
+/// error when the outcome is unknown (the branch stays as it was).
+fn record(
+    tx: &TxRow,
+    decision: Decision,
+    branch: &mut BranchRow,
+    result: &CallbackResult,
+    updates: &mut Vec<BranchUpdate>,
+) -> Option<String> {
+    let status = state::branch_after_callback(decision, result);
+    let error = match result {
+        CallbackResult::Done => None,
+        CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
+            tracing::warn!(xid = %tx.xid, branch_id = %branch.branch_id, error = %e,
+                "participant refused phase 2 permanently");
+            Some(e.clone())
+        }
+        CallbackResult::Unknown(e) => Some(e.clone()),
+    };
+    updates.push(BranchUpdate {
+        branch_id: branch.branch_id.clone(),
+        status,
+        attempts_added: 1,
+        last_error: error.clone(),
+    });
+    branch.attempts += 1;
+    if let Some(e) = &error {
+        branch.last_error = Some(e.clone());
+    }
+    match status {
+        Some(s) => {
+            branch.status = s;
+            None
+        }
+        None => error,
     }
 }
 

@@ -94,14 +94,15 @@ impl Coordinator {
             let results = {
                 let phase = futures::future::join_all(asked.iter().map(|&i| {
                     let b = &branches[i];
-                    self.callbacks()
-                        .send_within(&tx, b, action, Some(wait))
-                        .instrument(tracing::debug_span!("callback", branch_id = %b.branch_id, action = action.as_str()))
+                    self.callbacks().send_within(&tx, b, action, Some(wait)).instrument(
+                        tracing::debug_span!("callback", branch_id = %b.branch_id, action = action.as_str()),
+                    )
                 }));
                 tokio::pin!(phase);
                 // Heartbeat: the lease stays short (a dead coordinator is taken
                 // over within one lease) however long the phase may wait.
-                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + lease / 3, lease / 3);
+                let period = (lease / 3).max(Duration::from_millis(10));
+                let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
                 loop {
                     tokio::select! {
                         results = &mut phase => break results,
@@ -168,11 +169,16 @@ fn next_step(
     };
     match verdict {
         PhaseVerdict::Proceed => {
-            let to = match action {
-                CallbackAction::CanCommit => GlobalStatus::PreCommitted,
-                _ => GlobalStatus::Committing,
+            let (to, marks) = match action {
+                // From here `prepared` means "acknowledged PreCommit", whatever a
+                // branch may have reported before the commit request.
+                CallbackAction::CanCommit => (
+                    GlobalStatus::PreCommitted,
+                    branches.iter().map(|b| (b.branch_id.clone(), BranchStatus::Registered, None)).collect(),
+                ),
+                _ => (GlobalStatus::Committing, acked(&[])),
             };
-            PhaseStep { from: tx.status, to, reason: None, hold: lease, branches: acked(&[]) }
+            PhaseStep { from: tx.status, to, reason: None, hold: lease, branches: marks }
         }
         PhaseVerdict::Abort { reason, failed } => {
             let mut marks = acked(&failed);
@@ -187,7 +193,13 @@ fn next_step(
                     Some(format!("{what}: {error}")),
                 ));
             }
-            PhaseStep { from: tx.status, to: GlobalStatus::RollingBack, reason: Some(reason), hold: lease, branches: marks }
+            PhaseStep {
+                from: tx.status,
+                to: GlobalStatus::RollingBack,
+                reason: Some(reason),
+                hold: lease,
+                branches: marks,
+            }
         }
     }
 }

@@ -11,16 +11,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 /// Default wait for the votes: a vote is a quick check that takes no locks.
-pub const DEFAULT_CAN_COMMIT_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_CAN_COMMIT_TIMEOUT_MS: u64 = 3_000;
 /// Default wait for PreCommit acknowledgements: they run the branch's work and
-/// a local prepare, and a voter waits this long for PreCommit.
-pub const DEFAULT_PRE_COMMIT_TIMEOUT_MS: u64 = 10_000;
+/// a local prepare. A yes-voter waits as long for its PreCommit.
+pub const DEFAULT_PRE_COMMIT_TIMEOUT_MS: u64 = 5_000;
 /// Default time a pre-committed participant waits for DoCommit or abort
-/// before it commits on its own. It covers the coordinator's PreCommit wait
-/// (10 s) plus the default lease after which another coordinator takes over
-/// (15 s) plus margin, so that an abort decided by a live or a recovered
-/// coordinator normally arrives before any participant's timer fires.
-pub const DEFAULT_DO_COMMIT_TIMEOUT_MS: u64 = 30_000;
+/// before it commits on its own (see [`ThreePhaseOptions::resolve`] for the
+/// least value allowed, which a longer `pre_commit_timeout_ms` raises).
+pub const DEFAULT_DO_COMMIT_TIMEOUT_MS: u64 = 40_000;
+/// Margin added to the least safe `do_commit_timeout_ms` when it defaults.
+const DO_COMMIT_MARGIN_MS: u64 = 10_000;
 
 /// Phase timeouts as given at begin; each defaults when absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -61,32 +61,49 @@ impl Default for ThreePhaseTimeouts {
 }
 
 impl ThreePhaseOptions {
-    /// Fills in the defaults and checks the values: each positive and at most
-    /// `max_ms`, and `do_commit_timeout_ms` above `pre_commit_timeout_ms` (a
-    /// participant must not commit on its own while the coordinator may still
-    /// be waiting for another branch's acknowledgement and then abort).
-    pub fn resolve(self, max_ms: u64) -> Result<ThreePhaseTimeouts, String> {
-        let d = ThreePhaseTimeouts::default();
-        let t = ThreePhaseTimeouts {
-            can_commit_timeout_ms: self.can_commit_timeout_ms.unwrap_or(d.can_commit_timeout_ms),
-            pre_commit_timeout_ms: self.pre_commit_timeout_ms.unwrap_or(d.pre_commit_timeout_ms),
-            do_commit_timeout_ms: self
-                .do_commit_timeout_ms
-                .unwrap_or(d.do_commit_timeout_ms.max(self.pre_commit_timeout_ms.unwrap_or(0).saturating_mul(3))),
-        };
-        for (name, v) in [
-            ("can_commit_timeout_ms", t.can_commit_timeout_ms),
-            ("pre_commit_timeout_ms", t.pre_commit_timeout_ms),
-            ("do_commit_timeout_ms", t.do_commit_timeout_ms),
-        ] {
+    /// Fills in the defaults and checks the values against the coordinator's
+    /// `takeover_ms` (its lease plus its recovery interval: how long until
+    /// another coordinator takes over a dead one's transaction):
+    ///
+    /// - each value is 1 to `max_ms`;
+    /// - `can_commit_timeout_ms < pre_commit_timeout_ms`: a yes-voter waits
+    ///   `pre_commit_timeout_ms` for PreCommit, which comes only once every
+    ///   vote is in;
+    /// - `do_commit_timeout_ms > 2 × pre_commit_timeout_ms + takeover_ms`: a
+    ///   pre-committed participant must not commit on its own while a
+    ///   coordinator may still abort, that is while the first coordinator
+    ///   waits for the other acknowledgements, a successor takes over after
+    ///   it died, and the successor waits for them again.
+    ///
+    /// `do_commit_timeout_ms` defaults to 40 s, or to that least value plus
+    /// 10 s if that is more.
+    pub fn resolve(self, max_ms: u64, takeover_ms: u64) -> Result<ThreePhaseTimeouts, String> {
+        let can = self.can_commit_timeout_ms.unwrap_or(DEFAULT_CAN_COMMIT_TIMEOUT_MS);
+        let pre = self.pre_commit_timeout_ms.unwrap_or(DEFAULT_PRE_COMMIT_TIMEOUT_MS);
+        let least_do = pre.saturating_mul(2).saturating_add(takeover_ms);
+        let done = self
+            .do_commit_timeout_ms
+            .unwrap_or_else(|| DEFAULT_DO_COMMIT_TIMEOUT_MS.max(least_do.saturating_add(DO_COMMIT_MARGIN_MS)));
+        for (name, v) in
+            [("can_commit_timeout_ms", can), ("pre_commit_timeout_ms", pre), ("do_commit_timeout_ms", done)]
+        {
             if v == 0 || v > max_ms {
                 return Err(format!("three_phase.{name} must be 1 to {max_ms}"));
             }
         }
-        if t.do_commit_timeout_ms <= t.pre_commit_timeout_ms {
-            return Err("three_phase.do_commit_timeout_ms must be greater than pre_commit_timeout_ms".into());
+        if can >= pre {
+            return Err(format!(
+                "three_phase.can_commit_timeout_ms ({can}) must be less than pre_commit_timeout_ms ({pre}): \
+                 a yes-voter waits pre_commit_timeout_ms for PreCommit"
+            ));
         }
-        Ok(t)
+        if done <= least_do {
+            return Err(format!(
+                "three_phase.do_commit_timeout_ms ({done}) must be greater than 2 x pre_commit_timeout_ms + \
+                 the coordinator's takeover time ({takeover_ms}) = {least_do}"
+            ));
+        }
+        Ok(ThreePhaseTimeouts { can_commit_timeout_ms: can, pre_commit_timeout_ms: pre, do_commit_timeout_ms: done })
     }
 }
 
@@ -96,19 +113,18 @@ mod tests {
 
     #[test]
     fn defaults_and_validation() {
-        assert_eq!(ThreePhaseOptions::default().resolve(600_000), Ok(ThreePhaseTimeouts::default()));
+        let takeover = 16_000;
+        assert_eq!(ThreePhaseOptions::default().resolve(600_000, takeover), Ok(ThreePhaseTimeouts::default()));
+        // A longer PreCommit wait raises the default DoCommit wait past its least safe value.
         let long_pre = ThreePhaseOptions { pre_commit_timeout_ms: Some(20_000), ..Default::default() };
-        assert_eq!(long_pre.resolve(600_000).map(|t| t.do_commit_timeout_ms), Ok(60_000));
+        assert_eq!(long_pre.resolve(600_000, takeover).map(|t| t.do_commit_timeout_ms), Ok(66_000));
         let zero = ThreePhaseOptions { can_commit_timeout_ms: Some(0), ..Default::default() };
-        assert!(zero.resolve(600_000).is_err());
-        let inverted = ThreePhaseOptions {
-            pre_commit_timeout_ms: Some(500),
-            do_commit_timeout_ms: Some(500),
-            ..Default::default()
-        };
-        assert!(inverted.resolve(600_000).unwrap_err().contains("greater"));
-        assert!(ThreePhaseOptions { do_commit_timeout_ms: Some(700_000), ..Default::default() }
-            .resolve(600_000)
-            .is_err());
+        assert!(zero.resolve(600_000, takeover).is_err());
+        let unsafe_do = ThreePhaseOptions { do_commit_timeout_ms: Some(26_000), ..Default::default() };
+        assert!(unsafe_do.resolve(600_000, takeover).expect_err("refused").contains("greater than"));
+        let slow_votes = ThreePhaseOptions { can_commit_timeout_ms: Some(5_000), ..Default::default() };
+        assert!(slow_votes.resolve(600_000, takeover).expect_err("refused").contains("less than"));
+        let too_long = ThreePhaseOptions { do_commit_timeout_ms: Some(700_000), ..Default::default() };
+        assert!(too_long.resolve(600_000, takeover).is_err());
     }
 }

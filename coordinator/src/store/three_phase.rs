@@ -33,7 +33,12 @@ impl Store {
     /// abort, from `can_commit`, a transaction whose participants are
     /// pre-committed and will commit on their timeout). `None`: the lease was
     /// lost; someone else drives the transaction now.
-    pub async fn advance_three_phase(&self, xid: &Xid, owner: &str, step: &PhaseStep) -> Result<Option<TxRow>, StoreError> {
+    pub async fn advance_three_phase(
+        &self,
+        xid: &Xid,
+        owner: &str,
+        step: &PhaseStep,
+    ) -> Result<Option<TxRow>, StoreError> {
         let ids: Vec<&str> = step.branches.iter().map(|(b, _, _)| b.as_str()).collect();
         let statuses: Vec<&str> = step.branches.iter().map(|(_, s, _)| s.as_str()).collect();
         let errors: Vec<Option<&str>> = step.branches.iter().map(|(_, _, e)| e.as_deref()).collect();

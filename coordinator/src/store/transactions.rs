@@ -3,6 +3,7 @@
 use super::rows::{branch_cols, branch_cols_b, tx_cols, BranchRow, TxRow};
 use super::{Store, StoreError};
 use crate::metrics::Metrics;
+use crate::transaction::mode;
 use crate::transaction::state::DecisionOutcome;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -376,22 +377,23 @@ impl Store {
 
     /// The common decision in one statement: writes `outcome` (what the state
     /// machine answers for an active, unexpired transaction with no failed
-    /// branch and, where `modes_needing_prepared` includes its mode, every
-    /// branch prepared) only if the row is exactly in that state, and returns
+    /// branch and, where its mode requires it, every branch prepared) only if the row is exactly in that state, and returns
     /// the decided row with its branches. `None`: the row is in another state
     /// (or absent); use [`Store::decide`]. `strict` is false for a rollback
     /// request, which only needs the transaction to be active; a commit of a
-    /// mode in `modes_three_phase` is never decided here.
+    /// three-phase mode is never decided here.
     pub async fn decide_expected(
         &self,
         xid: &Xid,
         outcome: (GlobalStatus, Option<RollbackReason>),
         strict: bool,
-        modes_needing_prepared: &[&str],
-        modes_three_phase: &[&str],
         owner: &str,
         lease: Duration,
     ) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
+        let modes = |f: fn(Mode) -> bool| -> Vec<&'static str> {
+            Mode::ALL.iter().copied().filter(|m| f(*m)).map(Mode::as_str).collect()
+        };
+        let (modes_needing_prepared, modes_three_phase) = (modes(mode::requires_prepared), modes(mode::three_phase));
         let rows = self
             .timed(
                 "decide_expected",
@@ -413,8 +415,8 @@ impl Store {
                 .bind(ms(lease))
                 .bind(GlobalStatus::Active.as_str())
                 .bind(strict)
-                .bind(modes_needing_prepared)
-                .bind(modes_three_phase)
+                .bind(&modes_needing_prepared)
+                .bind(&modes_three_phase)
                 .fetch_all(&self.durable),
             )
             .await?;

@@ -42,6 +42,15 @@ pub fn reverse_order(mode: Mode, decision: Decision) -> bool {
     }
 }
 
+/// Whether phase 2 of `mode` goes to every branch at once, each branch's
+/// outcome independent of the others' (3PC: an unreachable branch must not
+/// hold back the abort of a pre-committed one, which would commit on its own
+/// timeout). Other modes go one branch at a time, in [`phase2_order`], and a
+/// branch whose outcome is unknown ends the pass.
+pub fn concurrent_phase2(mode: Mode) -> bool {
+    matches!(mode, Mode::ThreePc)
+}
+
 /// Orders items (given in registration order) for phase 2.
 pub fn phase2_order<T>(mode: Mode, decision: Decision, mut items: Vec<T>) -> Vec<T> {
     if reverse_order(mode, decision) {

@@ -164,7 +164,10 @@ impl Coordinator {
             (Mode::ThreePc, options) => Some(
                 options
                     .unwrap_or_default()
-                    .resolve(u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX))
+                    .resolve(
+                        u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX),
+                        u64::try_from((timing.lease + timing.recovery_interval).as_millis()).unwrap_or(u64::MAX),
+                    )
                     .map_err(CoordinatorError::Validation)?,
             ),
             (_, None) => None,
@@ -351,24 +354,10 @@ impl Coordinator {
             three_phase: false,
         };
         if let DecisionOutcome::Decide { status, reason, overridden: false, .. } = state::decide(requested, expected) {
-            let needing_prepared: Vec<&str> =
-                Mode::ALL.iter().filter(|m| mode::requires_prepared(**m)).map(|m| m.as_str()).collect();
-            let three_phase: Vec<&str> =
-                Mode::ALL.iter().filter(|m| mode::three_phase(**m)).map(|m| m.as_str()).collect();
             // A rollback request's outcome depends on the status alone.
             let strict = requested == Decision::Commit;
-            let decided = self
-                .store()
-                .decide_expected(
-                    &xid,
-                    (status, reason),
-                    strict,
-                    &needing_prepared,
-                    &three_phase,
-                    self.instance_id(),
-                    timing.lease,
-                )
-                .await?;
+            let decided =
+                self.store().decide_expected(&xid, (status, reason), strict, self.instance_id(), timing.lease).await?;
             if let Some((tx, branches)) = decided {
                 let job = Phase2Job { tx, branches, leased_at: started };
                 return self.run_phase2(&xid, job, requested, false, wait, started).await;

@@ -45,8 +45,8 @@ use sqlx::{Executor, PgConnection, PgPool};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use tandem_wire::{
-    Branch, BranchId, CallbackAction, CallbackRequest, ErrorCode, Problem, RegisterBranchRequest, Xid,
-    PROBLEM_CONTENT_TYPE,
+    Branch, BranchId, CallbackAction, CallbackRequest, ErrorCode, Problem, RegisterBranchRequest, ThreePhaseTimeouts,
+    Xid, PROBLEM_CONTENT_TYPE,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -63,6 +63,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tandem_three_phase (
     xid          text        NOT NULL,
     branch_id    text        NOT NULL,
+    -- The participant's resource: recover() re-arms only its own branches.
+    resource     text        NOT NULL,
     -- voted | aborted | committed. Pre-committed is a prepared transaction whose
     -- own update turns 'voted' into 'committed' when it commits.
     state        text        NOT NULL,
@@ -222,6 +224,7 @@ impl ThreePhaseParticipant {
     /// Handles one coordinator callback.
     #[tracing::instrument(skip_all, fields(xid = %req.xid, branch_id = %req.branch_id, action = req.action.as_str()))]
     pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Answer, ThreePhaseError> {
+        let arrived = std::time::Instant::now();
         if req.resource != self.inner.resource {
             return Err(ThreePhaseError::WrongResource {
                 ours: self.inner.resource.clone(),
@@ -275,10 +278,9 @@ impl ThreePhaseParticipant {
                 after = LocalState::Aborted;
             }
             Effect::Prepare => {
-                let commit_at = now_ms() + ms(timeouts()?.do_commit_timeout_ms);
-                let gid = Gid::three_phase(&req.xid, &req.branch_id, commit_at);
-                match self.prepare(&gid, &payload).await? {
-                    Ok(()) => {
+                let t = timeouts()?;
+                match self.prepare(&req.xid, &req.branch_id, &payload, arrived, t).await? {
+                    Ok(commit_at) => {
                         self.arm(req.xid.clone(), req.branch_id.clone(), commit_at, Event::CommitTimeout);
                         after = LocalState::PreCommitted;
                     }
@@ -290,17 +292,20 @@ impl ThreePhaseParticipant {
                     }
                 }
             }
-            Effect::CommitPrepared => {
-                if let Some(gid) = &gid {
-                    self.finish_prepared(gid, true, "committed by DoCommit").await?;
+            Effect::CommitPrepared | Effect::RollbackPrepared => {
+                let commit = effect == Effect::CommitPrepared;
+                let how = if commit { "committed by DoCommit" } else { "abort from the coordinator" };
+                let applied = match &gid {
+                    Some(gid) => self.finish_prepared(gid, commit, how).await?,
+                    None => false,
+                };
+                after = if commit { LocalState::Committed } else { LocalState::Aborted };
+                if !applied {
+                    // Finished meanwhile by someone else: answer from what it became.
+                    let (now, _) = self.read(&req.xid, &req.branch_id).await?;
+                    reply = state::next(now, event).1;
+                    after = now;
                 }
-                after = LocalState::Committed;
-            }
-            Effect::RollbackPrepared => {
-                if let Some(gid) = &gid {
-                    self.finish_prepared(gid, false, "abort from the coordinator").await?;
-                }
-                after = LocalState::Aborted;
             }
         }
         if reply == Reply::HeuristicCommit {
@@ -324,17 +329,30 @@ impl ThreePhaseParticipant {
         .bind(THREE_PHASE_GID_PREFIX)
         .fetch_all(&self.inner.pool)
         .await?;
+        // This resource's branches (a prepared branch's row reads `voted` outside its transaction).
+        let ours: std::collections::HashSet<(String, String)> =
+            sqlx::query_as("SELECT xid, branch_id FROM tandem_three_phase WHERE resource = $1 AND state = 'voted'")
+                .bind(&self.inner.resource)
+                .fetch_all(&self.inner.pool)
+                .await?
+                .into_iter()
+                .collect();
         let mut out = Rearmed::default();
         for gid in gids.iter().filter_map(|g| Gid::parse_postgres(g).ok()) {
+            if !ours.contains(&(gid.xid().to_string(), gid.branch().to_string())) {
+                continue;
+            }
             if let Some(at) = gid.commit_at_ms() {
                 self.arm(gid.xid().clone(), gid.branch().clone(), at, Event::CommitTimeout);
                 out.pre_committed += 1;
             }
         }
-        let voted: Vec<(String, String, Option<i64>)> =
-            sqlx::query_as("SELECT xid, branch_id, deadline_ms FROM tandem_three_phase WHERE state = 'voted'")
-                .fetch_all(&self.inner.pool)
-                .await?;
+        let voted: Vec<(String, String, Option<i64>)> = sqlx::query_as(
+            "SELECT xid, branch_id, deadline_ms FROM tandem_three_phase WHERE resource = $1 AND state = 'voted'",
+        )
+        .bind(&self.inner.resource)
+        .fetch_all(&self.inner.pool)
+        .await?;
         for (xid, branch, deadline) in voted {
             let (Ok(xid), Ok(branch)) = (Xid::parse(&xid), BranchId::parse(&branch)) else { continue };
             // A pre-committed branch also reads `voted`; its vote timer finds nothing to do.
@@ -384,11 +402,12 @@ impl ThreePhaseParticipant {
 
     async fn record_vote(&self, xid: &Xid, branch: &BranchId, deadline_ms: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO tandem_three_phase (xid, branch_id, state, deadline_ms) VALUES ($1, $2, 'voted', $3) \
-             ON CONFLICT (xid, branch_id) DO NOTHING",
+            "INSERT INTO tandem_three_phase (xid, branch_id, resource, state, deadline_ms) \
+             VALUES ($1, $2, $3, 'voted', $4) ON CONFLICT (xid, branch_id) DO NOTHING",
         )
         .bind(xid.as_str())
         .bind(branch.as_str())
+        .bind(&self.inner.resource)
         .bind(deadline_ms)
         .execute(&self.inner.pool)
         .await
@@ -398,12 +417,14 @@ impl ThreePhaseParticipant {
     /// Records the branch as aborted unless it committed (a committed row is never overwritten).
     async fn record_abort(&self, xid: &Xid, branch: &BranchId, why: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO tandem_three_phase (xid, branch_id, state, detail) VALUES ($1, $2, 'aborted', $3) \
-             ON CONFLICT (xid, branch_id) DO UPDATE SET state = 'aborted', detail = $3, updated_at = now() \
+            "INSERT INTO tandem_three_phase (xid, branch_id, resource, state, detail) \
+             VALUES ($1, $2, $3, 'aborted', $4) \
+             ON CONFLICT (xid, branch_id) DO UPDATE SET state = 'aborted', detail = $4, updated_at = now() \
              WHERE tandem_three_phase.state = 'voted'",
         )
         .bind(xid.as_str())
         .bind(branch.as_str())
+        .bind(&self.inner.resource)
         .bind(why)
         .execute(&self.inner.pool)
         .await
@@ -411,9 +432,20 @@ impl ThreePhaseParticipant {
     }
 
     /// PreCommit: the vote row turns `committed` and the work runs, in one
-    /// local transaction, which is then prepared and checked in
-    /// `pg_prepared_xacts`. `Ok(Err(why))`: refused, nothing is left prepared.
-    async fn prepare(&self, gid: &Gid, payload: &serde_json::Value) -> Result<Result<(), String>, sqlx::Error> {
+    /// local transaction, which is then prepared (its gid carrying the commit
+    /// deadline, counted from now) and checked in `pg_prepared_xacts`.
+    /// Returns the commit deadline. `Ok(Err(why))`: refused, nothing is left
+    /// prepared; so is work that outlasted the coordinator's wait for the
+    /// acknowledgement (`arrived` + `pre_commit_timeout_ms`), which the
+    /// coordinator has given up on and is aborting.
+    async fn prepare(
+        &self,
+        xid: &Xid,
+        branch: &BranchId,
+        payload: &serde_json::Value,
+        arrived: std::time::Instant,
+        t: ThreePhaseTimeouts,
+    ) -> Result<Result<i64, String>, sqlx::Error> {
         let mut conn = self.inner.pool.acquire().await?;
         conn.execute("BEGIN").await?;
         let run = async {
@@ -421,8 +453,8 @@ impl ThreePhaseParticipant {
                 "UPDATE tandem_three_phase SET state = 'committed', deadline_ms = NULL, updated_at = now() \
                  WHERE xid = $1 AND branch_id = $2 AND state = 'voted'",
             )
-            .bind(gid.xid().as_str())
-            .bind(gid.branch().as_str())
+            .bind(xid.as_str())
+            .bind(branch.as_str())
             .execute(&mut *conn)
             .await
             .map_err(|e| e.to_string())?
@@ -430,7 +462,11 @@ impl ThreePhaseParticipant {
             if n != 1 {
                 return Err("the vote is no longer open".to_owned());
             }
-            self.inner.work.execute(&mut *conn, payload).await.map_err(|e| format!("PreCommit work failed: {e}"))
+            self.inner.work.execute(&mut conn, payload).await.map_err(|e| format!("PreCommit work failed: {e}"))?;
+            if arrived.elapsed() > std::time::Duration::from_millis(t.pre_commit_timeout_ms) {
+                return Err("PreCommit work outlasted the coordinator's wait; not prepared".to_owned());
+            }
+            Ok(())
         };
         if let Err(why) = run.await {
             if conn.execute("ROLLBACK").await.is_err() {
@@ -438,6 +474,8 @@ impl ThreePhaseParticipant {
             }
             return Ok(Err(why));
         }
+        let commit_at = now_ms() + ms(t.do_commit_timeout_ms);
+        let gid = Gid::three_phase(xid, branch, commit_at);
         if let Err(e) = conn.execute(gid.statement("PREPARE TRANSACTION").as_str()).await {
             conn.detach();
             return Err(e);
@@ -447,29 +485,36 @@ impl ThreePhaseParticipant {
             .bind(gid.as_postgres())
             .fetch_one(&mut *conn)
             .await?;
-        Ok(if prepared { Ok(()) } else { Err("the branch did not prepare (its transaction had aborted)".into()) })
+        Ok(if prepared {
+            Ok(commit_at)
+        } else {
+            Err("the branch did not prepare (its transaction had aborted)".into())
+        })
     }
 
     /// `COMMIT PREPARED` or `ROLLBACK PREPARED`, then records how it ended.
-    async fn finish_prepared(&self, gid: &Gid, commit: bool, how: &str) -> Result<(), sqlx::Error> {
+    /// `false`: the gid was gone (finished meanwhile elsewhere); nothing done.
+    async fn finish_prepared(&self, gid: &Gid, commit: bool, how: &str) -> Result<bool, sqlx::Error> {
         let verb = if commit { "COMMIT PREPARED" } else { "ROLLBACK PREPARED" };
         match self.inner.pool.execute(gid.statement(verb).as_str()).await {
             Ok(_) => {}
-            // 42704: no such gid any more (finished meanwhile by another process).
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => {}
+            // 42704: no such gid any more.
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42704") => return Ok(false),
             Err(e) => return Err(e),
         }
         if commit {
-            sqlx::query("UPDATE tandem_three_phase SET detail = $3, updated_at = now() WHERE xid = $1 AND branch_id = $2")
-                .bind(gid.xid().as_str())
-                .bind(gid.branch().as_str())
-                .bind(how)
-                .execute(&self.inner.pool)
-                .await?;
-            Ok(())
+            sqlx::query(
+                "UPDATE tandem_three_phase SET detail = $3, updated_at = now() WHERE xid = $1 AND branch_id = $2",
+            )
+            .bind(gid.xid().as_str())
+            .bind(gid.branch().as_str())
+            .bind(how)
+            .execute(&self.inner.pool)
+            .await?;
         } else {
-            self.record_abort(gid.xid(), gid.branch(), how).await
+            self.record_abort(gid.xid(), gid.branch(), how).await?;
         }
+        Ok(true)
     }
 
     /// Runs `event` (a timeout) for the branch at `deadline_ms`.
@@ -493,7 +538,7 @@ impl ThreePhaseParticipant {
             }
             (Effect::CommitPrepared, Some(gid)) => {
                 tracing::warn!(%xid, branch_id = %branch, "neither DoCommit nor abort before the deadline; committing");
-                self.finish_prepared(&gid, true, "committed on its own timeout").await
+                self.finish_prepared(&gid, true, "committed on its own timeout").await.map(|_| ())
             }
             _ => Ok(()),
         }
@@ -505,7 +550,22 @@ fn ms(v: u64) -> i64 {
 }
 
 async fn callback(State(p): State<ThreePhaseParticipant>, Json(req): Json<CallbackRequest>) -> Response {
-    let (status, code, detail) = match p.handle_callback(&req).await {
+    // In its own task: a coordinator that stops waiting closes the connection,
+    // which drops this handler, and a local transaction or a prepare must not
+    // be abandoned half way.
+    let work = {
+        let req = req.clone();
+        tokio::spawn(async move { p.handle_callback(&req).await })
+    };
+    let result = match work.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(xid = %req.xid, error = %e, "3PC callback task failed");
+            let body = Problem::new(500, ErrorCode::Internal, "Internal Server Error", "callback task failed");
+            return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+        }
+    };
+    let (status, code, detail) = match result {
         Ok(Answer { reply: Reply::Yes, state, .. }) => {
             return (StatusCode::OK, Json(serde_json::json!({ "state": state.as_str() }))).into_response();
         }

@@ -100,7 +100,11 @@ impl Gid {
             return Err(bad());
         }
         let (x, b) = data.split_at(gtrid_len);
-        Ok(Gid { xid: Xid::parse(x).map_err(|_| bad())?, branch: BranchId::parse(b).map_err(|_| bad())?, commit_at_ms: None })
+        Ok(Gid {
+            xid: Xid::parse(x).map_err(|_| bad())?,
+            branch: BranchId::parse(b).map_err(|_| bad())?,
+            commit_at_ms: None,
+        })
     }
 
     fn audit(&self) {
