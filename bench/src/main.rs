@@ -149,6 +149,20 @@ async fn participant_db(server: &str, name: &str, rows: usize) -> anyhow::Result
     Ok(pool)
 }
 
+/// Participant `i`'s database (`tandem_bench_p{i}`), a loopback listener for
+/// its callbacks, and that listener's base URL.
+async fn participant_endpoint(args: &Args, i: usize) -> anyhow::Result<(PgPool, tokio::net::TcpListener, String)> {
+    let pool = participant_db(&args.participant_pg, &format!("tandem_bench_p{i}"), args.concurrency).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((pool, listener, url))
+}
+
+/// Serves a participant's callback router in the background.
+fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
+    tokio::spawn(async move { axum::serve(listener, app).await });
+}
+
 /// One complete iteration: a global transaction, or the local baseline.
 /// Returns how long the branch's own part took, where that is separate (AT:
 /// from the local BEGIN to the local COMMIT after the locks were granted).
@@ -262,15 +276,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "3pc" => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
-                let pool =
-                    participant_db(&args.participant_pg, &format!("tandem_bench_p{i}"), args.concurrency).await?;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let url = format!("http://{}", listener.local_addr()?);
+                let (pool, listener, url) = participant_endpoint(&args, i).await?;
                 let p = ThreePhaseParticipant::new(pool, client.clone(), &format!("p{i}"), &url, Accounts);
                 p.check().await?;
                 p.install().await?;
-                let app = p.router();
-                tokio::spawn(async move { axum::serve(listener, app).await });
+                serve(listener, p.router());
                 participants.push(p);
             }
             Workload::ThreePc(participants)
@@ -278,14 +288,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
-                let pool =
-                    participant_db(&args.participant_pg, &format!("tandem_bench_p{i}"), args.concurrency).await?;
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-                let url = format!("http://{}", listener.local_addr()?);
+                let (pool, listener, url) = participant_endpoint(&args, i).await?;
                 let p = XaParticipant::new(pool, client.clone(), &format!("p{i}"), &url);
                 p.check().await?;
-                let app = p.router();
-                tokio::spawn(async move { axum::serve(listener, app).await });
+                serve(listener, p.router());
                 participants.push(p);
             }
             Workload::Xa(participants)

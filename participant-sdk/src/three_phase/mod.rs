@@ -188,8 +188,7 @@ impl ThreePhaseParticipant {
 
     /// Startup check: PostgreSQL must allow prepared transactions.
     pub async fn check(&self) -> Result<(), ThreePhaseError> {
-        let n: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&self.inner.pool).await?;
-        if n.trim() == "0" {
+        if !crate::xa::postgres::prepared_transactions_enabled(&self.inner.pool).await? {
             return Err(ThreePhaseError::Unavailable(
                 "PostgreSQL has max_prepared_transactions = 0, so 3PC branches cannot pre-commit: \
                  set max_prepared_transactions (for example to 64) in postgresql.conf and restart the server",

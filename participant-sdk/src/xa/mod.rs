@@ -19,7 +19,7 @@
 
 pub mod gid;
 mod mysql;
-mod postgres;
+pub(crate) mod postgres;
 
 pub use gid::{Gid, GID_PREFIX, MYSQL_FORMAT_ID, THREE_PHASE_GID_PREFIX};
 pub use mysql::MySqlXa;

@@ -24,6 +24,12 @@ impl PgXa {
     }
 }
 
+/// Whether the server can prepare transactions (`max_prepared_transactions > 0`).
+pub(crate) async fn prepared_transactions_enabled(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    let n: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(pool).await?;
+    Ok(n.trim() != "0")
+}
+
 /// SQLSTATE 42704: no prepared transaction with that gid.
 fn is_unknown_gid(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42704"))
@@ -35,8 +41,7 @@ impl XaBackend for PgXa {
     type Pooled = PoolConnection<Postgres>;
 
     async fn check(&self) -> Result<(), XaError> {
-        let n: String = sqlx::query_scalar("SHOW max_prepared_transactions").fetch_one(&self.pool).await?;
-        if n.trim() == "0" {
+        if !prepared_transactions_enabled(&self.pool).await? {
             return Err(XaError::Unavailable(
                 "PostgreSQL has max_prepared_transactions = 0, so XA branches cannot be prepared: \
                  set max_prepared_transactions (for example to 64) in postgresql.conf and restart the server",
