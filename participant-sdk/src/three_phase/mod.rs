@@ -23,9 +23,9 @@
 //! [`state`], without I/O. [`ThreePhaseParticipant::recover`] re-arms the
 //! timers of a restarted process from the database alone.
 //!
-//! Callbacks of one branch are serialized in this process (striped locks);
-//! run one participant process per database and resource, or route a branch's
-//! callbacks to one process.
+//! Callbacks and timers of one branch are serialized in this process (a lock
+//! per branch); run one participant process per database and resource, or
+//! route a branch's callbacks to one process.
 
 pub mod state;
 mod timer;
@@ -42,8 +42,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use sqlx::{Executor, PgConnection, PgPool};
-use std::hash::{Hash, Hasher};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
 use tandem_wire::{
     Branch, BranchId, CallbackAction, CallbackRequest, ErrorCode, Problem, RegisterBranchRequest, ThreePhaseTimeouts,
     Xid, PROBLEM_CONTENT_TYPE,
@@ -53,8 +53,11 @@ use tokio_util::sync::CancellationToken;
 /// Path of the 3PC callback endpoint.
 pub const CALLBACK_PATH: &str = "/tandem/3pc/callback";
 
-/// Independent locks that serialize the callbacks and timers of one branch.
-const STRIPES: usize = 64;
+/// The lock of each branch in flight, by branch (weak: gone when nobody holds it).
+type BranchLocks = HashMap<(Xid, BranchId), Weak<tokio::sync::Mutex<()>>>;
+
+/// Above this many entries, the branch-lock map drops the entries nobody holds.
+const LOCKS_PRUNE_AT: usize = 1024;
 
 /// Boxed error of the application's work.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -152,8 +155,9 @@ struct Inner {
     callback_url: String,
     /// The application's vote and work.
     work: Arc<dyn ThreePhaseWork>,
-    /// Serialize one branch's callbacks and timers.
-    stripes: Vec<tokio::sync::Mutex<()>>,
+    /// One lock per branch in flight: serializes that branch's callbacks and
+    /// timers, and nothing else (a slow branch holds up no other).
+    locks: std::sync::Mutex<BranchLocks>,
     /// Cancels every timer ([`ThreePhaseParticipant::stop`]).
     stop: CancellationToken,
 }
@@ -175,7 +179,7 @@ impl ThreePhaseParticipant {
                 resource: resource.to_owned(),
                 callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
                 work: Arc::new(work),
-                stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+                locks: std::sync::Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
             }),
         }
@@ -367,11 +371,23 @@ impl ThreePhaseParticipant {
         Router::new().route(CALLBACK_PATH, post(callback)).with_state(self.clone())
     }
 
-    async fn lock(&self, xid: &Xid, branch: &BranchId) -> tokio::sync::MutexGuard<'_, ()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (xid.as_str(), branch.as_str()).hash(&mut h);
-        let i = usize::try_from(h.finish() % STRIPES as u64).unwrap_or(0);
-        self.inner.stripes[i].lock().await
+    async fn lock(&self, xid: &Xid, branch: &BranchId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.inner.locks.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() >= LOCKS_PRUNE_AT {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            let key = (xid.clone(), branch.clone());
+            match map.get(&key).and_then(Weak::upgrade) {
+                Some(lock) => lock,
+                None => {
+                    let lock = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key, Arc::downgrade(&lock));
+                    lock
+                }
+            }
+        };
+        lock.lock_owned().await
     }
 
     /// The branch's state and, if it is pre-committed, its prepared gid.
@@ -399,10 +415,16 @@ impl ThreePhaseParticipant {
         Ok((state, None))
     }
 
+    /// Records a yes vote. Committed without waiting for the WAL flush
+    /// (`synchronous_commit = off` for this statement's transaction only): a
+    /// vote lost in a crash of the database makes PreCommit find no vote and
+    /// refuse, which aborts the transaction; and a PreCommit's PREPARE
+    /// flushes the WAL past the vote it turns into a commit.
     async fn record_vote(&self, xid: &Xid, branch: &BranchId, deadline_ms: i64) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO tandem_three_phase (xid, branch_id, resource, state, deadline_ms) \
-             VALUES ($1, $2, $3, 'voted', $4) ON CONFLICT (xid, branch_id) DO NOTHING",
+            "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) \
+             INSERT INTO tandem_three_phase (xid, branch_id, resource, state, deadline_ms) \
+             SELECT $1, $2, $3, 'voted', $4 FROM relaxed ON CONFLICT (xid, branch_id) DO NOTHING",
         )
         .bind(xid.as_str())
         .bind(branch.as_str())
@@ -502,8 +524,12 @@ impl ThreePhaseParticipant {
             Err(e) => return Err(e),
         }
         if commit {
+            // A note for operators, not state (the state became `committed` in
+            // the prepared transaction itself): no need to wait for the flush.
             sqlx::query(
-                "UPDATE tandem_three_phase SET detail = $3, updated_at = now() WHERE xid = $1 AND branch_id = $2",
+                "WITH relaxed AS (SELECT set_config('synchronous_commit', 'off', true)) \
+                 UPDATE tandem_three_phase SET detail = $3, updated_at = now() FROM relaxed \
+                 WHERE xid = $1 AND branch_id = $2",
             )
             .bind(gid.xid().as_str())
             .bind(gid.branch().as_str())
