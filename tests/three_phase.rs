@@ -346,7 +346,8 @@ async fn participants_commit_on_their_own_when_the_coordinator_dies_after_pre_co
     c.kill9().await;
 
     // A restarts too: a new participant re-arms its timer from the gid alone.
-    assert_eq!(a.state(&t).await.0, LocalState::PreCommitted);
+    eventually("A pre-committed", WAIT, || async { (a.state(&t).await.0 == LocalState::PreCommitted).then_some(()) })
+        .await;
     a.participant.stop();
     let a2 = Shop::participant(&a.pool, &c.url, &a.resource, &a.url, &a.vote);
     let rearmed = a2.recover().await.expect("recover");
@@ -532,4 +533,145 @@ async fn bad_three_phase_options_are_refused() {
     let listed = c.client.list(&Default::default()).await.expect("list");
     assert_eq!(listed.transactions.len(), 1, "refused begins wrote nothing");
     c.stop().await;
+}
+
+/// The participant process of
+/// `a_participant_process_killed_after_pre_commit_commits_on_its_own_after_restart`:
+/// run by that test as a child process (this test binary, filtered to this
+/// entry point), never on its own (hence `ignore`). It serves a 3PC
+/// participant on the given port and database, re-arms its timers
+/// (`recover`), joins `CHILD_JOIN` if set, says so on stdout, and runs until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of a_participant_process_killed_after_pre_commit_commits_on_its_own_after_restart"]
+async fn three_phase_participant_child_process() {
+    let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} not set: this runs as a child process"));
+    let (coordinator, db_url, port) = (var("CHILD_COORDINATOR"), var("CHILD_DB"), var("CHILD_PORT"));
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&db_url).await.expect("pool");
+    let url = format!("http://127.0.0.1:{port}");
+    let vote = Arc::new(AtomicBool::new(true));
+    let p = Shop::participant(&pool, &coordinator, "child", &url, &vote);
+    p.install().await.expect("install");
+    let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
+    let app = p.router();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let rearmed = p.recover().await.expect("recover");
+    println!("REARMED {}", rearmed.pre_committed);
+    if let Ok(xid) = std::env::var("CHILD_JOIN") {
+        let xid = Xid::parse(xid).expect("xid");
+        p.join(&xid, serde_json::json!({ "xid": xid.as_str(), "amount": 30 })).await.expect("join");
+    }
+    println!("READY");
+    std::future::pending::<()>().await;
+}
+
+/// Starts the child participant process and waits for its `READY`; returns it
+/// with what its `recover` re-armed.
+async fn child_participant(
+    coordinator: &str,
+    db: &TestDb,
+    port: u16,
+    join: Option<&Xid>,
+) -> (tokio::process::Child, usize) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut cmd = tokio::process::Command::new(std::env::current_exe().expect("test binary"));
+    cmd.args(["three_phase_participant_child_process", "--exact", "--ignored", "--nocapture"])
+        .env("CHILD_COORDINATOR", coordinator)
+        .env("CHILD_DB", &db.url)
+        .env("CHILD_PORT", port.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if let Some(xid) = join {
+        cmd.env("CHILD_JOIN", xid.as_str());
+    }
+    let mut child = cmd.spawn().expect("spawn participant process");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let rearmed = tokio::time::timeout(WAIT, async {
+        let mut rearmed = None;
+        while let Some(line) = lines.next_line().await.expect("read") {
+            if let Some(n) = line.strip_prefix("REARMED ") {
+                rearmed = n.trim().parse().ok();
+            }
+            if line.contains("READY") {
+                return rearmed.expect("REARMED before READY");
+            }
+        }
+        panic!("the participant process ended before it was ready");
+    })
+    .await
+    .expect("the participant process starts");
+    // Keep draining its output so that it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, rearmed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_participant_process_killed_after_pre_commit_commits_on_its_own_after_restart() {
+    let db = TestDb::new("tpc_pkill").await;
+    let mut c = Process::spawn(&db.url, FAST_FLAGS).await;
+    let b = Shop::start("tpc_pkill_b", &c.url).await;
+    let adb = TestDb::new_on(&xa_pg_server(), "tpc_pkill_a").await;
+    let apool = adb.pool().await;
+    sqlx::raw_sql("CREATE TABLE ledger (xid text PRIMARY KEY, amount bigint NOT NULL)")
+        .execute(&apool)
+        .await
+        .expect("schema");
+    let port = free_port().await;
+    let t = c.client.begin(&three_pc(1_000, 2_000, 7_000)).await.expect("begin");
+    let xid = t.xid.clone();
+    let (mut a, rearmed) = child_participant(&c.url, &adb, port, Some(&xid)).await;
+    assert_eq!(rearmed, 0);
+    b.join(&xid, 20).await;
+
+    // A pre-commits and acknowledges; B's acknowledgement is withheld, so the
+    // coordinator is still waiting when both it and A's process are killed.
+    b.gate.set(&b.gate.hold, "pre_commit", true);
+    let _ = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
+    eventually("B pre-committed, acknowledgement withheld", WAIT, || async {
+        (b.gate.held.load(Ordering::SeqCst) == 1).then_some(())
+    })
+    .await;
+    let prepared_at_a = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database() AND gid LIKE 'tandem3|%'",
+        )
+        .fetch_one(&apool)
+        .await
+        .expect("pg_prepared_xacts")
+    };
+    eventually("A pre-committed", WAIT, || async { (prepared_at_a().await == 1).then_some(()) }).await;
+    let t = c.client.get(&xid).await.expect("get");
+    assert_eq!(t.status, GlobalStatus::PreCommitted);
+    c.kill9().await;
+    a.kill().await.expect("SIGKILL the participant");
+    assert_eq!(prepared_at_a().await, 1, "the pre-committed branch survives its process");
+
+    // A's process restarts; its timer comes back from the gid and commits on its own.
+    let (_a2, rearmed) = child_participant(&c.url, &adb, port, None).await;
+    assert_eq!(rearmed, 1);
+    let how = eventually("A committed by its restarted process", WAIT, || async {
+        let row: Option<(String, Option<String>)> =
+            sqlx::query_as("SELECT state, detail FROM tandem_three_phase WHERE xid = $1")
+                .bind(xid.as_str())
+                .fetch_optional(&apool)
+                .await
+                .expect("state row");
+        row.filter(|(s, d)| s == "committed" && d.is_some()).and_then(|(_, d)| d)
+    })
+    .await;
+    assert_eq!(how, "committed on its own timeout");
+    let amount: Option<i64> = sqlx::query_scalar("SELECT amount FROM ledger WHERE xid = $1")
+        .bind(xid.as_str())
+        .fetch_optional(&apool)
+        .await
+        .expect("ledger");
+    assert_eq!(amount, Some(30));
+    assert_eq!(prepared_at_a().await, 0);
+    b.wait_state(&t, LocalState::Committed).await;
+    b.assert_nothing_prepared().await;
+
+    // The restarted coordinator finds both past PreCommit and commits.
+    b.gate.set(&b.gate.hold, "pre_commit", false);
+    let c2 = Process::spawn(&db.url, FAST_FLAGS).await;
+    let done = wait_status(&c2.client, &xid, "committed", WAIT).await;
+    assert!(done.branches.iter().all(|br| br.status == BranchStatus::Committed), "{:?}", done.branches);
 }
