@@ -260,6 +260,9 @@ async fn three_phases_commit_every_branch_in_order() {
     // A repeated commit answers the same final state.
     let again = c.client.commit(&xid, None).await.expect("commit again");
     assert_eq!(again.transaction.status, GlobalStatus::Committed);
+    // The transaction ended at the coordinator: its rows may go.
+    assert_eq!(a.participant.purge(Duration::ZERO).await.expect("purge"), 1);
+    assert_eq!(a.state(&t).await, (LocalState::Unknown, None));
     c.stop().await;
 }
 
@@ -452,6 +455,9 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
     assert_eq!(a.amount(&xid).await, Some(10));
     assert_eq!(b.amount(&xid).await, None);
 
+    // Still rolling back: A's row is what will answer the abort, so it stays.
+    assert_eq!(a.participant.purge(Duration::ZERO).await.expect("purge"), 0);
+
     // The partition heals: the abort reaches A, which answers that it committed.
     a.gate.set(&a.gate.fail, "rollback", false);
     let t = wait_status(&c.client, &xid, "heuristic_mixed", WAIT).await;
@@ -472,6 +478,7 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
     assert_eq!(listed.transactions.iter().map(|t| &t.xid).collect::<Vec<_>>(), [&xid]);
     for shop in [&a, &b] {
         shop.assert_nothing_prepared().await;
+        assert_eq!(shop.participant.purge(Duration::ZERO).await.expect("purge"), 1, "{}", shop.resource);
     }
     c.stop().await;
 }

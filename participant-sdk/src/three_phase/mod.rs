@@ -366,6 +366,46 @@ impl ThreePhaseParticipant {
         Ok(out)
     }
 
+    /// Deletes this resource's rows of finished branches (aborted or
+    /// committed) last changed more than `age` ago whose transaction the
+    /// coordinator reports terminal. Until then a row is needed: an abort
+    /// row refuses a late PreCommit, and a committed row answers a late abort
+    /// with `heuristic_commit`. Rows of transactions the coordinator does not
+    /// know, or could not be asked about, stay. At most 1000 transactions per
+    /// call; returns the rows deleted. Run it now and then.
+    pub async fn purge(&self, age: std::time::Duration) -> Result<u64, ThreePhaseError> {
+        let age_ms = i64::try_from(age.as_millis()).unwrap_or(i64::MAX);
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT xid FROM tandem_three_phase WHERE resource = $1 AND state IN ('aborted', 'committed') \
+             AND updated_at < now() - $2 * interval '1 millisecond' LIMIT 1000",
+        )
+        .bind(&self.inner.resource)
+        .bind(age_ms)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        let mut ended = Vec::new();
+        for xid in candidates.iter().filter_map(|x| Xid::parse(x).ok()) {
+            match self.inner.client.get(&xid).await {
+                Ok(t) if t.status.is_terminal() => ended.push(xid.to_string()),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::debug!(%xid, error = %e, "purge keeps the row: the coordinator did not say it ended")
+                }
+            }
+        }
+        let deleted = sqlx::query(
+            "DELETE FROM tandem_three_phase WHERE resource = $1 AND xid = ANY($2) \
+             AND state IN ('aborted', 'committed') AND updated_at < now() - $3 * interval '1 millisecond'",
+        )
+        .bind(&self.inner.resource)
+        .bind(&ended)
+        .bind(age_ms)
+        .execute(&self.inner.pool)
+        .await?
+        .rows_affected();
+        Ok(deleted)
+    }
+
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
         Router::new().route(CALLBACK_PATH, post(callback)).with_state(self.clone())
