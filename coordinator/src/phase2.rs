@@ -1,9 +1,10 @@
 //! The phase-2 driver: delivers the recorded decision to every branch, in the
 //! mode's order, under a lease.
 //!
-//! A pass walks the branches that are not final yet. A branch answered 2xx or
-//! 409 gets its final status; the first branch whose outcome is unknown ends
-//! the pass, which records the progress and schedules the next pass after an
+//! A pass walks the branches that are not final yet, one at a time, or all at
+//! once in a concurrent mode (3PC). A branch answered 2xx or 409 gets its
+//! final status; the first branch whose outcome is unknown (in a concurrent
+//! mode: any) ends the pass, which records the progress and schedules the next pass after an
 //! exponential, jittered delay, with the lease released, so that any
 //! coordinator (this one's recovery worker included) may take it then. When
 //! every branch is final, the terminal status is written in one statement.
@@ -97,53 +98,37 @@ impl Coordinator {
         let mut updates: Vec<BranchUpdate> = Vec::new();
         let mut unknown: Option<String> = None;
 
-        if mode::concurrent_phase2(tx.mode) {
-            // Every branch at once; one that does not answer holds up no other.
+        // Concurrent modes send to every branch at once (one that does not
+        // answer holds up no other); the others one branch at a time, and the
+        // first branch whose outcome is unknown ends the pass.
+        let rounds: Vec<Vec<usize>> =
+            if mode::concurrent_phase2(tx.mode) { vec![order] } else { order.into_iter().map(|i| vec![i]).collect() };
+        for round in rounds {
             if self.shutdown_token().is_cancelled() {
                 store.schedule_retry(&tx.xid, owner, &updates, Duration::ZERO).await?;
                 return Ok(Phase2Outcome::Pending);
             }
-            if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2
-                && !store.renew_lease(&tx.xid, owner, timing.lease).await?
-            {
-                tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
-                return Ok(Phase2Outcome::Pending);
+            if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2 {
+                if !store.renew_lease(&tx.xid, owner, timing.lease).await? {
+                    tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
+                    return Ok(Phase2Outcome::Pending);
+                }
+                lease_until = Instant::now() + timing.lease;
             }
-            let results = futures::future::join_all(order.iter().map(|&i| {
+            let results = futures::future::join_all(round.iter().map(|&i| {
                 let branch = &branches[i];
                 self.callbacks()
                     .send(&tx, branch, decision.action())
                     .instrument(tracing::debug_span!("callback", branch_id = %branch.branch_id))
             }))
             .await;
-            for (&i, result) in order.iter().zip(results) {
+            for (&i, result) in round.iter().zip(results) {
                 if let Some(error) = record(&tx, decision, &mut branches[i], &result, &mut updates) {
                     unknown = Some(error);
                 }
             }
-        } else {
-            for i in order {
-                if self.shutdown_token().is_cancelled() {
-                    store.schedule_retry(&tx.xid, owner, &updates, Duration::ZERO).await?;
-                    return Ok(Phase2Outcome::Pending);
-                }
-                if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2 {
-                    if !store.renew_lease(&tx.xid, owner, timing.lease).await? {
-                        tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
-                        return Ok(Phase2Outcome::Pending);
-                    }
-                    lease_until = Instant::now() + timing.lease;
-                }
-                let result = self
-                    .callbacks()
-                    .send(&tx, &branches[i], decision.action())
-                    .instrument(tracing::debug_span!("callback", branch_id = %branches[i].branch_id))
-                    .await;
-                if let Some(error) = record(&tx, decision, &mut branches[i], &result, &mut updates) {
-                    // The first branch whose outcome is unknown ends the pass (ordered modes).
-                    unknown = Some(error);
-                    break;
-                }
+            if unknown.is_some() {
+                break;
             }
         }
         if let Some(error) = unknown {
