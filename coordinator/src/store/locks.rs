@@ -7,16 +7,15 @@
 //! when the branch completes.
 
 use super::rows::{branch_cols, parsed, parsed_opt};
-use super::transactions::NewBranch;
+use super::transactions::{modes, NewBranch};
 use super::{BranchRow, Store, StoreError};
 use crate::transaction::mode::takes_global_locks;
 use sqlx::Row;
-use tandem_wire::{BranchStatus, GlobalStatus, LockHolder, Mode, Xid};
+use std::sync::LazyLock;
+use tandem_wire::{BranchStatus, GlobalStatus, LockHolder, Xid};
 
 /// Modes whose branches take their lock keys, as bound into the statement.
-fn locking_modes() -> Vec<&'static str> {
-    Mode::ALL.iter().copied().filter(|m| takes_global_locks(*m)).map(Mode::as_str).collect()
-}
+static LOCKING_MODES: LazyLock<Vec<&'static str>> = LazyLock::new(|| modes(takes_global_locks));
 
 /// Outcome of registering a branch together with its global locks.
 #[derive(Debug, Clone)]
@@ -76,7 +75,7 @@ impl Store {
                     .bind(&keys)
                     .bind(GlobalStatus::Active.as_str())
                     .bind(BranchStatus::Registered.as_str())
-                    .bind(locking_modes())
+                    .bind(&*LOCKING_MODES)
                     .fetch_optional(&self.durable),
                 )
                 .await;

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::{FromRow, PgPool};
 use std::collections::HashMap;
+use std::sync::LazyLock;
 use std::time::Duration;
 use tandem_wire::{BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts, Xid};
 
@@ -106,12 +107,17 @@ fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec
 
 /// Statuses of a leased, unfinished transaction (bound as a parameter):
 /// decided, or a 3PC commit collecting votes or acknowledgements.
-pub(super) const DECIDED: &[&str] = &["committing", "rolling_back", "can_commit", "pre_committed"];
+const DECIDED: &[&str] = &["committing", "rolling_back", "can_commit", "pre_committed"];
 
 /// Branch statuses that release the branch's global locks: phase 2 completed.
 /// A `rollback_failed` branch keeps them, so that nobody writes over rows an
 /// operator must repair.
 const RELEASING: &[&str] = &["committed", "rolled_back"];
+
+/// The text forms of the modes for which `policy` holds.
+pub(super) fn modes(policy: fn(Mode) -> bool) -> Vec<&'static str> {
+    Mode::ALL.iter().copied().filter(|m| policy(*m)).map(Mode::as_str).collect()
+}
 
 pub(super) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
@@ -377,7 +383,8 @@ impl Store {
 
     /// The common decision in one statement: writes `outcome` (what the state
     /// machine answers for an active, unexpired transaction with no failed
-    /// branch and, where its mode requires it, every branch prepared) only if the row is exactly in that state, and returns
+    /// branch and, where its mode requires it, every branch prepared) only if
+    /// the row is exactly in that state, and returns
     /// the decided row with its branches. `None`: the row is in another state
     /// (or absent); use [`Store::decide`]. `strict` is false for a rollback
     /// request, which only needs the transaction to be active; a commit of a
@@ -390,10 +397,9 @@ impl Store {
         owner: &str,
         lease: Duration,
     ) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
-        let modes = |f: fn(Mode) -> bool| -> Vec<&'static str> {
-            Mode::ALL.iter().copied().filter(|m| f(*m)).map(Mode::as_str).collect()
-        };
-        let (modes_needing_prepared, modes_three_phase) = (modes(mode::requires_prepared), modes(mode::three_phase));
+        // The modes' policies as bound lists, computed once.
+        static NEEDING_PREPARED: LazyLock<Vec<&'static str>> = LazyLock::new(|| modes(mode::requires_prepared));
+        static THREE_PHASE: LazyLock<Vec<&'static str>> = LazyLock::new(|| modes(mode::three_phase));
         let rows = self
             .timed(
                 "decide_expected",
@@ -415,8 +421,8 @@ impl Store {
                 .bind(ms(lease))
                 .bind(GlobalStatus::Active.as_str())
                 .bind(strict)
-                .bind(&modes_needing_prepared)
-                .bind(&modes_three_phase)
+                .bind(&*NEEDING_PREPARED)
+                .bind(&*THREE_PHASE)
                 .fetch_all(&self.durable),
             )
             .await?;
