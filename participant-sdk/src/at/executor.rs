@@ -1,22 +1,30 @@
 //! Phase 1 of an AT branch: imaging statements in a local transaction, then
 //! the registration with the global locks (the undo row is written
 //! meanwhile) and the local commit.
+//!
+//! Everything that can refuse a statement (its SQL, its table, the tables
+//! its foreign keys' actions reach, the branch's limits) is checked before
+//! the statement changes anything. Rows are imaged in the order the
+//! statement writes them: PostgreSQL returns them in that order from
+//! `RETURNING`; on MySQL AT imposes it (`ORDER BY` the key).
 
-use super::backend::{AtBackend, AtParam, Param};
-use super::image::{lock_key, pick, Row, StatementKind, TableMeta, UndoLog, UndoStatement};
-use super::sql::{analyze, bind_plan, is_constant, with_returning, Analyzed, Change, SqlDialect};
+use super::backend::{AtBackend, Param};
+use super::gen::{cols, image_list, qualified, rows_by_pk, rows_where, target, Gen, KEY_CHUNK, MAX_PARAMS};
+use super::image::{lock_key, pick, Row, StatementKind, UndoLog, UndoStatement, UNDO_VERSION};
+use super::meta::{RefAction, TableMeta, TableName};
+use super::plan;
+use super::sql::{
+    analyze, bind_plan, is_constant, parse_expr, set_target, with_returning, Analyzed, Change, SqlDialect, TableRef,
+};
 use super::{AtError, AtResource};
 use crate::client::ClientError;
 use backon::{ConstantBuilder, Retryable};
-use sqlparser::ast::{BinaryOperator, Expr, Statement};
+use sqlparser::ast::{BinaryOperator, Expr, OrderByExpr, OrderByOptions, Statement};
 use sqlx::Database;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_wire::{BranchId, ErrorCode, GlobalStatus, LockCheckRequest, RegisterBranchRequest, ReportRequest, Xid};
-
-/// Rows per generated `WHERE pk = ... OR ...` query.
-const PK_CHUNK: usize = 500;
 
 /// One branch's local transaction in AT mode. Dropping it without
 /// [`commit`](AtTransaction::commit) rolls the local transaction back.
@@ -62,26 +70,38 @@ impl<B: AtBackend> std::fmt::Debug for AtQuery<'_, B> {
     }
 }
 
+/// Whether the caller wants a statement's rows back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Only the number of rows (`execute`).
+    Count,
+    /// The rows (`fetch_all`).
+    Rows,
+}
+
+/// What a statement answers: the number of rows, and its rows if asked for.
+type Answer<DB> = (u64, Vec<<DB as Database>::Row>);
+
 impl<'a, B: AtBackend> AtQuery<'a, B> {
     /// Binds the next parameter (`$n` in order on PostgreSQL, `?` on MySQL).
-    pub fn bind<T: AtParam<B::Db> + 'static>(mut self, value: T) -> Self {
+    pub fn bind<T: super::AtParam<B::Db> + 'static>(mut self, value: T) -> Self {
         self.params.push(Arc::new(value));
         self
     }
 
     /// Runs the statement; returns the number of rows it affected (or read, for `SELECT ... FOR UPDATE`).
     pub async fn execute(self) -> Result<u64, AtError> {
-        Ok(self.run(false).await?.0)
+        Ok(self.run(Want::Count).await?.0)
     }
 
     /// Runs the statement and returns its rows (`RETURNING`, or `SELECT ... FOR UPDATE`).
     /// A RETURNING row carries AT's image columns after the ones asked for.
     pub async fn fetch_all(self) -> Result<Vec<<B::Db as Database>::Row>, AtError> {
-        Ok(self.run(true).await?.1)
+        Ok(self.run(Want::Rows).await?.1)
     }
 
-    async fn run(self, want_rows: bool) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
-        let r = self.txn.run(self.sql, self.params, want_rows).await;
+    async fn run(self, want: Want) -> Result<Answer<B::Db>, AtError> {
+        let r = self.txn.run(self.sql, self.params, want).await;
         if let Err(e) = &r {
             // A refusal happens before anything ran; any other error may come
             // after the statement changed rows that were not imaged.
@@ -98,13 +118,13 @@ struct Stmt<'s, DB: Database> {
     /// The analysed statement.
     a: &'s Analyzed,
     /// Its table.
-    meta: &'s TableMeta,
+    meta: &'s Arc<TableMeta>,
     /// Indexes of the table's primary-key columns.
     pk: &'s [usize],
     /// The caller's parameters.
     params: &'s [Param<DB>],
-    /// Whether the caller wants the statement's rows.
-    want_rows: bool,
+    /// What the caller wants back.
+    want: Want,
 }
 
 // Manual impls: a derive would require `DB: Copy`.
@@ -115,50 +135,31 @@ impl<DB: Database> Clone for Stmt<'_, DB> {
 }
 impl<DB: Database> Copy for Stmt<'_, DB> {}
 
-/// Builds AT-generated SQL with numbered parameters after the user's.
-struct Gen<B: AtBackend> {
-    /// The parameter list: the caller's, then AT's own.
-    params: Vec<Param<B::Db>>,
+/// What a write does to the rows of a table, for the foreign keys that
+/// reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Effect {
+    /// The rows go away.
+    Delete,
+    /// These columns of the rows change.
+    Update(Vec<String>),
 }
 
-impl<B: AtBackend> Gen<B> {
-    fn new(user: &[Param<B::Db>]) -> Self {
-        Gen { params: user.to_vec() }
-    }
-
-    /// Adds a text parameter; returns its placeholder.
-    fn text(&mut self, v: Option<String>) -> String {
-        self.params.push(B::text(v));
-        B::DIALECT.param(self.params.len())
-    }
-
-    /// `(pk1 = v AND pk2 = w) OR ...` for `keys` (pk values in key order).
-    fn pk_filter(&mut self, meta: &TableMeta, pk: &[usize], keys: &[Row]) -> String {
-        let mut out = String::new();
-        for (r, key) in keys.iter().enumerate() {
-            out.push_str(if r == 0 { "(" } else { " OR (" });
-            for (j, (&c, v)) in pk.iter().zip(key).enumerate() {
-                if j > 0 {
-                    out.push_str(" AND ");
-                }
-                let col = &meta.columns[c];
-                let p = self.text(v.clone());
-                out.push_str(&format!("{} = {}", B::DIALECT.quote(&col.name), B::value_expr(col, &p)));
-            }
-            out.push(')');
-        }
-        out
-    }
+/// Rows that a referential action of the database will change along with a
+/// statement, imaged before it runs.
+struct Cascaded {
+    /// Their table.
+    meta: Arc<TableMeta>,
+    /// What the action does to them.
+    kind: StatementKind,
+    /// Their images before.
+    before: Vec<Row>,
 }
-
-/// Most parameters one generated statement may carry (PostgreSQL's limit
-/// is 65,535; MySQL's prepared statements allow as many).
-const MAX_PARAMS: usize = 60_000;
 
 /// A rewritten statement and its parameters.
 type Restricted<DB> = (Statement, Vec<Param<DB>>);
 
-/// The UPDATE or DELETE `s` with `AND (<key> = <imaged key> OR ...)` added to
+/// The UPDATE or DELETE with `AND (<key> = <imaged key> OR ...)` added to
 /// its WHERE clause, and its parameters (the caller's, then the keys').
 fn restrict<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted<B::Db>, AtError> {
     if s.params.len() + keys.len() * s.pk.len() > MAX_PARAMS {
@@ -169,9 +170,11 @@ fn restrict<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted
         )));
     }
     let mut g = Gen::<B>::new(s.params);
-    let filter = g.pk_filter(s.meta, s.pk, keys);
-    let filter = super::sql::parse_expr(&filter, B::DIALECT)?;
+    let key_cols = cols(s.meta, s.pk);
+    let filter = g.filter(&key_cols, &key_cols, keys)?;
+    let filter = parse_expr(&filter, B::DIALECT)?;
     let mut statement = s.a.statement.clone();
+    set_target(&mut statement, &target(B::DIALECT, s.meta))?;
     let selection = match &mut statement {
         Statement::Update { selection, .. } => selection,
         Statement::Delete(d) => &mut d.selection,
@@ -188,37 +191,12 @@ fn restrict<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted
     Ok((statement, g.params))
 }
 
-/// `schema.table`, quoted.
-pub(super) fn qualified(d: SqlDialect, meta: &TableMeta) -> String {
-    format!("{}.{}", d.quote(&meta.schema), d.quote(&meta.name))
-}
-
-/// The select list reading every column of `meta` as text.
-pub(super) fn text_columns<B: AtBackend>(meta: &TableMeta, columns: &[usize]) -> String {
-    columns.iter().map(|&i| B::text_expr(&meta.columns[i])).collect::<Vec<_>>().join(", ")
-}
-
-/// Reads rows by primary key, as text, locking them.
-pub(super) async fn rows_by_pk<B: AtBackend>(
-    conn: &mut super::backend::Conn<B>,
-    meta: &TableMeta,
-    columns: &[usize],
-    pk: &[usize],
-    keys: &[Row],
-) -> Result<Vec<Row>, AtError> {
-    let mut out = Vec::with_capacity(keys.len());
-    for chunk in keys.chunks(PK_CHUNK) {
-        let mut g = Gen::<B>::new(&[]);
-        let filter = g.pk_filter(meta, pk, chunk);
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {filter} FOR UPDATE",
-            text_columns::<B>(meta, columns),
-            qualified(B::DIALECT, meta)
-        );
-        let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
-        out.extend(B::fetch_text(conn, &sql, &g.params, &plan).await?);
-    }
-    Ok(out)
+/// `ORDER BY` the key, as MySQL then writes the rows (after the caller's
+/// own order of a DELETE).
+fn key_order(d: SqlDialect, meta: &TableMeta, pk: &[usize], user: &[String]) -> String {
+    let mut items: Vec<String> = user.to_vec();
+    items.extend(pk.iter().map(|&i| d.quote(&meta.columns[i].name)));
+    items.join(", ")
 }
 
 impl<B: AtBackend> AtTransaction<B> {
@@ -247,17 +225,20 @@ impl<B: AtBackend> AtTransaction<B> {
         AtQuery { txn: self, sql, params: Vec::new() }
     }
 
-    async fn run(
-        &mut self,
-        sql: &str,
-        params: Vec<Param<B::Db>>,
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+    /// Table metadata, refused if AT cannot write to the table.
+    async fn writable(&mut self, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
+        let meta = self.resource.meta(&mut self.tx, table).await?;
+        if let Some(why) = meta.refusal(&|t| self.resource.trigger_allowed(&meta, t)) {
+            return Err(AtError::Unsupported(why));
+        }
+        Ok(meta)
+    }
+
+    async fn run(&mut self, sql: &str, params: Vec<Param<B::Db>>, want: Want) -> Result<Answer<B::Db>, AtError> {
         let a = analyze(sql, B::DIALECT)?;
-        if want_rows && !a.returning && a.change != Change::SelectForUpdate {
+        if want == Want::Rows && !a.returning && a.change != Change::SelectForUpdate {
             return Err(AtError::Unsupported(
-                "fetch_all returns rows only for SELECT ... FOR UPDATE or, on PostgreSQL, a statement with \
-                 RETURNING; use execute"
+                "fetch_all returns rows only for SELECT ... FOR UPDATE or a statement with RETURNING; use execute"
                     .into(),
             ));
         }
@@ -268,26 +249,62 @@ impl<B: AtBackend> AtTransaction<B> {
                 params.len()
             )));
         }
-        let meta = self.resource.meta(&mut self.tx, &a.table).await?;
+        let server = self.resource.server(&mut self.tx).await?;
+        if a.returning && B::DIALECT == SqlDialect::MySql {
+            let ok = match a.change {
+                Change::Insert { .. } => server.insert_returning,
+                Change::Delete => server.delete_returning,
+                _ => false,
+            };
+            if !ok {
+                return Err(AtError::Unsupported(
+                    "RETURNING is supported on PostgreSQL, and on MariaDB for INSERT (10.5 and later) and DELETE"
+                        .into(),
+                ));
+            }
+        }
+        let meta = self.writable(&a.table).await?;
         let pk = meta.pk();
-        if pk.is_empty() {
+        // An INSERT writes into the named table only; the others reach inheriting tables' rows.
+        if meta.needs_only() && !a.only && !matches!(a.change, Change::Insert { .. }) {
             return Err(AtError::Unsupported(format!(
-                "table {} has no primary key; AT mode cannot image it",
+                "table {} has inheriting tables ({}), whose rows the statement would reach and AT cannot image; \
+                 write UPDATE ONLY / DELETE FROM ONLY / FROM ONLY, or to the inheriting table itself",
+                meta.qualified(),
+                meta.inheritance_children.join(", ")
+            )));
+        }
+        if a.only && meta.kind == super::meta::RelationKind::Partitioned {
+            return Err(AtError::Unsupported(format!(
+                "ONLY on the partitioned table {} is not supported",
                 meta.qualified()
             )));
         }
-        let s = Stmt { a: &a, meta: &meta, pk: &pk, params: &params, want_rows };
+        let s = Stmt { a: &a, meta: &meta, pk: &pk, params: &params, want };
         match &a.change {
             Change::SelectForUpdate => self.select_for_update(s).await,
-            Change::Insert { .. } => self.insert(s).await,
+            Change::Insert { .. } => self.insert(s, server.insert_returning).await,
             Change::Update { .. } | Change::Delete => self.update_or_delete(s).await,
         }
+    }
+
+    /// Refuses a statement that would take the branch over its row limit.
+    fn check_rows(&self, new_rows: usize) -> Result<(), AtError> {
+        let limit = self.resource.inner.max_rows;
+        if self.lock_keys.len() + new_rows > limit {
+            return Err(AtError::Unsupported(format!(
+                "the statement would bring the branch to {} rows, over its limit of {limit} rows (the global \
+                 locks one branch may take); split the work into several global transactions",
+                self.lock_keys.len() + new_rows
+            )));
+        }
+        Ok(())
     }
 
     /// `FROM t [AS alias] [WHERE ...]` of the statement.
     fn from_where(a: &Analyzed, meta: &TableMeta) -> String {
         let d = B::DIALECT;
-        let mut s = qualified(d, meta);
+        let mut s = target(d, meta);
         if let Some(alias) = &a.alias {
             s.push_str(&format!(" AS {}", d.quote(alias)));
         }
@@ -298,18 +315,24 @@ impl<B: AtBackend> AtTransaction<B> {
     }
 
     /// Runs the caller's statement as written, with all its parameters.
-    async fn run_original(
+    async fn run_original(&mut self, sql: &str, params: &[Param<B::Db>], want: Want) -> Result<Answer<B::Db>, AtError> {
+        let plan: Vec<usize> = (0..params.len()).collect();
+        self.run_sql(sql, params, &plan, want).await
+    }
+
+    async fn run_sql(
         &mut self,
         sql: &str,
         params: &[Param<B::Db>],
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
-        let plan: Vec<usize> = (0..params.len()).collect();
-        if want_rows {
-            let rows = B::fetch_rows(&mut self.tx, sql, params, &plan).await?;
-            Ok((rows.len() as u64, rows))
-        } else {
-            Ok((B::execute(&mut self.tx, sql, params, &plan).await?, Vec::new()))
+        plan: &[usize],
+        want: Want,
+    ) -> Result<Answer<B::Db>, AtError> {
+        match want {
+            Want::Rows => {
+                let rows = B::fetch_rows(&mut self.tx, sql, params, plan).await?;
+                Ok((rows.len() as u64, rows))
+            }
+            Want::Count => Ok((B::execute(&mut self.tx, sql, params, plan).await?, Vec::new())),
         }
     }
 
@@ -318,19 +341,39 @@ impl<B: AtBackend> AtTransaction<B> {
         &mut self,
         statement: &Statement,
         params: &[Param<B::Db>],
-        want_rows: bool,
-    ) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+        want: Want,
+    ) -> Result<Answer<B::Db>, AtError> {
         let (sql, plan) = bind_plan(&statement.to_string(), B::DIALECT)?;
-        if want_rows {
-            let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
-            Ok((rows.len() as u64, rows))
-        } else {
-            Ok((B::execute(&mut self.tx, &sql, params, &plan).await?, Vec::new()))
+        self.run_sql(&sql, params, &plan, want).await
+    }
+
+    /// What the statement does to its table's rows, for foreign keys.
+    fn effect(a: &Analyzed) -> Effect {
+        match &a.change {
+            Change::Update { columns } => Effect::Update(columns.clone()),
+            _ => Effect::Delete,
         }
     }
 
-    async fn update_or_delete(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
-        let Stmt { a, meta, pk, params, want_rows, .. } = s;
+    /// The action a foreign key `fk` referencing a table takes when `effect` happens to its rows.
+    fn action(fk: &super::meta::ForeignKey, effect: &Effect, meta: &TableMeta) -> RefAction {
+        match effect {
+            Effect::Delete => fk.on_delete,
+            Effect::Update(columns) => {
+                let changed: Vec<Option<usize>> = columns.iter().map(|c| meta.index_of(c)).collect();
+                let touched =
+                    fk.parent_columns.iter().any(|p| meta.index_of(p).is_some_and(|i| changed.contains(&Some(i))));
+                if touched {
+                    fk.on_update
+                } else {
+                    RefAction::NoAction
+                }
+            }
+        }
+    }
+
+    async fn update_or_delete(&mut self, s: Stmt<'_, B::Db>) -> Result<Answer<B::Db>, AtError> {
+        let Stmt { a, meta, pk, params, want } = s;
         let kind = match &a.change {
             Change::Update { columns } => {
                 for c in columns {
@@ -348,29 +391,64 @@ impl<B: AtBackend> AtTransaction<B> {
             }
             _ => StatementKind::Delete,
         };
-        let all: Vec<usize> = (0..meta.columns.len()).collect();
-        if kind == StatementKind::Update && B::DIALECT == SqlDialect::Postgres && !want_rows && !a.returning {
-            return self.update_in_one_statement(s).await.map(|n| (n, Vec::new()));
+        let effect = Self::effect(a);
+        let cascades = meta.referenced_by.iter().any(|fk| Self::action(fk, &effect, meta).writes());
+        if B::DIALECT == SqlDialect::Postgres && want == Want::Count && !a.returning && !cascades {
+            return self.pg_in_one_statement(s, kind).await.map(|n| (n, Vec::new()));
         }
+        let all: Vec<usize> = (0..meta.columns.len()).collect();
+        let images = cols(meta, &all);
+        let order = match B::DIALECT {
+            SqlDialect::MySql => format!(" ORDER BY {}", key_order(B::DIALECT, meta, pk, &a.order_by)),
+            SqlDialect::Postgres => String::new(),
+        };
         let sql_before =
-            format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, &all), Self::from_where(a, meta));
+            format!("SELECT {} FROM {}{order} FOR UPDATE", image_list::<B>(meta, &all), Self::from_where(a, meta));
         let (sql_before, plan) = bind_plan(&sql_before, B::DIALECT)?;
-        let before = B::fetch_text(&mut self.tx, &sql_before, params, &plan).await?;
-        let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
-        if keys.is_empty() {
+        let mut before = B::fetch_images(&mut self.tx, &sql_before, params, &plan, &images).await?;
+        if before.is_empty() {
             return Ok((0, Vec::new())); // nothing matched, so nothing may change
         }
+        let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
+        // Rows the database's referential actions will change with these,
+        // imaged and locked before anything changes.
+        let cascaded = self.image_cascades(meta, effect, &before).await?;
+        self.check_rows(keys.len() + cascaded.iter().map(|c| c.before.len()).sum::<usize>())?;
         // The statement runs restricted to the imaged rows: a row that began
         // to match since (a phantom under READ COMMITTED) is left alone.
-        let (stmt, all_params) = restrict::<B>(s, &keys)?;
+        let (mut stmt, all_params) = restrict::<B>(s, &keys)?;
         let (out, after) = match (kind, B::DIALECT) {
-            // The after image comes back with the UPDATE itself.
-            (StatementKind::Update, SqlDialect::Postgres) => self.run_returning(s, &stmt, &all_params, &all).await?,
-            (StatementKind::Update, SqlDialect::MySql) => {
-                let out = self.run_statement(&stmt, &all_params, want_rows).await?;
-                (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
+            // PostgreSQL returns the after images (an update) or the keys (a
+            // delete) in the order it wrote the rows.
+            (StatementKind::Update, SqlDialect::Postgres) => {
+                let (out, after) = self.run_returning(s, &stmt, &all_params, &all).await?;
+                let order: Vec<Row> = after.iter().map(|r| pick(r, pk)).collect();
+                before = reorder(before, pk, &order)?;
+                (out, after)
             }
-            _ => (self.run_statement(&stmt, &all_params, want_rows).await?, Vec::new()),
+            (_, SqlDialect::Postgres) => {
+                let (out, order) = self.run_returning(s, &stmt, &all_params, pk).await?;
+                before = reorder(before, pk, &order)?;
+                (out, Vec::new())
+            }
+            (StatementKind::Update, SqlDialect::MySql) => {
+                // sqlparser cannot carry ORDER BY on an UPDATE; it goes last.
+                let (sql, plan) = bind_plan(&format!("{stmt}{order}"), B::DIALECT)?;
+                let out = self.run_sql(&sql, &all_params, &plan, want).await?;
+                let after = rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?;
+                let after = reorder(after, pk, &keys)?;
+                (out, after)
+            }
+            (_, SqlDialect::MySql) => {
+                if let Statement::Delete(d) = &mut stmt {
+                    d.order_by.extend(pk.iter().map(|&i| OrderByExpr {
+                        expr: Expr::Identifier(sqlparser::ast::Ident::with_quote('`', meta.columns[i].name.clone())),
+                        options: OrderByOptions { asc: None, nulls_first: None },
+                        with_fill: None,
+                    }));
+                }
+                (self.run_statement(&stmt, &all_params, want).await?, Vec::new())
+            }
         };
         // An imaged row that no longer matches was not changed: the images
         // would not describe what happened. Refuse; the transaction must roll back.
@@ -381,99 +459,243 @@ impl<B: AtBackend> AtTransaction<B> {
                 before.len()
             )));
         }
-        self.record(meta, pk, kind, before, after, &keys);
+        let mut records = Vec::with_capacity(cascaded.len());
+        for c in cascaded.iter().rev() {
+            let cpk = c.meta.pk();
+            let ckeys: Vec<Row> = c.before.iter().map(|r| pick(r, &cpk)).collect();
+            let all_c: Vec<usize> = (0..c.meta.columns.len()).collect();
+            let now = rows_by_pk::<B>(&mut self.tx, &c.meta, &all_c, &cpk, &ckeys).await?;
+            let after = match c.kind {
+                StatementKind::Delete if now.is_empty() => Vec::new(),
+                StatementKind::Update if now.len() == ckeys.len() => reorder(now, &cpk, &ckeys)?,
+                _ => {
+                    return Err(AtError::Concurrent(format!(
+                        "the referential actions of {} left {} of the {} imaged rows of {} in place",
+                        meta.qualified(),
+                        now.len(),
+                        ckeys.len(),
+                        c.meta.qualified()
+                    )))
+                }
+            };
+            records.push((c.meta.clone(), c.kind, c.before.clone(), after));
+        }
+        for (m, k, b, af) in records {
+            let mpk = m.pk();
+            self.record(&m, &mpk, k, b, af);
+        }
+        self.record(meta, pk, kind, before, after);
         Ok(out)
     }
 
-    /// PostgreSQL, UPDATE without RETURNING: both images and the change in
-    /// one statement. The before image locks the rows (`FOR UPDATE` in a CTE)
-    /// and the UPDATE changes exactly those rows (joined by `ctid`), so no
-    /// phantom can slip in between; its RETURNING is the after image.
-    async fn update_in_one_statement(&mut self, s: Stmt<'_, B::Db>) -> Result<u64, AtError> {
+    /// Images the rows that foreign keys' actions (`ON DELETE CASCADE`,
+    /// `SET NULL`, `SET DEFAULT`, and their `ON UPDATE` forms) will change when
+    /// `effect` happens to `rows` of `meta`, transitively, locking them.
+    /// Returned in the order found (breadth first).
+    async fn image_cascades(
+        &mut self,
+        meta: &Arc<TableMeta>,
+        effect: Effect,
+        rows: &[Row],
+    ) -> Result<Vec<Cascaded>, AtError> {
+        let mut out: Vec<Cascaded> = Vec::new();
+        let mut seen: HashSet<(TableName, Row)> =
+            rows.iter().map(|r| (meta.table_name(), pick(r, &meta.pk()))).collect();
+        let mut queue: VecDeque<(Arc<TableMeta>, Effect, Vec<Row>)> = VecDeque::new();
+        queue.push_back((meta.clone(), effect, rows.to_vec()));
+        while let Some((parent, effect, rows)) = queue.pop_front() {
+            for fk in parent.referenced_by.clone() {
+                let action = Self::action(&fk, &effect, &parent);
+                if !action.writes() {
+                    continue;
+                }
+                let child_ref = TableRef { schema: Some(fk.child.schema.clone()), name: fk.child.name.clone() };
+                let child = self.writable(&child_ref).await.map_err(|e| match e {
+                    AtError::Unsupported(why) => AtError::Unsupported(format!(
+                        "the statement on {} changes rows of {} through ON {} {} of {}: {why}",
+                        meta.qualified(),
+                        fk.child,
+                        if effect == Effect::Delete { "DELETE" } else { "UPDATE" },
+                        action.as_sql(),
+                        fk.name
+                    )),
+                    other => other,
+                })?;
+                let pcols: Option<Vec<usize>> = fk.parent_columns.iter().map(|c| parent.index_of(c)).collect();
+                let ccols: Option<Vec<usize>> = fk.child_columns.iter().map(|c| child.index_of(c)).collect();
+                let (Some(pcols), Some(ccols)) = (pcols, ccols) else {
+                    return Err(AtError::Internal(format!(
+                        "the columns of foreign key {} are not in the catalog",
+                        fk.name
+                    )));
+                };
+                let mut values: Vec<Row> =
+                    rows.iter().map(|r| pick(r, &pcols)).filter(|v| v.iter().all(Option::is_some)).collect();
+                values.sort();
+                values.dedup();
+                if values.is_empty() {
+                    continue;
+                }
+                let all: Vec<usize> = (0..child.columns.len()).collect();
+                let found =
+                    rows_where::<B>(&mut self.tx, &child, &all, &cols(&child, &ccols), &cols(&parent, &pcols), &values)
+                        .await?;
+                let cpk = child.pk();
+                let fresh: Vec<Row> =
+                    found.into_iter().filter(|r| seen.insert((child.table_name(), pick(r, &cpk)))).collect();
+                if fresh.is_empty() {
+                    continue;
+                }
+                self.check_rows(out.iter().map(|c| c.before.len()).sum::<usize>() + fresh.len())?;
+                let (kind, next) = match (&effect, action) {
+                    (Effect::Delete, RefAction::Cascade) => (StatementKind::Delete, Effect::Delete),
+                    (Effect::Delete, _) => (StatementKind::Update, Effect::Update(fk.delete_set_columns().to_vec())),
+                    (Effect::Update(_), _) => (StatementKind::Update, Effect::Update(fk.child_columns.clone())),
+                };
+                out.push(Cascaded { meta: child.clone(), kind, before: fresh.clone() });
+                queue.push_back((child, next, fresh));
+            }
+        }
+        if B::DIALECT == SqlDialect::MySql {
+            refuse_cycles(meta, rows, &out)?;
+        }
+        Ok(out)
+    }
+
+    /// PostgreSQL, UPDATE or DELETE without RETURNING: both images and the
+    /// change in one statement. The before image locks the rows (`FOR
+    /// UPDATE` in a CTE) and the statement changes exactly those rows (joined
+    /// by `tableoid, ctid`), so no phantom can slip in between; its RETURNING
+    /// gives the after images (an update) or the before images (a delete) in
+    /// the order it wrote the rows. A statement over the branch's row limit
+    /// changes nothing.
+    async fn pg_in_one_statement(&mut self, s: Stmt<'_, B::Db>, kind: StatementKind) -> Result<u64, AtError> {
         let Stmt { a, meta, pk, params, .. } = s;
         let d = B::DIALECT;
-        let Statement::Update { assignments, .. } = &a.statement else {
-            return Err(AtError::Internal("not an update".into()));
-        };
         let n = meta.columns.len();
-        let image = |i: usize| format!("{} AS __tandem_{i}", B::text_expr(&meta.columns[i]));
-        let images: Vec<String> = (0..n).map(image).collect();
+        let all: Vec<usize> = (0..n).collect();
+        let images = cols(meta, &all);
+        let image = |i: usize| format!("{} AS __tandem_{i}", B::image_expr(&meta.columns[i]));
+        let returned: Vec<String> = (0..n).map(image).collect();
         let names: Vec<String> = (0..n).map(|i| format!("__tandem_{i}")).collect();
-        let target = match &a.alias {
-            Some(alias) => format!("{} AS {}", qualified(d, meta), d.quote(alias)),
-            None => qualified(d, meta),
+        let nulls: Vec<String> = (0..n).map(|_| "NULL::bytea".to_owned()).collect();
+        let (alias, target_ref) = match &a.alias {
+            Some(alias) => (format!(" AS {}", d.quote(alias)), d.quote(alias)),
+            None => (String::new(), qualified(d, meta)),
         };
-        let target_ref = a.alias.as_ref().map_or_else(|| qualified(d, meta), |alias| d.quote(alias));
-        let sets: Vec<String> = assignments.iter().map(ToString::to_string).collect();
+        let mut g = Gen::<B>::new(params);
+        let remaining = self.resource.inner.max_rows.saturating_sub(self.lock_keys.len());
+        let limit = g.text(Some(remaining.to_string()));
+        let join = format!(
+            "{target_ref}.tableoid = __tandem_b.__tandem_rel AND {target_ref}.ctid = __tandem_b.__tandem_ctid \
+             AND (SELECT count(*) FROM __tandem_b) <= CAST({limit} AS bigint)"
+        );
+        let write = match (kind, &a.statement) {
+            (StatementKind::Update, Statement::Update { assignments, .. }) => {
+                let sets: Vec<String> = assignments.iter().map(ToString::to_string).collect();
+                format!(
+                    "UPDATE {}{alias} SET {} FROM __tandem_b WHERE {join} RETURNING {}",
+                    target(d, meta),
+                    sets.join(", "),
+                    returned.join(", ")
+                )
+            }
+            (StatementKind::Delete, _) => {
+                format!(
+                    "DELETE FROM {}{alias} USING __tandem_b WHERE {join} RETURNING {}",
+                    target(d, meta),
+                    returned.join(", ")
+                )
+            }
+            _ => return Err(AtError::Internal("not an update or a delete".into())),
+        };
+        let (b_images, b_names) = match kind {
+            StatementKind::Update => {
+                (format!("{}, ", (0..n).map(image).collect::<Vec<_>>().join(", ")), names.join(", "))
+            }
+            _ => (String::new(), nulls.join(", ")),
+        };
         let sql = format!(
-            "WITH __tandem_b AS (SELECT {images}, tableoid AS __tandem_rel, ctid AS __tandem_ctid \
+            "WITH __tandem_b AS (SELECT {b_images}tableoid AS __tandem_rel, ctid AS __tandem_ctid \
                                  FROM {from_where} FOR UPDATE), \
-                  __tandem_a AS (UPDATE {target} SET {sets} FROM __tandem_b \
-                                 WHERE {target_ref}.tableoid = __tandem_b.__tandem_rel \
-                                   AND {target_ref}.ctid = __tandem_b.__tandem_ctid RETURNING {images}) \
-             SELECT 'b', {names} FROM __tandem_b UNION ALL SELECT 'a', {names} FROM __tandem_a",
-            images = images.join(", "),
+                  __tandem_w AS ({write}) \
+             SELECT 0::int8 AS __tandem_kind, {b_names} FROM __tandem_b \
+             UNION ALL SELECT 1::int8, {names} FROM __tandem_w",
             from_where = Self::from_where(a, meta),
-            sets = sets.join(", "),
             names = names.join(", "),
         );
         let (sql, plan) = bind_plan(&sql, d)?;
+        let rows = B::fetch_rows(&mut self.tx, &sql, &g.params, &plan).await?;
         let mut before = Vec::new();
-        let mut after = Vec::new();
-        for mut row in B::fetch_text(&mut self.tx, &sql, params, &plan).await? {
-            let which = row.remove(0);
-            match which.as_deref() {
-                Some("b") => before.push(row),
-                _ => after.push(row),
+        let mut written = Vec::new();
+        let mut matched = 0usize;
+        for row in &rows {
+            let image = B::images_at(row, 1, &images)?;
+            if B::int_at(row, 0)? == 0 {
+                matched += 1;
+                if kind == StatementKind::Update {
+                    before.push(image);
+                }
+            } else {
+                written.push(image);
             }
         }
-        if after.len() != before.len() {
+        if matched > remaining {
+            self.check_rows(matched)?;
+        }
+        if written.len() != matched {
             // A locked row whose newest version the statement's snapshot
-            // cannot see (changed and committed concurrently): not updated.
+            // cannot see (changed and committed concurrently): not written.
             return Err(AtError::Concurrent(format!(
-                "the statement changed {} of the {} row(s) it imaged; retry the local transaction",
-                after.len(),
-                before.len()
+                "the statement changed {} of the {matched} row(s) it imaged; retry the local transaction",
+                written.len()
             )));
         }
-        let keys: Vec<Row> = before.iter().map(|r| pick(r, pk)).collect();
-        let n = after.len() as u64;
-        self.record(meta, pk, StatementKind::Update, before, after, &keys);
-        Ok(n)
+        let count = written.len() as u64;
+        match kind {
+            StatementKind::Update => {
+                let order: Vec<Row> = written.iter().map(|r| pick(r, pk)).collect();
+                let before = reorder(before, pk, &order)?;
+                self.record(meta, pk, kind, before, written);
+            }
+            _ => self.record(meta, pk, kind, written, Vec::new()),
+        }
+        Ok(count)
     }
 
-    /// PostgreSQL: runs the INSERT or UPDATE with AT's text columns
-    /// `columns` appended to its RETURNING list; returns the caller's result
-    /// and those columns of every row.
+    /// Runs the INSERT, UPDATE or DELETE (its target already AT's) with AT's
+    /// image columns `columns` appended to its RETURNING list; returns the caller's result and those
+    /// columns of every row, in the order the statement wrote them.
     async fn run_returning(
         &mut self,
         s: Stmt<'_, B::Db>,
         statement: &Statement,
         params: &[Param<B::Db>],
         columns: &[usize],
-    ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
-        let Stmt { meta, want_rows, .. } = s;
+    ) -> Result<(Answer<B::Db>, Vec<Row>), AtError> {
+        let Stmt { meta, want, .. } = s;
         let extra: Vec<(String, String)> = columns
             .iter()
             .enumerate()
-            .map(|(j, &c)| (B::text_expr(&meta.columns[c]), format!("__tandem_{j}")))
+            .map(|(j, &c)| (B::image_expr(&meta.columns[c]), format!("__tandem_{j}")))
             .collect();
-        let stmt = with_returning(statement, extra)?;
+        let stmt = with_returning(statement, extra, B::DIALECT)?;
         let (sql, plan) = bind_plan(&stmt.to_string(), B::DIALECT)?;
         let rows = B::fetch_rows(&mut self.tx, &sql, params, &plan).await?;
+        let image_cols = cols(meta, columns);
         let mut images = Vec::with_capacity(rows.len());
         for r in &rows {
             let width = sqlx::Row::len(r);
             let first = width
                 .checked_sub(columns.len())
                 .ok_or_else(|| AtError::Internal("RETURNING row is too short".into()))?;
-            images.push((first..width).map(|i| B::text_at(r, i)).collect::<Result<Row, _>>()?);
+            images.push(B::images_at(r, first, &image_cols)?);
         }
         let n = rows.len() as u64;
-        Ok(((n, if want_rows { rows } else { Vec::new() }), images))
+        Ok(((n, if want == Want::Rows { rows } else { Vec::new() }), images))
     }
 
-    async fn insert(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
+    async fn insert(&mut self, s: Stmt<'_, B::Db>, returning: bool) -> Result<Answer<B::Db>, AtError> {
         let Stmt { a, meta, pk, .. } = s;
         let Change::Insert { columns, rows } = &a.change else {
             return Err(AtError::Internal("not an insert".into()));
@@ -484,13 +706,17 @@ impl<B: AtBackend> AtTransaction<B> {
                 return Err(AtError::Unsupported(format!("no column {c} in {}", meta.qualified())));
             }
         }
-        let (out, after) = match B::DIALECT {
-            // The inserted rows come back from RETURNING, after the caller's own columns.
-            SqlDialect::Postgres => self.run_returning(s, &a.statement, s.params, &all).await?,
-            SqlDialect::MySql => {
-                let (out, keys) = self.insert_mysql(s, columns, rows).await?;
-                (out, rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?)
-            }
+        self.check_rows(rows.len())?;
+        let (out, after) = if returning {
+            // The rows come back as stored (defaults, sequences, triggers
+            // applied), after the caller's own columns.
+            let mut stmt = a.statement.clone();
+            set_target(&mut stmt, &qualified(B::DIALECT, meta))?;
+            self.run_returning(s, &stmt, s.params, &all).await?
+        } else {
+            let (out, keys) = self.insert_without_returning(s, columns, rows).await?;
+            let after = rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &keys).await?;
+            (out, reorder(after, pk, &keys)?)
         };
         if after.len() as u64 != out.0 {
             return Err(AtError::Internal(format!(
@@ -499,66 +725,51 @@ impl<B: AtBackend> AtTransaction<B> {
                 after.len()
             )));
         }
-        let keys: Vec<Row> = after.iter().map(|r| pick(r, pk)).collect();
-        self.record(meta, pk, StatementKind::Insert, Vec::new(), after, &keys);
+        self.record(meta, pk, StatementKind::Insert, Vec::new(), after);
         Ok(out)
     }
 
-    /// MySQL has no RETURNING: the keys are the statement's own key values
-    /// (literals or parameters), or the AUTO_INCREMENT values it generated.
-    async fn insert_mysql(
+    /// MySQL without `INSERT ... RETURNING`: the keys are the statement's own
+    /// key values (literals or parameters, stored as given), or the
+    /// AUTO_INCREMENT values it generated. Anything that could store another
+    /// key (an AUTO_INCREMENT key given as a value, which 0 or NULL turns
+    /// into a generated one) is refused before it runs.
+    async fn insert_without_returning(
         &mut self,
         s: Stmt<'_, B::Db>,
         columns: &[String],
-        rows: &[Vec<sqlparser::ast::Expr>],
-    ) -> Result<((u64, Vec<<B::Db as Database>::Row>), Vec<Row>), AtError> {
-        let Stmt { a, meta, pk, params, want_rows, .. } = s;
-        // Position of each key column among the inserted values.
-        let positions: Vec<Option<usize>> = pk
-            .iter()
-            .map(
-                |&c| {
-                    if columns.is_empty() {
-                        Some(c)
-                    } else {
-                        columns.iter().position(|n| *n == meta.columns[c].name)
-                    }
-                },
-            )
-            .collect();
-        if let Some(positions) = positions.iter().copied().collect::<Option<Vec<usize>>>() {
-            let mut filter = Vec::with_capacity(rows.len());
-            for row in rows {
-                let mut conj = Vec::with_capacity(pk.len());
-                for (&c, &p) in pk.iter().zip(&positions) {
-                    let e = row.get(p).ok_or_else(|| AtError::Unsupported("VALUES row is too short".into()))?;
-                    if !is_constant(e) {
-                        return Err(AtError::Unsupported(format!(
-                            "the value of key column {} must be a literal or a parameter",
-                            meta.columns[c].name
-                        )));
-                    }
-                    conj.push(format!("{} = {e}", B::DIALECT.quote(&meta.columns[c].name)));
+        rows: &[Vec<Expr>],
+    ) -> Result<(Answer<B::Db>, Vec<Row>), AtError> {
+        let Stmt { a, meta, pk, params, want } = s;
+        let source = insert_keys(meta, pk, columns, rows)?;
+        match source {
+            KeySource::Given(positions) => {
+                let key_cols = cols(meta, pk);
+                let mut filter = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let conj: Vec<String> = key_cols
+                        .iter()
+                        .zip(&positions)
+                        .map(|(c, &p)| format!("{} = {}", B::DIALECT.quote(&c.name), row[p]))
+                        .collect();
+                    filter.push(format!("({})", conj.join(" AND ")));
                 }
-                filter.push(format!("({})", conj.join(" AND ")));
+                let out = self.run_original(&a.sql, params, want).await?;
+                // Read back the keys, by the statement's own key expressions.
+                let mut keys = Vec::with_capacity(rows.len());
+                for chunk in filter.chunks(KEY_CHUNK) {
+                    let sql = format!(
+                        "SELECT {} FROM {} WHERE {}",
+                        image_list::<B>(meta, pk),
+                        qualified(B::DIALECT, meta),
+                        chunk.join(" OR ")
+                    );
+                    let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
+                    keys.extend(B::fetch_images(&mut self.tx, &sql, params, &plan, &key_cols).await?);
+                }
+                Ok((out, keys))
             }
-            let out = self.run_original(&a.sql, params, want_rows).await?;
-            // Read back the keys as text, by the statement's own key expressions.
-            let mut keys = Vec::with_capacity(rows.len());
-            for chunk in filter.chunks(PK_CHUNK) {
-                let sql = format!(
-                    "SELECT {} FROM {} WHERE {}",
-                    text_columns::<B>(meta, pk),
-                    qualified(B::DIALECT, meta),
-                    chunk.join(" OR ")
-                );
-                let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
-                keys.extend(B::fetch_text(&mut self.tx, &sql, params, &plan).await?);
-            }
-            return Ok((out, keys));
-        }
-        match pk {
-            [c] if meta.columns[*c].auto_increment => {
+            KeySource::AutoIncrement => {
                 if rows.len() > 1 {
                     // Only lock modes 0 and 1 give one multi-row INSERT consecutive
                     // values; under 2 (MySQL 8's default) the computed keys could
@@ -573,27 +784,23 @@ impl<B: AtBackend> AtTransaction<B> {
                         ));
                     }
                 }
-                let out = self.run_original(&a.sql, params, want_rows).await?;
+                let out = self.run_original(&a.sql, params, want).await?;
                 let (first, step) = B::last_insert_ids(&mut self.tx).await?;
                 // Consecutive for one INSERT (checked above for several rows).
                 let keys = (0..out.0).map(|i| vec![Some((first + i * step.max(1)).to_string())]).collect();
                 Ok((out, keys))
             }
-            _ => Err(AtError::Unsupported(
-                "INSERT must give every primary-key column (or use one AUTO_INCREMENT key)".into(),
-            )),
         }
     }
 
-    async fn select_for_update(&mut self, s: Stmt<'_, B::Db>) -> Result<(u64, Vec<<B::Db as Database>::Row>), AtError> {
-        let Stmt { a, meta, pk, params, want_rows, .. } = s;
+    async fn select_for_update(&mut self, s: Stmt<'_, B::Db>) -> Result<Answer<B::Db>, AtError> {
+        let Stmt { a, meta, pk, params, want } = s;
         // Lock the rows locally first, then make sure no other global
         // transaction holds them: the read is then read-committed.
-        let sql_keys = format!("SELECT {} FROM {} FOR UPDATE", text_columns::<B>(meta, pk), Self::from_where(a, meta));
+        let sql_keys = format!("SELECT {} FROM {} FOR UPDATE", image_list::<B>(meta, pk), Self::from_where(a, meta));
         let (sql_keys, plan) = bind_plan(&sql_keys, B::DIALECT)?;
-        let keys = B::fetch_text(&mut self.tx, &sql_keys, params, &plan).await?;
-        let table = meta.qualified();
-        let lock_keys: Vec<String> = keys.iter().map(|k| lock_key(&table, k)).collect();
+        let keys = B::fetch_images(&mut self.tx, &sql_keys, params, &plan, &cols(meta, pk)).await?;
+        let lock_keys: Vec<String> = keys.iter().map(|k| lock_key(&meta.lock_table, k)).collect();
         if !lock_keys.is_empty() {
             let req = LockCheckRequest {
                 resource: self.resource.resource().to_owned(),
@@ -618,28 +825,23 @@ impl<B: AtBackend> AtTransaction<B> {
             };
             with_lock_retry(self.resource.inner.lock_retry, check).await?;
         }
-        self.run_original(&a.sql, params, want_rows).await
+        self.run_original(&a.sql, params, want).await
     }
 
-    fn record(
-        &mut self,
-        meta: &TableMeta,
-        pk: &[usize],
-        kind: StatementKind,
-        before: Vec<Row>,
-        after: Vec<Row>,
-        keys: &[Row],
-    ) {
+    /// Adds one statement's images (rows in the order it wrote them) and
+    /// their lock keys to the branch.
+    fn record(&mut self, meta: &TableMeta, pk: &[usize], kind: StatementKind, before: Vec<Row>, after: Vec<Row>) {
+        let keys: Vec<Row> = before.iter().chain(&after).map(|r| pick(r, pk)).collect();
         if keys.is_empty() {
             return;
         }
-        let table = meta.qualified();
-        self.lock_keys.extend(keys.iter().map(|k| lock_key(&table, k)));
+        self.lock_keys.extend(keys.iter().map(|k| lock_key(&meta.lock_table, k)));
         self.statements.push(UndoStatement {
             schema: meta.schema.clone(),
             table: meta.name.clone(),
             kind,
             columns: meta.columns.iter().map(|c| c.name.clone()).collect(),
+            types: meta.columns.iter().map(|c| c.type_id.clone()).collect(),
             pk: pk.iter().map(|&i| meta.columns[i].name.clone()).collect(),
             before,
             after,
@@ -671,8 +873,8 @@ impl<B: AtBackend> AtTransaction<B> {
             payload: Some(serde_json::json!({ super::UNDO_KEY: key.as_str() })),
             lock_keys: Some(lock_keys.into_iter().collect()),
         };
-        let info =
-            serde_json::to_string(&UndoLog { version: 1, statements }).map_err(|e| AtError::Internal(e.to_string()))?;
+        let info = serde_json::to_string(&UndoLog { version: UNDO_VERSION, statements })
+            .map_err(|e| AtError::Internal(e.to_string()))?;
         let client = resource.client().clone();
         let started = Instant::now();
         // Each attempt owns its inputs: a future that borrows across the
@@ -735,6 +937,130 @@ impl<B: AtBackend> AtTransaction<B> {
     }
 }
 
+/// `rows` reordered to follow `order` (keys), each row exactly once.
+fn reorder(rows: Vec<Row>, pk: &[usize], order: &[Row]) -> Result<Vec<Row>, AtError> {
+    let mut by_key: std::collections::HashMap<Row, Row> = rows.into_iter().map(|r| (pick(&r, pk), r)).collect();
+    let out: Vec<Row> = order.iter().filter_map(|k| by_key.remove(k)).collect();
+    if out.len() != order.len() || !by_key.is_empty() {
+        return Err(AtError::Concurrent(format!(
+            "the rows written ({}) are not the rows imaged; retry the local transaction",
+            order.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Where an INSERT's keys come from on MySQL without `RETURNING`.
+#[derive(Debug, PartialEq, Eq)]
+enum KeySource {
+    /// Given in the statement, at these positions of each VALUES row.
+    Given(Vec<usize>),
+    /// One AUTO_INCREMENT key, left out: read with `LAST_INSERT_ID()`.
+    AutoIncrement,
+}
+
+/// Decides [`KeySource`] for an INSERT, or refuses it (pure).
+fn insert_keys(meta: &TableMeta, pk: &[usize], columns: &[String], rows: &[Vec<Expr>]) -> Result<KeySource, AtError> {
+    if meta.triggers.iter().any(|t| t.timing.starts_with("BEFORE") && t.timing.contains("INSERT")) {
+        return Err(AtError::Unsupported(format!(
+            "table {} has a BEFORE INSERT trigger, which may change the key the row is stored under; on MySQL, \
+             which has no INSERT ... RETURNING, AT cannot find such rows again (MariaDB 10.5 and later can)",
+            meta.qualified()
+        )));
+    }
+    let defaults_only = columns.is_empty() && rows.iter().all(Vec::is_empty);
+    let positions: Vec<Option<usize>> = pk
+        .iter()
+        .map(|&c| match (defaults_only, columns.is_empty()) {
+            (true, _) => None,
+            (false, true) => Some(c),
+            (false, false) => columns.iter().position(|n| meta.index_of(n) == Some(c)),
+        })
+        .collect();
+    if let Some(positions) = positions.iter().copied().collect::<Option<Vec<usize>>>() {
+        for row in rows {
+            for (&c, &p) in pk.iter().zip(&positions) {
+                let col = &meta.columns[c];
+                let e = row.get(p).ok_or_else(|| {
+                    AtError::Unsupported(format!("a VALUES row gives no value for the key column {}", col.name))
+                })?;
+                if col.auto_increment && !nonzero_integer(e) {
+                    return Err(AtError::Unsupported(format!(
+                        "the AUTO_INCREMENT key {} is given as {e}, which may store a generated key instead (0 and \
+                         NULL do); on MySQL, which has no INSERT ... RETURNING, leave the key out or give it as a \
+                         nonzero literal (MariaDB 10.5 and later have no such limit)",
+                        col.name
+                    )));
+                }
+                if !is_constant(e) {
+                    return Err(AtError::Unsupported(format!(
+                        "the value of key column {} must be a literal or a parameter",
+                        col.name
+                    )));
+                }
+            }
+        }
+        return Ok(KeySource::Given(positions));
+    }
+    match pk {
+        [c] if meta.columns[*c].auto_increment => Ok(KeySource::AutoIncrement),
+        _ => Err(AtError::Unsupported(
+            "INSERT must give every primary-key column (or leave out one AUTO_INCREMENT key)".into(),
+        )),
+    }
+}
+
+/// Whether `e` is an integer literal other than 0.
+fn nonzero_integer(e: &Expr) -> bool {
+    match e {
+        Expr::Value(v) => match &v.value {
+            sqlparser::ast::Value::Number(n, _) => n.parse::<i128>().is_ok_and(|n| n != 0),
+            _ => false,
+        },
+        Expr::Nested(e) => nonzero_integer(e),
+        _ => false,
+    }
+}
+
+/// MySQL checks foreign keys row by row, so rows that reference each other
+/// in a cycle cannot be inserted back one at a time: refuse a delete that
+/// would leave such a set to restore (pure).
+fn refuse_cycles(meta: &Arc<TableMeta>, rows: &[Row], cascaded: &[Cascaded]) -> Result<(), AtError> {
+    let mut fks = meta.references.clone();
+    let mut statements = Vec::with_capacity(cascaded.len() + 1);
+    let image = |m: &TableMeta, kind: StatementKind, before: &[Row]| UndoStatement {
+        schema: m.schema.clone(),
+        table: m.name.clone(),
+        kind,
+        columns: m.columns.iter().map(|c| c.name.clone()).collect(),
+        types: m.columns.iter().map(|c| c.type_id.clone()).collect(),
+        pk: m.pk().iter().map(|&i| m.columns[i].name.clone()).collect(),
+        before: before.to_vec(),
+        after: Vec::new(),
+    };
+    for c in cascaded.iter().filter(|c| c.kind == StatementKind::Delete) {
+        fks.extend(c.meta.references.iter().cloned());
+        statements.push(image(&c.meta, StatementKind::Delete, &c.before));
+    }
+    statements.push(image(meta, StatementKind::Delete, rows));
+    let tables = plan::histories(&statements).map_err(AtError::Internal)?;
+    let ops: Vec<plan::RowOp> = tables
+        .iter()
+        .enumerate()
+        .flat_map(|(ti, t)| t.rows.iter().filter_map(move |h| plan::restore_op(ti, h, None)))
+        .collect();
+    let steps = plan::order(ops, &plan::edges(&tables, &fks, false));
+    if let Some(step) = steps.iter().find(|s| s.ops.len() > 1) {
+        return Err(AtError::Unsupported(format!(
+            "the rows deleted include {} rows of {} that reference each other in a cycle; MySQL checks foreign keys \
+             row by row, so a rollback could not insert them back",
+            step.ops.len(),
+            tables[step.ops[0].table].table
+        )));
+    }
+    Ok(())
+}
+
 /// Runs `attempt` until it succeeds, fails otherwise than on a lock that is
 /// worth waiting for, or the retry budget is spent.
 async fn with_lock_retry<T, F, Fut>(r: super::LockRetry, attempt: F) -> Result<T, AtError>
@@ -757,5 +1083,75 @@ fn retryable_lock(e: &AtError) -> bool {
         AtError::LockConflict { holder, .. } => holder.status != GlobalStatus::RollingBack,
         AtError::Coordinator(c) => c.status() == Some(503),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::at::meta::{Column, MySqlRepr, RelationKind, Repr};
+    use crate::at::sql::analyze;
+
+    fn table(auto_increment: bool) -> TableMeta {
+        let col = |name: &str, pk: Option<usize>, ai: bool| Column {
+            name: name.into(),
+            sql_type: "int".into(),
+            type_id: "int".into(),
+            type_oid: 0,
+            send_fn: String::new(),
+            receivable: true,
+            repr: Repr::MySql(MySqlRepr::Plain),
+            pk_position: pk,
+            generated: false,
+            identity_always: false,
+            auto_increment: ai,
+        };
+        TableMeta {
+            schema: "db".into(),
+            name: "ai".into(),
+            kind: RelationKind::Table,
+            lock_table: TableName { schema: "db".into(), name: "ai".into() },
+            temporary: false,
+            inheritance_children: vec![],
+            triggers: vec![],
+            rules: vec![],
+            referenced_by: vec![],
+            references: vec![],
+            columns: vec![col("id", Some(1), auto_increment), col("v", None, false)],
+            case_insensitive_columns: true,
+        }
+    }
+
+    fn keys(meta: &TableMeta, sql: &str) -> Result<KeySource, AtError> {
+        let a = analyze(sql, SqlDialect::MySql).unwrap();
+        let Change::Insert { columns, rows } = a.change else { panic!() };
+        insert_keys(meta, &meta.pk(), &columns, &rows)
+    }
+
+    #[test]
+    fn mysql_inserts_whose_keys_cannot_be_known_are_refused() {
+        let ai = table(true);
+        assert_eq!(keys(&ai, "INSERT INTO ai (v) VALUES (1), (2)").unwrap(), KeySource::AutoIncrement);
+        assert_eq!(keys(&ai, "INSERT INTO ai () VALUES ()").unwrap(), KeySource::AutoIncrement, "all defaults");
+        assert_eq!(keys(&ai, "INSERT INTO ai (ID, v) VALUES (7, 1)").unwrap(), KeySource::Given(vec![0]));
+        for sql in [
+            "INSERT INTO ai (id, v) VALUES (0, 'new')",
+            "INSERT INTO ai (id, v) VALUES (?, ?)",
+            "INSERT INTO ai VALUES (NULL, 1)",
+        ] {
+            let m = keys(&ai, sql).unwrap_err().to_string();
+            assert!(m.contains("AUTO_INCREMENT key id"), "{sql}: {m}");
+        }
+        let plain = table(false);
+        assert_eq!(keys(&plain, "INSERT INTO ai (id, v) VALUES (?, ?)").unwrap(), KeySource::Given(vec![0]));
+        assert!(keys(&plain, "INSERT INTO ai (v) VALUES (1)").unwrap_err().to_string().contains("every primary-key"));
+        let mut trig = table(false);
+        trig.triggers.push(crate::at::meta::Trigger {
+            table: trig.table_name(),
+            name: "t".into(),
+            timing: "BEFORE INSERT".into(),
+        });
+        assert!(keys(&trig, "INSERT INTO ai (id, v) VALUES (1, 1)").unwrap_err().to_string().contains("BEFORE INSERT"));
     }
 }

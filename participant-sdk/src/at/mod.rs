@@ -18,16 +18,22 @@
 //!
 //! - [`sql`]: what AT understands of a statement (sqlparser), and the one
 //!   function that writes AT-generated SQL's placeholders.
-//! - [`image`]: row images, the undo log's JSON, the rollback decision per row.
+//! - [`meta`]: what the catalog says of a table, and which tables AT refuses.
+//! - [`image`]: row images, the undo log's JSON, lock keys.
+//! - [`plan`]: the rollback of a branch, decided and ordered (pure).
+//! - `gen`: the SQL AT generates for both phases.
 //! - [`backend`]: PostgreSQL ([`Pg`]) and MySQL/MariaDB ([`MySqlDb`]).
 
 pub mod backend;
 mod executor;
+mod gen;
 pub mod image;
+pub mod meta;
+pub mod plan;
 pub mod sql;
 mod undo;
 
-pub use backend::{AtBackend, AtParam, MySqlDb, Param, Pg};
+pub use backend::{AtBackend, AtParam, MySqlDb, Param, Pg, ServerInfo};
 pub use executor::{AtQuery, AtTransaction};
 pub use image::Conflict;
 
@@ -37,13 +43,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use image::TableMeta;
+use meta::{TableMeta, Trigger};
 use sql::TableRef;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_wire::{BranchId, CallbackAction, CallbackRequest, ErrorCode, LockHolder, Problem, Xid};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OnceCell};
 
 /// Path of the AT callback endpoint.
 pub const CALLBACK_PATH: &str = "/tandem/at/callback";
@@ -93,6 +99,10 @@ pub enum AtError {
     /// (for example a row with the same unique key was inserted since).
     #[error("rollback refused by the database: {0}")]
     RestoreRefused(String),
+    /// The restored rows, read back, are not their before images (a trigger,
+    /// a rule or a referential action changed them); nothing was restored.
+    #[error("restore mismatch: {} row(s) differ from their before images after the restore; nothing was rolled back", .0.len())]
+    RestoreMismatch(Vec<Conflict>),
     /// The undo log row cannot be read back.
     #[error("undo log of this branch is unreadable: {0}")]
     CorruptUndo(String),
@@ -129,6 +139,9 @@ pub struct Purged {
 const CLEANUP_BATCH: usize = 256;
 /// Queued commit cleanups; beyond this the commit callback deletes inline.
 const CLEANUP_QUEUE: usize = 65_536;
+/// Rows one branch may write by default: the coordinator's limit on the
+/// global locks of one registration.
+pub const MAX_ROWS_PER_BRANCH: usize = 10_000;
 
 /// One database of an AT participant. Cheap to clone.
 pub struct AtResource<B: AtBackend> {
@@ -159,10 +172,89 @@ struct Inner<B: AtBackend> {
     callback_url: String,
     /// Global lock retry policy.
     lock_retry: LockRetry,
+    /// Triggers the service declared safe, as (`schema.table`, trigger name).
+    allowed_triggers: Vec<(String, String)>,
+    /// Most rows one branch may write.
+    max_rows: usize,
+    /// What the server can do, read on first use.
+    server: OnceCell<ServerInfo>,
     /// Catalog metadata by table as named in statements.
     meta: Mutex<HashMap<TableRef, Arc<TableMeta>>>,
     /// Committed branches whose undo rows await the batched delete.
     cleanup: mpsc::Sender<(Xid, BranchId)>,
+}
+
+/// Builds an [`AtResource`] with options ([`AtResource::builder`]).
+pub struct AtResourceBuilder<B: AtBackend> {
+    /// The business database.
+    pool: sqlx::Pool<B::Db>,
+    /// The coordinator.
+    client: TandemClient,
+    /// Resource name.
+    resource: String,
+    /// The callback URL.
+    callback_url: String,
+    /// Global lock retry policy.
+    lock_retry: LockRetry,
+    /// Declared triggers.
+    allowed_triggers: Vec<(String, String)>,
+    /// Row limit per branch.
+    max_rows: usize,
+}
+
+impl<B: AtBackend> std::fmt::Debug for AtResourceBuilder<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AtResourceBuilder").field("resource", &self.resource).finish_non_exhaustive()
+    }
+}
+
+impl<B: AtBackend> AtResourceBuilder<B> {
+    /// How long a branch waits for a global lock held by another transaction.
+    pub fn lock_retry(mut self, retry: LockRetry) -> Self {
+        self.lock_retry = retry;
+        self
+    }
+
+    /// Declares the trigger `trigger` of `table` (`schema.table` as the
+    /// catalog names it; on MySQL `database.table`) safe for AT, which
+    /// otherwise refuses statements on tables with triggers. Declare only a
+    /// trigger that changes nothing but the row it fires for (its effect is
+    /// then in the images) and that does nothing while the rollback restores
+    /// rows: PostgreSQL `current_setting('tandem.at_restore', true) = 'on'`,
+    /// MySQL `@tandem_at_restore = 1`. A rollback reads every restored row
+    /// back; a trigger that changed one makes the branch `rollback_failed`.
+    /// A trigger of a partitioned table covers its partitions' copies.
+    pub fn allow_trigger(mut self, table: &str, trigger: &str) -> Self {
+        self.allowed_triggers.push((table.to_owned(), trigger.to_owned()));
+        self
+    }
+
+    /// Most rows one branch may write (default [`MAX_ROWS_PER_BRANCH`], the
+    /// coordinator's limit on one branch's global locks).
+    pub fn max_rows_per_branch(mut self, rows: usize) -> Self {
+        self.max_rows = rows;
+        self
+    }
+
+    /// The resource. Starts the background task that deletes committed undo
+    /// rows; call it inside a tokio runtime.
+    pub fn build(self) -> AtResource<B> {
+        let (tx, rx) = mpsc::channel(CLEANUP_QUEUE);
+        let inner = Arc::new(Inner {
+            pool: self.pool,
+            client: self.client,
+            resource: self.resource,
+            callback_url: self.callback_url,
+            lock_retry: self.lock_retry,
+            allowed_triggers: self.allowed_triggers,
+            max_rows: self.max_rows,
+            server: OnceCell::new(),
+            meta: Mutex::new(HashMap::new()),
+            cleanup: tx,
+        });
+        tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), rx));
+        AtResource { inner }
+    }
 }
 
 impl<B: AtBackend> AtResource<B> {
@@ -171,7 +263,7 @@ impl<B: AtBackend> AtResource<B> {
     /// Starts the background task that deletes committed undo rows; call it
     /// inside a tokio runtime.
     pub fn new(pool: sqlx::Pool<B::Db>, client: TandemClient, resource: &str, callback_url: &str) -> Self {
-        Self::with_lock_retry(pool, client, resource, callback_url, LockRetry::default())
+        Self::builder(pool, client, resource, callback_url).build()
     }
 
     /// [`AtResource::new`] with a lock retry policy.
@@ -182,18 +274,26 @@ impl<B: AtBackend> AtResource<B> {
         callback_url: &str,
         lock_retry: LockRetry,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(CLEANUP_QUEUE);
-        let inner = Arc::new(Inner {
+        Self::builder(pool, client, resource, callback_url).lock_retry(lock_retry).build()
+    }
+
+    /// A builder for a resource with options (lock retries, declared
+    /// triggers, the row limit).
+    pub fn builder(
+        pool: sqlx::Pool<B::Db>,
+        client: TandemClient,
+        resource: &str,
+        callback_url: &str,
+    ) -> AtResourceBuilder<B> {
+        AtResourceBuilder {
             pool,
             client,
             resource: resource.to_owned(),
             callback_url: callback_url.to_owned(),
-            lock_retry,
-            meta: Mutex::new(HashMap::new()),
-            cleanup: tx,
-        });
-        tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), rx));
-        AtResource { inner }
+            lock_retry: LockRetry::default(),
+            allowed_triggers: Vec::new(),
+            max_rows: MAX_ROWS_PER_BRANCH,
+        }
     }
 
     /// Creates `tandem_undo_log` if it does not exist.
@@ -252,12 +352,24 @@ impl<B: AtBackend> AtResource<B> {
         Router::new().route(CALLBACK_PATH, post(callback::<B>)).with_state(self.clone())
     }
 
-    /// Table metadata, cached per table name (schema changes need a restart).
+    /// What the server can do, read once.
+    async fn server(&self, conn: &mut backend::Conn<B>) -> Result<ServerInfo, AtError> {
+        Ok(*self.inner.server.get_or_try_init(|| B::server_info(conn)).await?)
+    }
+
+    /// Table metadata, cached per table name (schema changes need a restart
+    /// of phase-1 processes; rollbacks read it afresh).
     async fn meta(&self, conn: &mut backend::Conn<B>, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
         if let Some(m) = self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).get(table) {
             return Ok(m.clone());
         }
-        let Some(meta) = B::table_meta(conn, table).await? else {
+        self.fresh_meta(conn, table).await
+    }
+
+    /// Table metadata read from the catalog now (and cached).
+    async fn fresh_meta(&self, conn: &mut backend::Conn<B>, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
+        let server = self.server(conn).await?;
+        let Some(meta) = B::table_meta(conn, table, &server).await? else {
             let name = match &table.schema {
                 Some(s) => format!("{s}.{}", table.name),
                 None => table.name.clone(),
@@ -267,6 +379,15 @@ impl<B: AtBackend> AtResource<B> {
         let meta = Arc::new(meta);
         self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone(), meta.clone());
         Ok(meta)
+    }
+
+    /// Whether the service declared `trigger`, which fires for rows of
+    /// `meta`, safe (by its own table, or by the partitioned table whose
+    /// trigger it is a copy of).
+    fn trigger_allowed(&self, meta: &TableMeta, trigger: &Trigger) -> bool {
+        let own = trigger.table.to_string();
+        let root = meta.lock_table.to_string();
+        self.inner.allowed_triggers.iter().any(|(t, n)| n == &trigger.name && (t == &own || t == &root))
     }
 }
 
@@ -296,6 +417,16 @@ async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<
             tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
                 "AT rollback found dirty writes; branch needs manual repair");
             let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
+            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
+        }
+        Err(AtError::RestoreMismatch(conflicts)) => {
+            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
+                "AT rollback could not restore rows to their before images; branch needs manual repair");
+            let detail = format!(
+                "restore mismatch: {} row(s) differ from their before images once restored (a trigger, rule or \
+                 referential action changed them); nothing was rolled back",
+                conflicts.len()
+            );
             problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
         }
         Err(e @ AtError::Unsupported(_)) => problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None),

@@ -10,10 +10,11 @@
 
 use super::AtError;
 use sqlparser::ast::{
-    AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, SelectItem, SetExpr, Statement, TableFactor,
-    TableObject, TableWithJoins, Value,
+    AssignmentTarget, Expr, FromTable, Ident, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr, Statement,
+    TableFactor, TableObject, TableWithJoins, Value,
 };
 use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect};
+use sqlparser::keywords::Keyword;
 use sqlparser::parser::Parser;
 use sqlparser::tokenizer::{Token, Tokenizer};
 
@@ -85,9 +86,10 @@ pub enum Change {
 /// A statement AT mode can image.
 #[derive(Debug, Clone)]
 pub struct Analyzed {
-    /// The statement as the caller wrote it (run as is).
+    /// The statement as the caller wrote it.
     pub sql: String,
-    /// The parsed statement (numbered placeholders).
+    /// The parsed statement (numbered placeholders; PostgreSQL's `ONLY`
+    /// taken out, see `only`).
     pub statement: Statement,
     /// The one table it changes or locks.
     pub table: TableRef,
@@ -97,14 +99,88 @@ pub struct Analyzed {
     pub change: Change,
     /// The WHERE clause (numbered placeholders).
     pub selection: Option<Expr>,
-    /// Whether it has a `RETURNING` clause (PostgreSQL).
+    /// Whether it has a `RETURNING` clause.
     pub returning: bool,
     /// How many parameters the statement uses (highest number).
     pub params: usize,
+    /// PostgreSQL `UPDATE ONLY t` / `DELETE FROM ONLY t` / `FROM ONLY t`:
+    /// the rows of tables inheriting from `t` are left out.
+    pub only: bool,
+    /// MySQL `DELETE ... ORDER BY`: the order the rows are deleted in, as written.
+    pub order_by: Vec<String>,
 }
 
 fn refuse(reason: impl Into<String>) -> AtError {
     AtError::Unsupported(reason.into())
+}
+
+/// Whether `t` is the keyword `k` (not a quoted identifier).
+fn is_keyword(t: &Token, k: Keyword) -> bool {
+    matches!(t, Token::Word(w) if w.keyword == k && w.quote_style.is_none())
+}
+
+/// Takes PostgreSQL's `ONLY` out of the target position (`UPDATE ONLY`,
+/// `DELETE FROM ONLY`, the outermost `FROM ONLY` of a SELECT), which
+/// sqlparser would read as a table named "only"; says whether there was one.
+fn take_only(tokens: &mut Vec<Token>) -> bool {
+    let significant: Vec<usize> =
+        tokens.iter().enumerate().filter(|(_, t)| !matches!(t, Token::Whitespace(_))).map(|(i, _)| i).collect();
+    let at = |k: usize| significant.get(k).map(|&i| &tokens[i]);
+    let position = match at(0) {
+        Some(t) if is_keyword(t, Keyword::UPDATE) => Some(1),
+        Some(t) if is_keyword(t, Keyword::DELETE) && at(1).is_some_and(|t| is_keyword(t, Keyword::FROM)) => Some(2),
+        Some(t) if is_keyword(t, Keyword::SELECT) => {
+            let mut depth = 0i32;
+            let mut found = None;
+            for (k, &i) in significant.iter().enumerate() {
+                match &tokens[i] {
+                    Token::LParen => depth += 1,
+                    Token::RParen => depth -= 1,
+                    t if depth == 0 && is_keyword(t, Keyword::FROM) => {
+                        found = Some(k + 1);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            found
+        }
+        _ => None,
+    };
+    match position.and_then(|k| significant.get(k).copied()) {
+        Some(i) if is_keyword(&tokens[i], Keyword::ONLY) => {
+            tokens.remove(i);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// What a statement that parses as a query but writes is, for refusals.
+fn writing_query(q: &Query) -> Option<String> {
+    let kind = |b: &SetExpr| match b {
+        SetExpr::Insert(_) => Some("INSERT"),
+        SetExpr::Update(_) => Some("UPDATE"),
+        SetExpr::Delete(_) => Some("DELETE"),
+        _ => None,
+    };
+    if let Some(k) = kind(&q.body) {
+        return Some(format!(
+            "WITH ... {k} (a statement with a WITH clause) is not supported: AT images one plain statement \
+             at a time; write the WITH query as a subquery"
+        ));
+    }
+    let ctes = q.with.iter().flat_map(|w| &w.cte_tables);
+    for cte in ctes {
+        if let Some(k) = kind(&cte.query.body) {
+            return Some(format!(
+                "a data-modifying WITH clause ({k} inside WITH {}) is not supported: AT cannot image writes made \
+                 inside a query; run the {k} as its own statement",
+                cte.alias.name
+            ));
+        }
+    }
+    None
 }
 
 /// Parses one statement and checks that AT mode can image it.
@@ -133,6 +209,7 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
             }
         }
     }
+    let only = dialect == SqlDialect::Postgres && take_only(&mut tokens);
     let mut statements = Parser::new(d.as_ref())
         .with_tokens(tokens)
         .parse_statements()
@@ -141,6 +218,7 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
         return Err(refuse(format!("expected exactly one statement, found {}", statements.len())));
     }
     let statement = statements.remove(0);
+    let mut order_by = Vec::new();
     let (table, alias, change, selection, returning) = match &statement {
         Statement::Insert(ins) => {
             if ins.on.is_some() {
@@ -153,11 +231,15 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
                 return Err(refuse("INSERT into a table function is not supported"));
             };
             let rows = match ins.source.as_deref() {
-                Some(q) if q.with.is_none() => match q.body.as_ref() {
+                Some(q) if q.with.is_some() => {
+                    return Err(refuse("INSERT with a WITH clause is not supported; use INSERT ... VALUES"))
+                }
+                Some(q) => match q.body.as_ref() {
                     SetExpr::Values(v) => v.rows.clone(),
                     _ => return Err(refuse("INSERT ... SELECT is not supported; use INSERT ... VALUES")),
                 },
-                _ => return Err(refuse("INSERT needs a VALUES list")),
+                // PostgreSQL's INSERT INTO t DEFAULT VALUES: one row of defaults.
+                None => vec![Vec::new()],
             };
             let columns = ins.columns.iter().map(|c| ident(c, dialect)).collect::<Vec<_>>();
             if !columns.is_empty() && rows.iter().any(|r| r.len() != columns.len()) {
@@ -180,9 +262,13 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
             (t, alias, Change::Update { columns }, selection.clone(), returning.is_some())
         }
         Statement::Delete(del) => {
-            if !del.tables.is_empty() || del.using.is_some() || !del.order_by.is_empty() || del.limit.is_some() {
-                return Err(refuse("DELETE with several tables, USING, ORDER BY or LIMIT is not supported"));
+            if !del.tables.is_empty() || del.using.is_some() || del.limit.is_some() {
+                return Err(refuse("DELETE with several tables, USING or LIMIT is not supported"));
             }
+            if !del.order_by.is_empty() && dialect == SqlDialect::Postgres {
+                return Err(refuse("DELETE ... ORDER BY is not supported"));
+            }
+            order_by = del.order_by.iter().map(ToString::to_string).collect();
             let from = match &del.from {
                 FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
             };
@@ -193,6 +279,9 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
             (t, alias, Change::Delete, del.selection.clone(), del.returning.is_some())
         }
         Statement::Query(q) => {
+            if let Some(why) = writing_query(q) {
+                return Err(refuse(why));
+            }
             let for_update = q.locks.iter().any(|l| matches!(l.lock_type, sqlparser::ast::LockType::Update));
             if !for_update {
                 return Err(refuse("a plain SELECT needs no AT handling; only SELECT ... FOR UPDATE is intercepted"));
@@ -221,16 +310,45 @@ pub fn analyze(sql: &str, dialect: SqlDialect) -> Result<Analyzed, AtError> {
             )));
         }
     };
-    if returning && dialect == SqlDialect::MySql {
-        return Err(refuse("RETURNING is supported on PostgreSQL only"));
+    if only && matches!(change, Change::Insert { .. }) {
+        return Err(AtError::Internal("ONLY taken from an INSERT".into()));
     }
-    Ok(Analyzed { sql: sql.to_owned(), statement, table, alias, change, selection, returning, params })
+    Ok(Analyzed { sql: sql.to_owned(), statement, table, alias, change, selection, returning, params, only, order_by })
+}
+
+/// Points the statement's target at `target` (AT's own rendering of the
+/// table: qualified, quoted, with `ONLY` where the table has inheriting
+/// tables), so that the statement AT runs names exactly the imaged table.
+pub fn set_target(statement: &mut Statement, target: &str) -> Result<(), AtError> {
+    let name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(target))]);
+    let relation = |t: &mut TableWithJoins| match &mut t.relation {
+        TableFactor::Table { name: n, .. } => {
+            *n = name.clone();
+            Ok(())
+        }
+        _ => Err(AtError::Internal("the statement's target is not a table".into())),
+    };
+    match statement {
+        Statement::Insert(ins) => {
+            ins.table = TableObject::TableName(name.clone());
+            Ok(())
+        }
+        Statement::Update { table, .. } => relation(table),
+        Statement::Delete(d) => match &mut d.from {
+            FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => match f.first_mut() {
+                Some(t) => relation(t),
+                None => Err(AtError::Internal("DELETE without a table".into())),
+            },
+        },
+        _ => Err(AtError::Internal("only INSERT, UPDATE and DELETE have a target".into())),
+    }
 }
 
 fn ident(i: &Ident, dialect: SqlDialect) -> String {
-    // PostgreSQL folds unquoted identifiers to lower case; MySQL keeps them.
+    // PostgreSQL folds unquoted identifiers to lower case, ASCII letters
+    // only (downcase_identifier in a multibyte encoding); MySQL keeps them.
     match (dialect, i.quote_style) {
-        (SqlDialect::Postgres, None) => i.value.to_lowercase(),
+        (SqlDialect::Postgres, None) => i.value.to_ascii_lowercase(),
         _ => i.value.clone(),
     }
 }
@@ -283,23 +401,29 @@ pub fn is_constant(e: &Expr) -> bool {
     }
 }
 
-/// The PostgreSQL INSERT or UPDATE with `RETURNING` extended by `extra`
-/// (AT's image columns, last, so that the caller's own columns keep their
-/// positions).
-pub fn with_returning(statement: &Statement, extra: Vec<(String, String)>) -> Result<Statement, AtError> {
+/// The INSERT, UPDATE or DELETE with `RETURNING` extended by `extra`
+/// (AT's image expressions and their aliases, last, so that the caller's
+/// own columns keep their positions).
+pub fn with_returning(
+    statement: &Statement,
+    extra: Vec<(String, String)>,
+    dialect: SqlDialect,
+) -> Result<Statement, AtError> {
     let mut s = statement.clone();
     let returning = match &mut s {
         Statement::Insert(ins) => &mut ins.returning,
         Statement::Update { returning, .. } => returning,
-        _ => return Err(AtError::Internal("RETURNING can only be added to INSERT or UPDATE".into())),
+        Statement::Delete(d) => &mut d.returning,
+        _ => return Err(AtError::Internal("RETURNING can only be added to INSERT, UPDATE or DELETE".into())),
+    };
+    let quote = match dialect {
+        SqlDialect::Postgres => '"',
+        SqlDialect::MySql => '`',
     };
     let items = returning.get_or_insert_with(Vec::new);
     for (expr_sql, alias) in extra {
-        let expr = Parser::new(&PostgreSqlDialect {})
-            .try_with_sql(&expr_sql)
-            .and_then(|mut p| p.parse_expr())
-            .map_err(|e| AtError::Internal(format!("generated expression {expr_sql:?} does not parse: {e}")))?;
-        items.push(SelectItem::ExprWithAlias { expr, alias: Ident::with_quote('"', alias) });
+        let expr = parse_expr(&expr_sql, dialect)?;
+        items.push(SelectItem::ExprWithAlias { expr, alias: Ident::with_quote(quote, alias) });
     }
     Ok(s)
 }
@@ -421,10 +545,8 @@ mod tests {
                 other => panic!("{sql}: {other:?}"),
             }
         }
-        assert!(matches!(
-            analyze("DELETE FROM t WHERE id = ? RETURNING id", SqlDialect::MySql),
-            Err(AtError::Unsupported(_))
-        ));
+        // MariaDB has DELETE ... RETURNING: whether the server does is decided when it runs.
+        assert!(analyze("DELETE FROM t WHERE id = ? RETURNING id", SqlDialect::MySql).unwrap().returning);
     }
 
     #[test]

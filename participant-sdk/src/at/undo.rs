@@ -7,13 +7,14 @@
 //! registration is still in flight, instead of after it.
 
 use super::backend::{AtBackend, Conn};
-use super::executor::{qualified, rows_by_pk};
-use super::image::{
-    as_object, pick, row_undo, Conflict, Row, RowUndo, StatementKind, TableMeta, UndoLog, UndoStatement,
-};
-use super::sql::{bind_plan, TableRef};
+use super::gen::{cols, qualified, rows_by_pk, rows_where, target, Gen};
+use super::image::{as_object, pick, Conflict, Row, UndoLog, UNDO_VERSION};
+use super::meta::{RelationKind, TableMeta};
+use super::plan::{self, Op, RowOp, RowUndo, Step, TableImages};
+use super::sql::{bind_plan, SqlDialect, TableRef};
 use super::{AtError, AtResource, CLEANUP_BATCH};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tandem_wire::{BranchId, Xid};
 use tokio::sync::mpsc;
@@ -44,16 +45,35 @@ pub(super) async fn insert<B: AtBackend>(
     Ok(())
 }
 
-/// Rolls a branch back in one local transaction (see the module docs of `at`).
+/// Rolls a branch back in one local transaction (see the module docs of
+/// `at` and of `plan`), on a connection whose settings the rollback fixes
+/// for its duration.
 pub(super) async fn rollback<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
     resource: &AtResource<B>,
     xid: &Xid,
     branch_key: &BranchId,
 ) -> Result<(), AtError> {
+    let mut conn = pool.acquire().await?;
+    let result = rollback_on::<B>(&mut conn, resource, xid, branch_key).await;
+    if let Err(e) = B::end_restore(&mut conn).await {
+        // Do not hand a session with the rollback's settings to the pool.
+        tracing::warn!(error = %e, "could not reset the session after an AT rollback; closing it");
+        conn.close_on_drop();
+    }
+    result
+}
+
+async fn rollback_on<B: AtBackend>(
+    conn: &mut sqlx::pool::PoolConnection<B::Db>,
+    resource: &AtResource<B>,
+    xid: &Xid,
+    branch_key: &BranchId,
+) -> Result<(), AtError> {
     let d = B::DIALECT;
     let key = [B::text(Some(xid.to_string())), B::text(Some(branch_key.to_string()))];
-    let mut tx = pool.begin().await?;
+    let mut tx = sqlx::Connection::begin(&mut **conn).await?;
+    B::begin_restore(&mut tx).await?;
     let sql = format!(
         "SELECT CAST(state AS CHAR(1)), rollback_info FROM tandem_undo_log WHERE xid = {} AND branch_key = {} FOR UPDATE",
         d.param(1),
@@ -87,13 +107,14 @@ pub(super) async fn rollback<B: AtBackend>(
     }
     let info = row.get(1).cloned().flatten().ok_or_else(|| AtError::CorruptUndo("rollback_info is NULL".into()))?;
     let log: UndoLog = serde_json::from_str(&info).map_err(|e| AtError::CorruptUndo(e.to_string()))?;
-    for stmt in log.statements.iter().rev() {
-        let conflicts = undo_statement::<B>(&mut tx, resource, stmt).await?;
-        if !conflicts.is_empty() {
-            tx.rollback().await?;
-            return Err(AtError::DirtyWrite(conflicts));
-        }
+    if log.version != UNDO_VERSION {
+        return Err(AtError::CorruptUndo(format!(
+            "the undo log has format version {}, this SDK reads version {UNDO_VERSION}; roll it back with the SDK \
+             version that wrote it",
+            log.version
+        )));
     }
+    let restored = restore::<B>(&mut tx, resource, &log).await?;
     let sql = format!(
         "UPDATE tandem_undo_log SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_key = {}",
         d.param(1),
@@ -101,143 +122,328 @@ pub(super) async fn rollback<B: AtBackend>(
     );
     let (sql, plan) = bind_plan(&sql, d)?;
     B::execute(&mut tx, &sql, &key, &plan).await?;
-    tx.commit().await?;
-    tracing::info!(%xid, %branch_key, statements = log.statements.len(), "AT branch rolled back");
+    // Deferred constraints are checked here: one that fails cannot succeed on a retry.
+    tx.commit().await.map_err(|e| {
+        if B::is_integrity_violation(&e) {
+            AtError::RestoreRefused(format!("a deferred constraint refused the restored rows: {e}"))
+        } else {
+            e.into()
+        }
+    })?;
+    tracing::info!(%xid, %branch_key, statements = log.statements.len(), rows = restored, "AT branch rolled back");
     Ok(())
 }
 
-/// Undoes one statement: checks every row against its images, then restores.
-/// Returns the dirty rows (and changes nothing) if there are any.
-async fn undo_statement<B: AtBackend>(
+/// Most rows listed in a report (the coordinator keeps 8 KiB of the answer).
+const REPORT_ROWS: usize = 10;
+
+/// One imaged table as it is now: its catalog description, and where each
+/// image column is in it.
+struct Now {
+    /// Fresh catalog metadata.
+    meta: Arc<TableMeta>,
+    /// Index in `meta.columns` of each image column.
+    columns: Vec<usize>,
+    /// Index in `meta.columns` of each key column.
+    pk: Vec<usize>,
+}
+
+/// Restores every row of the log, or changes nothing and says why. Returns
+/// the number of rows written.
+async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log: &UndoLog) -> Result<usize, AtError> {
+    let tables = plan::histories(&log.statements).map_err(AtError::CorruptUndo)?;
+    let mut now = Vec::with_capacity(tables.len());
+    let mut current: Vec<HashMap<Row, Row>> = Vec::with_capacity(tables.len());
+    for t in &tables {
+        let n = table_now::<B>(conn, resource, t).await?;
+        let keys: Vec<Row> = t.rows.iter().map(|r| r.key.clone()).collect();
+        let rows = rows_by_pk::<B>(conn, &n.meta, &n.columns, &n.pk, &keys).await?;
+        current.push(rows.into_iter().map(|r| (pick(&r, &t.pk), r)).collect());
+        now.push(n);
+    }
+    // Decide every row first: a dirty write anywhere restores nothing.
+    let mut ops = Vec::new();
+    let mut conflicts = Vec::new();
+    for (ti, t) in tables.iter().enumerate() {
+        for h in &t.rows {
+            let c = current[ti].get(&h.key);
+            match plan::row_undo(h, c) {
+                RowUndo::Nothing => {}
+                RowUndo::Restore => ops.extend(plan::restore_op(ti, h, c.cloned())),
+                RowUndo::Dirty => {
+                    conflicts.push(Finding::of(&now[ti], h.key.clone(), h.last_after.clone(), c.cloned(), None))
+                }
+            }
+        }
+    }
+    if conflicts.is_empty() {
+        conflicts = referencing_rows::<B>(conn, resource, &tables, &now, &ops).await?;
+    }
+    if !conflicts.is_empty() {
+        return Err(AtError::DirtyWrite(report::<B>(conn, conflicts).await?));
+    }
+    let mut fks = Vec::new();
+    for n in &now {
+        fks.extend(n.meta.references.iter().cloned());
+    }
+    let edges = plan::edges(&tables, &fks, B::DIALECT == SqlDialect::Postgres);
+    let written = ops.len();
+    for step in plan::order(ops, &edges) {
+        apply::<B>(conn, &tables, &now, &step).await?;
+    }
+    // Read everything back: each row must be exactly its before image (or
+    // gone), whatever a trigger, a rule or a referential action did.
+    let mut mismatches = Vec::new();
+    for (ti, t) in tables.iter().enumerate() {
+        let n = &now[ti];
+        let keys: Vec<Row> = t.rows.iter().map(|r| r.key.clone()).collect();
+        let rows = rows_by_pk::<B>(conn, &n.meta, &n.columns, &n.pk, &keys).await?;
+        let rows: HashMap<Row, Row> = rows.into_iter().map(|r| (pick(&r, &t.pk), r)).collect();
+        for h in &t.rows {
+            let found = rows.get(&h.key);
+            if found != h.first_before.as_ref() {
+                let why = "after the restore the row is not its before image (a trigger, rule or referential \
+                           action changed it)"
+                    .to_owned();
+                mismatches.push(Finding::of(n, h.key.clone(), h.first_before.clone(), found.cloned(), Some(why)));
+            }
+        }
+    }
+    if !mismatches.is_empty() {
+        return Err(AtError::RestoreMismatch(report::<B>(conn, mismatches).await?));
+    }
+    Ok(written)
+}
+
+/// The imaged table `t` as the catalog describes it now (never the cached
+/// description: the table may have changed since phase 1).
+async fn table_now<B: AtBackend>(
     conn: &mut Conn<B>,
     resource: &AtResource<B>,
-    stmt: &UndoStatement,
-) -> Result<Vec<Conflict>, AtError> {
-    let table = TableRef { schema: Some(stmt.schema.clone()), name: stmt.table.clone() };
+    t: &TableImages,
+) -> Result<Now, AtError> {
+    let table = TableRef { schema: Some(t.table.schema.clone()), name: t.table.name.clone() };
     // A table that is gone cannot be restored (a person must look); a
     // database error reading the catalog is retried like any other.
-    let meta = resource.meta(conn, &table).await.map_err(|e| match e {
+    let meta = resource.fresh_meta(conn, &table).await.map_err(|e| match e {
         AtError::Unsupported(m) => AtError::CorruptUndo(m),
         other => other,
     })?;
-    let index = |name: &String| {
-        meta.index_of(name).ok_or_else(|| {
+    if !matches!(meta.kind, RelationKind::Table | RelationKind::Partitioned) {
+        return Err(AtError::CorruptUndo(format!("{} is no longer a table", meta.qualified())));
+    }
+    let mut columns = Vec::with_capacity(t.columns.len());
+    for (name, ty) in t.columns.iter().zip(&t.types) {
+        let i = meta.columns.iter().position(|c| &c.name == name).ok_or_else(|| {
             AtError::CorruptUndo(format!("column {name} of the undo log is not in {} any more", meta.qualified()))
-        })
-    };
-    let columns = stmt.columns.iter().map(index).collect::<Result<Vec<usize>, _>>()?;
-    let pk_in_row = stmt
-        .pk
-        .iter()
-        .map(|p| stmt.columns.iter().position(|c| c == p))
-        .collect::<Option<Vec<usize>>>()
-        .ok_or_else(|| AtError::CorruptUndo("a key column is missing from the images".into()))?;
-    let pk_in_table: Vec<usize> = pk_in_row.iter().map(|&i| columns[i]).collect();
-
-    let by_key =
-        |rows: &[Row]| -> HashMap<Row, Row> { rows.iter().map(|r| (pick(r, &pk_in_row), r.clone())).collect() };
-    let before = by_key(&stmt.before);
-    let after = by_key(&stmt.after);
-    let mut keys: Vec<Row> = stmt.before.iter().chain(&stmt.after).map(|r| pick(r, &pk_in_row)).collect();
-    keys.sort();
-    keys.dedup();
-    let current = by_key(&rows_by_pk::<B>(conn, &meta, &columns, &pk_in_table, &keys).await?);
-
-    let mut plan = Vec::new();
-    let mut conflicts = Vec::new();
-    for key in &keys {
-        let (b, a, c) = (before.get(key), after.get(key), current.get(key));
-        if stmt.kind == StatementKind::Update && (b.is_none() || a.is_none()) {
-            return Err(AtError::CorruptUndo(format!("the update images of {key:?} do not pair up")));
+        })?;
+        if &meta.columns[i].type_id != ty {
+            return Err(AtError::CorruptUndo(format!(
+                "column {name} of {} changed type since phase 1 ({} now)",
+                meta.qualified(),
+                meta.columns[i].sql_type
+            )));
         }
-        match row_undo(b, a, c) {
-            RowUndo::Nothing => {}
-            RowUndo::Restore => plan.push((key, b)),
-            RowUndo::Dirty => conflicts.push(Conflict {
-                table: format!("{}.{}", stmt.schema, stmt.table),
-                pk: key.clone(),
-                expected: a.map(|r| as_object(&stmt.columns, r)),
-                found: c.map(|r| as_object(&stmt.columns, r)),
-            }),
-        }
+        columns.push(i);
     }
-    if !conflicts.is_empty() {
-        return Ok(conflicts);
-    }
-    for (key, before_row) in plan {
-        restore_row::<B>(conn, &meta, &columns, &pk_in_table, key, before_row, current.contains_key(key)).await?;
-    }
-    Ok(Vec::new())
+    let pk = t.pk.iter().map(|&i| columns[i]).collect();
+    Ok(Now { meta, columns, pk })
 }
 
-/// Writes one row back to its before image: update it, insert it again, or
-/// delete it (when it did not exist before).
-async fn restore_row<B: AtBackend>(
+/// Rows outside the branch that the restore would change through a
+/// referential action: a row the branch created and the rollback deletes,
+/// referenced since by a row of someone else's with `ON DELETE CASCADE` /
+/// `SET NULL` / `SET DEFAULT` (and the same for a restored key an
+/// `ON UPDATE` action follows). They are reported like dirty writes, and
+/// nothing is restored.
+async fn referencing_rows<B: AtBackend>(
     conn: &mut Conn<B>,
-    meta: &TableMeta,
-    columns: &[usize],
-    pk: &[usize],
-    key: &Row,
-    before: Option<&Row>,
-    exists: bool,
-) -> Result<(), AtError> {
-    let d = B::DIALECT;
-    let table = qualified(d, meta);
-    let mut params = Vec::new();
-    let mut param = |v: Option<String>| {
-        params.push(B::text(v));
-        d.param(params.len())
-    };
-    let mut pk_filter = Vec::new();
-    for (&c, v) in pk.iter().zip(key) {
-        let col = &meta.columns[c];
-        let p = param(v.clone());
-        pk_filter.push(format!("{} = {}", d.quote(&col.name), B::value_expr(col, &p)));
-    }
-    let pk_filter = pk_filter.join(" AND ");
-    // Generated columns are compared, never written.
-    let writable: Vec<(usize, &Option<String>)> = match before {
-        Some(row) => {
-            columns.iter().zip(row).filter(|(c, _)| !meta.columns[**c].generated).map(|(c, v)| (*c, v)).collect()
-        }
-        None => Vec::new(),
-    };
-    let sql = match (before, exists) {
-        (None, _) => format!("DELETE FROM {table} WHERE {pk_filter}"),
-        (Some(_), true) => {
-            let sets: Vec<String> = writable
+    resource: &AtResource<B>,
+    tables: &[TableImages],
+    now: &[Now],
+    ops: &[RowOp],
+) -> Result<Vec<Finding>, AtError> {
+    let mut out = Vec::new();
+    for (ti, n) in now.iter().enumerate() {
+        for fk in &n.meta.referenced_by {
+            let Some(pcols) = fk.parent_columns.iter().map(|c| n.meta.index_of(c)).collect::<Option<Vec<usize>>>()
+            else {
+                continue;
+            };
+            // Referenced values the restore takes away, by an action that follows them.
+            let in_images: Option<Vec<usize>> = pcols.iter().map(|c| n.columns.iter().position(|x| x == c)).collect();
+            let Some(in_images) = in_images else { continue };
+            let mut values: Vec<Row> = ops
                 .iter()
-                .filter(|(c, _)| !pk.contains(c) && !meta.columns[*c].identity_always)
-                .map(|(c, v)| {
-                    let col = &meta.columns[*c];
-                    format!("{} = {}", d.quote(&col.name), B::value_expr(col, &param((*v).clone())))
+                .filter(|o| o.table == ti)
+                .filter_map(|o| {
+                    let now_v = o.current.as_ref().map(|r| pick(r, &in_images))?;
+                    let then_v = o.target().map(|r| pick(r, &in_images));
+                    let action = if o.op == Op::Delete { fk.on_delete } else { fk.on_update };
+                    (action.writes() && then_v.as_ref() != Some(&now_v) && now_v.iter().all(Option::is_some))
+                        .then_some(now_v)
                 })
                 .collect();
+            values.sort();
+            values.dedup();
+            if values.is_empty() {
+                continue;
+            }
+            let child_ref = TableRef { schema: Some(fk.child.schema.clone()), name: fk.child.name.clone() };
+            let child = resource.fresh_meta(conn, &child_ref).await?;
+            let Some(ccols) = fk.child_columns.iter().map(|c| child.index_of(c)).collect::<Option<Vec<usize>>>() else {
+                continue;
+            };
+            let cpk = child.pk();
+            let all: Vec<usize> = (0..child.columns.len()).collect();
+            let pcols_meta: Vec<&super::meta::Column> = pcols.iter().map(|&i| &n.meta.columns[i]).collect();
+            let found = rows_where::<B>(conn, &child, &all, &cols(&child, &ccols), &pcols_meta, &values).await?;
+            // The branch's own rows of the child are restored first (they no
+            // longer reference these values once restored): not outsiders.
+            let own = tables.iter().position(|t| t.table == child.table_name());
+            for r in found {
+                let k = pick(&r, &cpk);
+                let handled = own.is_some_and(|c| {
+                    tables[c].rows.iter().any(|h| {
+                        h.key == k
+                            && h.first_before.as_ref().map(|b| pick(b, &ccols)).is_none_or(|v| !values.contains(&v))
+                    })
+                });
+                if !handled {
+                    let (event, action) = match ops.iter().any(|o| o.table == ti && o.op == Op::Delete) {
+                        true => ("DELETE", fk.on_delete),
+                        false => ("UPDATE", fk.on_update),
+                    };
+                    let why = format!(
+                        "this row, written outside the branch, references {} through {} (ON {event} {}); \
+                         restoring {} would change it too",
+                        n.meta.qualified(),
+                        fk.name,
+                        action.as_sql(),
+                        n.meta.qualified()
+                    );
+                    let child_now = Now { meta: child.clone(), columns: all.clone(), pk: cpk.clone() };
+                    out.push(Finding::of(&child_now, k, None, Some(r), Some(why)));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A row a rollback reports.
+struct Finding {
+    /// Its table now.
+    meta: Arc<TableMeta>,
+    /// Index in `meta.columns` of each value of the rows below.
+    columns: Vec<usize>,
+    /// Primary-key values.
+    key: Row,
+    /// What should be there (none: no row).
+    expected: Option<Row>,
+    /// What is there (none: no row).
+    found: Option<Row>,
+    /// Why, when not "changed by someone else".
+    reason: Option<String>,
+}
+
+impl Finding {
+    fn of(n: &Now, key: Row, expected: Option<Row>, found: Option<Row>, reason: Option<String>) -> Finding {
+        Finding { meta: n.meta.clone(), columns: n.columns.clone(), key, expected, found, reason }
+    }
+}
+
+/// The first [`REPORT_ROWS`] findings as conflicts, their values in the
+/// database's own text where the image is binary.
+async fn report<B: AtBackend>(conn: &mut Conn<B>, findings: Vec<Finding>) -> Result<Vec<Conflict>, AtError> {
+    let total = findings.len();
+    let mut out = Vec::with_capacity(total.min(REPORT_ROWS));
+    for f in findings.into_iter().take(REPORT_ROWS) {
+        let columns = cols(&f.meta, &f.columns);
+        let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+        let expected = match &f.expected {
+            None => None,
+            Some(r) => Some(as_object(&names, &B::render(conn, &columns, r).await?)),
+        };
+        let found = match &f.found {
+            None => None,
+            Some(r) => Some(as_object(&names, &B::render(conn, &columns, r).await?)),
+        };
+        out.push(Conflict { table: f.meta.qualified(), pk: f.key, expected, found, reason: f.reason });
+    }
+    if total > REPORT_ROWS {
+        tracing::warn!(total, listed = REPORT_ROWS, "AT rollback: more rows to report than listed");
+    }
+    Ok(out)
+}
+
+/// Writes one step of the restore: one row, or the rows of a reference
+/// cycle in one statement (PostgreSQL checks their keys at its end).
+async fn apply<B: AtBackend>(
+    conn: &mut Conn<B>,
+    tables: &[TableImages],
+    now: &[Now],
+    step: &Step,
+) -> Result<(), AtError> {
+    let Some(first) = step.ops.first() else { return Ok(()) };
+    let n = &now[first.table];
+    let meta = &n.meta;
+    let d = B::DIALECT;
+    let mut g = Gen::<B>::new(&[]);
+    let key_cols = cols(meta, &n.pk);
+    // Generated columns are compared, never written.
+    let writable: Vec<usize> = (0..n.columns.len()).filter(|&j| !meta.columns[n.columns[j]].generated).collect();
+    let sql = match &first.op {
+        Op::Delete => {
+            let keys: Vec<Row> = step.ops.iter().map(|o| o.key.clone()).collect();
+            format!("DELETE FROM {} WHERE {}", target(d, meta), g.filter(&key_cols, &key_cols, &keys)?)
+        }
+        Op::Insert(_) => {
+            let names: Vec<String> = writable.iter().map(|&j| d.quote(&meta.columns[n.columns[j]].name)).collect();
+            let mut rows = Vec::with_capacity(step.ops.len());
+            for o in &step.ops {
+                let Op::Insert(image) = &o.op else {
+                    return Err(AtError::Internal("a restore step mixes inserts with other writes".into()));
+                };
+                let mut values = Vec::with_capacity(writable.len());
+                for &j in &writable {
+                    values.push(g.value(&meta.columns[n.columns[j]], image[j].as_deref())?);
+                }
+                rows.push(format!("({})", values.join(", ")));
+            }
+            let overriding = if d == SqlDialect::Postgres { " OVERRIDING SYSTEM VALUE" } else { "" };
+            format!("INSERT INTO {} ({}){overriding} VALUES {}", qualified(d, meta), names.join(", "), rows.join(", "))
+        }
+        Op::Update(image) => {
+            let mut sets = Vec::new();
+            for &j in &writable {
+                let col = &meta.columns[n.columns[j]];
+                if n.pk.contains(&n.columns[j]) || col.identity_always {
+                    continue;
+                }
+                sets.push(format!("{} = {}", d.quote(&col.name), g.value(col, image[j].as_deref())?));
+            }
             if sets.is_empty() {
                 return Ok(());
             }
-            format!("UPDATE {table} SET {} WHERE {pk_filter}", sets.join(", "))
-        }
-        (Some(_), false) => {
-            let names: Vec<String> = writable.iter().map(|(c, _)| d.quote(&meta.columns[*c].name)).collect();
-            let values: Vec<String> =
-                writable.iter().map(|(c, v)| B::value_expr(&meta.columns[*c], &param((*v).clone()))).collect();
-            // The key filter's parameters are not used by an INSERT.
-            let overriding = if d == super::sql::SqlDialect::Postgres { " OVERRIDING SYSTEM VALUE" } else { "" };
-            format!("INSERT INTO {table} ({}){overriding} VALUES ({})", names.join(", "), values.join(", "))
+            let filter = g.filter(&key_cols, &key_cols, std::slice::from_ref(&first.key))?;
+            format!("UPDATE {} SET {} WHERE {filter}", target(d, meta), sets.join(", "))
         }
     };
     let (sql, plan) = bind_plan(&sql, d)?;
-    let what = || format!("{} key {:?}", meta.qualified(), key);
-    let n = B::execute(conn, &sql, &params, &plan).await.map_err(|e| {
+    let what = || {
+        let keys: Vec<&Row> = step.ops.iter().map(|o| &o.key).collect();
+        format!("{} key {:?}", tables[first.table].table, keys)
+    };
+    let written = B::execute(conn, &sql, &g.params, &plan).await.map_err(|e| {
         if B::is_integrity_violation(&e) {
             AtError::RestoreRefused(format!("{}: {e}", what()))
         } else {
             e.into()
         }
     })?;
-    if n != 1 {
-        return Err(AtError::RestoreRefused(format!("restoring {} changed {n} rows", what())));
+    if written != step.ops.len() as u64 {
+        return Err(AtError::RestoreRefused(format!("restoring {} changed {written} rows", what())));
     }
     Ok(())
 }
