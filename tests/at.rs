@@ -5,6 +5,11 @@
 
 mod support;
 
+/// One test per class of rollback exactness (issue: "AT rollback restores
+/// exactly what was there, or the statement is refused before it runs").
+#[path = "at/classes.rs"]
+mod classes;
+
 use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
@@ -15,7 +20,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{eventually, fast_settings, wait_status, InProcess, Process, TestDb, TestMariaDb, FAST_FLAGS};
-use tandem_sdk::at::{AtBackend, AtError, AtParam, AtResource, LockRetry, MySqlDb, Pg, CALLBACK_PATH};
+use tandem_sdk::at::{
+    AtBackend, AtError, AtParam, AtResource, AtResourceBuilder, LockRetry, MySqlDb, Pg, CALLBACK_PATH,
+};
 use tandem_sdk::wire::{BeginRequest, BranchStatus, GlobalStatus, LockCheckRequest, Mode, RegisterBranchRequest, Xid};
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
@@ -66,9 +73,19 @@ async fn participant<B: AtBackend>(
     resource: &str,
     retry: LockRetry,
 ) -> Participant<B> {
+    participant_with(pool, coordinator, resource, |b| b.lock_retry(retry)).await
+}
+
+/// [`participant`] with the resource's options set by `configure`.
+async fn participant_with<B: AtBackend>(
+    pool: sqlx::Pool<B::Db>,
+    coordinator: &str,
+    resource: &str,
+    configure: impl FnOnce(AtResourceBuilder<B>) -> AtResourceBuilder<B>,
+) -> Participant<B> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}{CALLBACK_PATH}", listener.local_addr().unwrap());
-    let at = AtResource::<B>::with_lock_retry(pool, TandemClient::new(coordinator).unwrap(), resource, &url, retry);
+    let at = configure(AtResource::<B>::builder(pool, TandemClient::new(coordinator).unwrap(), resource, &url)).build();
     let callback = url.clone();
     at.install().await.unwrap();
     let gate = Arc::new(Gate::default());
@@ -108,6 +125,8 @@ impl Coordinator {
 trait Business {
     type B: AtBackend;
     fn pool(&self) -> sqlx::Pool<<Self::B as AtBackend>::Db>;
+    /// The database's URL.
+    fn url(&self) -> &str;
     /// Runs DDL/DML outside AT.
     async fn exec(&self, sql: &str);
     /// Every row of `table` as text, ordered by its key, `|`-separated, NULL as `∅`.
@@ -135,6 +154,9 @@ impl Business for PgBusiness {
     type B = Pg;
     fn pool(&self) -> PgPool {
         self.pool.clone()
+    }
+    fn url(&self) -> &str {
+        &self._db.url
     }
     async fn exec(&self, sql: &str) {
         sqlx::raw_sql(sql).execute(&self.pool).await.unwrap();
@@ -183,6 +205,9 @@ impl Business for MariaBusiness {
     type B = MySqlDb;
     fn pool(&self) -> MySqlPool {
         self.pool.clone()
+    }
+    fn url(&self) -> &str {
+        &self._db.url
     }
     async fn exec(&self, sql: &str) {
         for stmt in sql.split(';').filter(|s| !s.trim().is_empty()) {

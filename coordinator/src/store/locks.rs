@@ -1,7 +1,7 @@
 //! Statements on `global_locks` (AT mode).
 //!
-//! A lock is a row whose primary key is `resource^^^lock_key`; whoever inserts
-//! it holds it. Locks are taken in the same database transaction as the
+//! A lock is a row whose primary key is made of the resource and the lock
+//! key ([`row_key`]); whoever inserts it holds it. Locks are taken in the same database transaction as the
 //! branch row, so a branch exists exactly when its locks do, and are released
 //! by the phase-2 bookkeeping statements (`finish_many`, `schedule_retry`)
 //! when the branch completes.
@@ -28,9 +28,11 @@ pub enum LockedRegistration {
     Conflict(LockHolder),
 }
 
-/// The lock table's key for `lock_key` of `resource`.
+/// The lock table's key for `lock_key` of `resource`: the resource's length
+/// in bytes first, so that distinct pairs never share a key (migration 4
+/// rewrote older keys to this form).
 fn row_key(resource: &str, lock_key: &str) -> String {
-    format!("{resource}^^^{lock_key}")
+    format!("{}:{resource}{lock_key}", resource.len())
 }
 
 /// How often a registration retries when the holder it lost to vanished
@@ -135,5 +137,18 @@ impl Store {
             // A lock whose transaction row is gone is an orphan; report it as active.
             status: parsed_opt(&row, "status")?.unwrap_or(GlobalStatus::Active),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::row_key;
+
+    #[test]
+    fn row_keys_are_injective() {
+        assert_ne!(row_key("a^^^b", "c"), row_key("a", "b^^^c"));
+        assert_ne!(row_key("ab", "c"), row_key("a", "bc"));
+        assert_ne!(row_key("1:a", "b"), row_key("1", ":ab"));
+        assert_eq!(row_key("inventory", "public.stock:1"), "9:inventorypublic.stock:1");
     }
 }

@@ -320,7 +320,9 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
                           JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n ORDER BY k.i), \
                     con.confdeltype::text, con.confupdtype::text, con.condeferrable, \
                     ARRAY(SELECT a.attname::text \
-                          FROM jsonb_array_elements_text(COALESCE(to_jsonb(con) -> 'confdelsetcols', '[]')) \
+                          FROM jsonb_array_elements_text(CASE jsonb_typeof(to_jsonb(con) -> 'confdelsetcols') \
+                                                         WHEN 'array' THEN to_jsonb(con) -> 'confdelsetcols' \
+                                                         ELSE '[]' END) \
                                WITH ORDINALITY k(n, i) \
                           JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n::int2 ORDER BY k.i), \
                     con.confrelid IN (SELECT relid FROM me), con.conrelid IN (SELECT relid FROM me) \
