@@ -9,6 +9,10 @@ mod support;
 /// exactly what was there, or the statement is refused before it runs").
 #[path = "at/classes.rs"]
 mod classes;
+/// The rollback property on a schema with triggers, referential actions,
+/// partitions, inheritance and domains, in randomly set sessions.
+#[path = "at/property.rs"]
+mod property;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;

@@ -836,9 +836,12 @@ impl<B: AtBackend> AtTransaction<B> {
             return;
         }
         self.lock_keys.extend(keys.iter().map(|k| lock_key(&meta.lock_table, k)));
+        // A partition's rows are recorded under its root partitioned table
+        // (which routes a restore to the right partition), so that a row
+        // written through both names is one row to the rollback.
         self.statements.push(UndoStatement {
-            schema: meta.schema.clone(),
-            table: meta.name.clone(),
+            schema: meta.lock_table.schema.clone(),
+            table: meta.lock_table.name.clone(),
             kind,
             columns: meta.columns.iter().map(|c| c.name.clone()).collect(),
             types: meta.columns.iter().map(|c| c.type_id.clone()).collect(),

@@ -54,10 +54,25 @@ pub fn histories(statements: &[UndoStatement]) -> Result<Vec<TableImages>, Strin
     let mut position = 0usize;
     for s in statements {
         let name = s.table_name();
+        // Statements on one table may list its columns in another order (a
+        // partition's own, its root's): images are aligned by column name.
+        let mut align: Option<Vec<usize>> = None;
         let t = match tables.iter().position(|t| t.table == name) {
             Some(t) => {
-                if tables[t].columns != s.columns || tables[t].types != s.types {
-                    return Err(format!("the images of {name} do not all have the same columns"));
+                if tables[t].columns != s.columns {
+                    let map: Option<Vec<usize>> =
+                        tables[t].columns.iter().map(|c| s.columns.iter().position(|x| x == c)).collect();
+                    match map {
+                        Some(m)
+                            if s.columns.len() == m.len()
+                                && m.iter().map(|&i| &s.types[i]).eq(tables[t].types.iter()) =>
+                        {
+                            align = Some(m)
+                        }
+                        _ => return Err(format!("the images of {name} do not all have the same columns")),
+                    }
+                } else if tables[t].types != s.types {
+                    return Err(format!("the images of {name} do not all have the same column types"));
                 }
                 t
             }
@@ -99,6 +114,9 @@ pub fn histories(statements: &[UndoStatement]) -> Result<Vec<TableImages>, Strin
             if before.is_some_and(|r| r.len() != width) || after.is_some_and(|r| r.len() != width) {
                 return Err(format!("an image of {name} has the wrong number of values"));
             }
+            let aligned = |r: Option<&Row>| r.map(|r| align.as_ref().map_or_else(|| r.clone(), |m| pick(r, m)));
+            let (before, after) = (aligned(before), aligned(after));
+            let (before, after) = (before.as_ref(), after.as_ref());
             let Some(image) = before.or(after) else { continue };
             let key = pick(image, &tables[t].pk);
             if let Some(a) = after {
@@ -211,6 +229,9 @@ pub struct Edge {
     pub parent: usize,
     /// The referenced columns.
     pub parent_columns: Vec<usize>,
+    /// `ON UPDATE CASCADE / SET NULL / SET DEFAULT`: when the restore
+    /// changes a referenced value, the database moves the referencing rows.
+    pub update_follows: bool,
 }
 
 /// Resolves `fks` to edges between `tables` (foreign keys whose tables or
@@ -230,6 +251,7 @@ pub fn edges(tables: &[TableImages], fks: &[ForeignKey], deferred: bool) -> Vec<
                 child_columns: cols(&tables[child], &f.child_columns)?,
                 parent,
                 parent_columns: cols(&tables[parent], &f.parent_columns)?,
+                update_follows: f.on_update.writes(),
             })
         })
         .collect()
@@ -264,7 +286,12 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
                 if let Some(v) = then {
                     created.entry(v).or_default().push(i);
                 }
-                if let Some(v) = now {
+                // A value an update takes away is followed by the database
+                // itself when the key says so (the rows referencing it move
+                // with it); a delete's is not (a cascade would reach rows the
+                // restore must write itself).
+                let followed = e.update_follows && matches!(o.op, Op::Update(_));
+                if let (Some(v), false) = (now, followed) {
                     removed.entry(v).or_default().push(i);
                 }
             }
@@ -546,6 +573,45 @@ mod tests {
         let steps = order(ops, &edges(&tables, &[fk], true));
         let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
         assert_eq!(names, ["parent", "child", "child"]);
+    }
+
+    #[test]
+    fn a_key_that_follows_updates_restores_the_parent_first() {
+        // UPDATE parent SET code = 'Z' cascaded to the child: restoring the
+        // parent's code moves the child back too; the child must come after.
+        let parent = UndoStatement {
+            table: "parent".into(),
+            columns: vec!["id".into(), "code".into()],
+            types: vec!["23".into(), "25".into()],
+            ..stmt(StatementKind::Update, vec![r(&["1", "A"])], vec![r(&["1", "Z"])])
+        };
+        let child = UndoStatement {
+            table: "child".into(),
+            columns: vec!["id".into(), "pcode".into()],
+            types: vec!["23".into(), "25".into()],
+            ..stmt(StatementKind::Update, vec![r(&["7", "A"])], vec![r(&["7", "Z"])])
+        };
+        let fk = ForeignKey {
+            child: TableName { schema: "public".into(), name: "child".into() },
+            child_columns: vec!["pcode".into()],
+            parent: TableName { schema: "public".into(), name: "parent".into() },
+            parent_columns: vec!["code".into()],
+            on_update: RefAction::Cascade,
+            ..node_fk()
+        };
+        let tables = histories(&[child, parent]).unwrap();
+        let ops: Vec<RowOp> = tables
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| t.rows.iter().map(move |h| restore_op(ti, h, h.last_after.clone()).unwrap()))
+            .collect();
+        let steps = order(ops.clone(), &edges(&tables, std::slice::from_ref(&fk), false));
+        let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
+        assert_eq!(names, ["parent", "child"]);
+        // With NO ACTION the two rows need each other: one step each, whatever
+        // the database then says.
+        let fk = ForeignKey { on_update: RefAction::NoAction, ..fk };
+        assert_eq!(order(ops, &edges(&tables, &[fk], false)).len(), 2);
     }
 
     #[test]
