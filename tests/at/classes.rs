@@ -474,6 +474,53 @@ async fn lock_keys_do_not_depend_on_the_session_on_postgres() {
     assert_eq!(d.snapshot("bk", &["v"], "k").await, ["0"]);
 }
 
+/// MariaDB: a CHAR key read under `PAD_CHAR_TO_FULL_LENGTH` and a TIMESTAMP
+/// key read in another time zone have the same lock keys as anywhere else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_keys_do_not_depend_on_the_session_on_mariadb() {
+    let c = Coordinator::start("at_c6m").await;
+    let d = MariaBusiness::new("at_c6_m").await;
+    d.exec(
+        "CREATE TABLE ck (k char(5) PRIMARY KEY, v int); INSERT INTO ck VALUES ('ab', 0); \
+         CREATE TABLE tk (t timestamp(3) NOT NULL PRIMARY KEY, v int)",
+    )
+    .await;
+    maria_exec_in(&d, "SET SESSION time_zone = '+00:00'", "INSERT INTO tk VALUES ('2024-03-05 12:00:00.250', 0)").await;
+    let plain = participant::<MySqlDb>(
+        maria_session(d.url(), "SET SESSION sql_mode = DEFAULT, SESSION time_zone = '+00:00'"),
+        &c.c.url,
+        "keys",
+        LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) },
+    )
+    .await;
+    let padded = AtResource::<MySqlDb>::new(
+        maria_session(d.url(), "SET SESSION sql_mode = 'PAD_CHAR_TO_FULL_LENGTH', SESSION time_zone = '+09:00'"),
+        TandemClient::new(&c.c.url).unwrap(),
+        "keys",
+        &plain.url,
+    );
+    let a = c.begin().await;
+    let mut t = padded.begin(&a).await.unwrap();
+    t.sql("UPDATE ck SET v = 1 WHERE k = 'ab'").execute().await.unwrap();
+    t.sql("UPDATE tk SET v = 1").execute().await.unwrap();
+    let keys: Vec<String> = t.lock_keys().map(str::to_owned).collect();
+    t.commit().await.unwrap().expect("branch a");
+    for sql in ["UPDATE ck SET v = 2 WHERE k = 'ab'", "UPDATE tk SET v = 2"] {
+        let b = c.begin().await;
+        let mut t = plain.at.begin(&b).await.unwrap();
+        t.sql(sql).execute().await.unwrap();
+        assert!(t.lock_keys().all(|k| keys.iter().any(|x| x == k)), "{keys:?}");
+        match t.commit().await {
+            Err(AtError::LockConflict { holder, .. }) => assert_eq!(holder.xid, a, "{sql}"),
+            other => panic!("{sql}: the same row must conflict: {other:?}"),
+        }
+    }
+    let tx = roll_back(&c, &a, "rolled_back").await;
+    assert_eq!(tx.branches[0].status, BranchStatus::RolledBack, "{:?}", tx.branches[0].last_error);
+    assert_eq!(d.snapshot("ck", &["k", "v"], "k").await, ["ab|0"]);
+    assert_eq!(d.snapshot("tk", &["v"], "t").await, ["0"]);
+}
+
 /// Schema `a.b` with table `c`, schema `a` with table `b.c`: different rows,
 /// different lock keys (they used to share `a.b.c:1`).
 async fn dotted_names_do_not_share_lock_keys<D: Business>(d: &D, c: &Coordinator, first: &str, second: &str)
