@@ -47,10 +47,17 @@ async fn maria_db_name(d: &MariaBusiness) -> String {
     sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&d.pool).await.unwrap()
 }
 
-/// Rolls `xid` back and waits until it ends as `status`.
+/// Rolls `xid` back and waits until it ends, which must be as `status`.
 async fn roll_back(c: &Coordinator, xid: &Xid, status: &str) -> Transaction {
     c.client().rollback(xid, None).await.unwrap();
-    wait_status(c.client(), xid, status, WAIT).await
+    let tx = eventually("the rollback ends", WAIT, || async {
+        let t = c.client().get(xid).await.ok()?;
+        matches!(t.status, GlobalStatus::RolledBack | GlobalStatus::RollbackFailed).then_some(t)
+    })
+    .await;
+    let errors: Vec<_> = tx.branches.iter().map(|b| &b.last_error).collect();
+    assert_eq!(tx.status.as_str(), status, "{errors:?}");
+    tx
 }
 
 /// The refusal message of `r`, which must be a refusal.
@@ -861,4 +868,320 @@ async fn lock_rows_are_rekeyed_injectively_by_the_migration() {
     assert_eq!(key, "5:r^^^xk");
     let check = LockCheckRequest { resource: "r^^^x".into(), lock_keys: vec!["k".into()], xid: None };
     assert!(!c.client().check_locks(&check).await.unwrap().free, "the rekeyed lock still holds");
+}
+
+// ------------------------------------- findings of the review, by class
+
+/// Class 1/6 of the scope: an unqualified table name is the table the
+/// session resolves it to (a tenant's schema), not the one another session
+/// saw first; the undo table is found wherever the session's path points.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_names_resolve_in_the_sessions_search_path_on_postgres() {
+    let c = Coordinator::start("at_sp").await;
+    let d = PgBusiness::new("at_sp_p").await;
+    d.exec(
+        "CREATE SCHEMA tenant_a; CREATE TABLE tenant_a.orders (id int PRIMARY KEY, v int); INSERT INTO tenant_a.orders VALUES (1, 0); \
+         CREATE SCHEMA tenant_b; CREATE TABLE tenant_b.orders (id int PRIMARY KEY, v int, note text); \
+         INSERT INTO tenant_b.orders VALUES (1, 0, 'b')",
+    )
+    .await;
+    let p = participant::<Pg>(d.pool(), &c.c.url, "tenants", LockRetry::default()).await;
+    let mut xids = Vec::new();
+    for (tenant, v) in [("tenant_a", 1), ("tenant_b", 2)] {
+        let xid = c.begin().await;
+        let mut t = p.at.begin(&xid).await.unwrap();
+        sqlx::Executor::execute(&mut *t.connection(), format!("SET LOCAL search_path = {tenant}").as_str())
+            .await
+            .unwrap();
+        t.sql("UPDATE orders SET v = $1 WHERE id = 1").bind(v).execute().await.unwrap();
+        assert_eq!(t.lock_keys().collect::<Vec<_>>(), [format!("{tenant}.orders:1")]);
+        t.commit().await.unwrap().expect("branch");
+        xids.push(xid);
+    }
+    assert_eq!(d.snapshot("tenant_a.orders", &["v"], "id").await, ["1"]);
+    assert_eq!(d.snapshot("tenant_b.orders", &["v"], "id").await, ["2"], "tenant b's table, not a's");
+    for xid in &xids {
+        roll_back(&c, xid, "rolled_back").await;
+    }
+    assert_eq!(d.snapshot("tenant_a.orders", &["v"], "id").await, ["0"]);
+    assert_eq!(d.snapshot("tenant_b.orders", &["v"], "id").await, ["0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unqualified_names_resolve_in_the_sessions_database_on_mariadb() {
+    let c = Coordinator::start("at_spm").await;
+    let d = MariaBusiness::new("at_sp_m").await;
+    let db = maria_db_name(&d).await;
+    d.exec(&format!(
+        "CREATE TABLE orders (id int PRIMARY KEY, v int); INSERT INTO orders VALUES (1, 0); \
+         CREATE DATABASE `{db}_b`; CREATE TABLE `{db}_b`.orders (id int PRIMARY KEY, v int, note text); \
+         INSERT INTO `{db}_b`.orders VALUES (1, 0, 'b')"
+    ))
+    .await;
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "tenants", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    t.sql("UPDATE orders SET v = 1 WHERE id = 1").execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    let other = c.begin().await;
+    let mut t = p.at.begin(&other).await.unwrap();
+    sqlx::raw_sql(&format!("USE `{db}_b`")).execute(&mut *t.connection()).await.unwrap();
+    let now: String =
+        sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *t.connection()).await.unwrap();
+    assert_eq!(now, format!("{db}_b"));
+    t.sql("UPDATE orders SET v = 2 WHERE id = 1").execute().await.unwrap();
+    assert_eq!(t.lock_keys().collect::<Vec<_>>(), [format!("{db}_b.orders:1")]);
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot(&format!("`{db}_b`.orders"), &["v"], "id").await, ["2"]);
+    for xid in [&xid, &other] {
+        roll_back(&c, xid, "rolled_back").await;
+    }
+    assert_eq!(d.snapshot("orders", &["v"], "id").await, ["0"]);
+    assert_eq!(d.snapshot(&format!("`{db}_b`.orders"), &["v"], "id").await, ["0"]);
+    d.exec(&format!("DROP DATABASE `{db}_b`")).await;
+}
+
+/// Class 3, the harder shapes: a key referencing a partition (refused), a
+/// referenced column a declared trigger changes, one row reached by two
+/// keys, an action that would change a child's primary key (refused), a
+/// self-referencing ON UPDATE CASCADE, a deferrable cascading key, rows of
+/// two tables that reference each other, and a referencing table with
+/// row-level security (refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harder_referential_shapes_on_postgres() {
+    let c = Coordinator::start("at_c3x").await;
+    let d = PgBusiness::new("at_c3x_p").await;
+    d.exec(
+        "CREATE TABLE root (id int PRIMARY KEY, v int) PARTITION BY RANGE (id); \
+         CREATE TABLE root_lo PARTITION OF root FOR VALUES FROM (0) TO (100); \
+         CREATE TABLE root_hi PARTITION OF root FOR VALUES FROM (100) TO (200); \
+         CREATE TABLE to_part (id int PRIMARY KEY, rid int REFERENCES root_lo(id) ON DELETE CASCADE); \
+         INSERT INTO root VALUES (1, 0), (150, 0); INSERT INTO to_part VALUES (1, 1); \
+         CREATE TABLE up (id int PRIMARY KEY, code text NOT NULL UNIQUE, note text); \
+         CREATE FUNCTION upcase() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF current_setting('tandem.at_restore', true) IS DISTINCT FROM 'on' THEN NEW.code := upper(NEW.code) || NEW.note; END IF; \
+           RETURN NEW; END $$; \
+         CREATE TRIGGER up_case BEFORE UPDATE ON up FOR EACH ROW EXECUTE FUNCTION upcase(); \
+         CREATE TABLE up_child (id int PRIMARY KEY, ucode text REFERENCES up(code) ON UPDATE CASCADE); \
+         INSERT INTO up VALUES (1, 'a', ''); INSERT INTO up_child VALUES (10, 'a'); \
+         CREATE TABLE p2 (id int PRIMARY KEY); \
+         CREATE TABLE c2 (id int PRIMARY KEY, a int REFERENCES p2(id) ON DELETE SET NULL, \
+                          b int UNIQUE REFERENCES p2(id) ON DELETE SET NULL); \
+         CREATE TABLE g2 (id int PRIMARY KEY, cb int REFERENCES c2(b) ON UPDATE CASCADE); \
+         INSERT INTO p2 VALUES (1); INSERT INTO c2 VALUES (5, 1, 1); INSERT INTO g2 VALUES (50, 1); \
+         CREATE TABLE kp (code text PRIMARY KEY); CREATE TABLE kc (code text REFERENCES kp(code) ON UPDATE CASCADE, n int, \
+                          PRIMARY KEY (code, n)); INSERT INTO kp VALUES ('x'); INSERT INTO kc VALUES ('x', 1); \
+         CREATE TABLE sn (id int PRIMARY KEY, code text UNIQUE, pcode text REFERENCES sn(code) ON UPDATE CASCADE); \
+         INSERT INTO sn VALUES (1, 'a', NULL); INSERT INTO sn VALUES (2, 'b', 'a'); \
+         CREATE TABLE dp (id int PRIMARY KEY); \
+         CREATE TABLE dc (id int PRIMARY KEY, pid int REFERENCES dp(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED); \
+         CREATE TABLE ca (id int PRIMARY KEY, bid int); CREATE TABLE cb (id int PRIMARY KEY, aid int REFERENCES ca(id) ON DELETE CASCADE); \
+         ALTER TABLE ca ADD FOREIGN KEY (bid) REFERENCES cb(id) ON DELETE CASCADE; \
+         INSERT INTO ca VALUES (1, NULL); INSERT INTO cb VALUES (1, 1); UPDATE ca SET bid = 1 WHERE id = 1; \
+         CREATE TABLE rp (id int PRIMARY KEY); CREATE TABLE rc (id int PRIMARY KEY, pid int REFERENCES rp(id) ON DELETE CASCADE); \
+         ALTER TABLE rc ENABLE ROW LEVEL SECURITY",
+    )
+    .await;
+    let snap = || async {
+        let mut v = Vec::new();
+        for (t, c) in [
+            ("root", &["id", "v"][..]),
+            ("to_part", &["id", "rid"]),
+            ("up", &["id", "code", "note"]),
+            ("up_child", &["id", "ucode"]),
+            ("c2", &["id", "a", "b"]),
+            ("g2", &["id", "cb"]),
+            ("kc", &["code", "n"]),
+            ("sn", &["id", "code", "pcode"]),
+            ("dp", &["id"]),
+            ("dc", &["id", "pid"]),
+            ("ca", &["id", "bid"]),
+            ("cb", &["id", "aid"]),
+        ] {
+            v.push(d.snapshot(t, c, "1").await);
+        }
+        v
+    };
+    let original = snap().await;
+    let p = participant_with::<Pg>(d.pool(), &c.c.url, "shapes", |b| b.allow_trigger("public.up", "up_case")).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    let m = refusal(t.sql("DELETE FROM root WHERE id = $1").bind(1i32).execute().await);
+    assert!(m.contains("partition public.root_lo"), "{m}");
+    let m = refusal(t.sql("UPDATE kp SET code = 'y'").execute().await);
+    assert!(m.contains("UPDATE of primary-key") || m.contains("primary-key column code of public.kc"), "{m}");
+    let m = refusal(t.sql("DELETE FROM rp WHERE id = $1").bind(1i32).execute().await);
+    assert!(m.contains("row-level security"), "{m}");
+    assert_eq!(snap().await, original, "refusals ran nothing");
+    // The trigger changes `code` although the statement only sets `note`.
+    t.sql("UPDATE up SET note = 'z' WHERE id = $1").bind(1i32).execute().await.unwrap();
+    assert!(t.lock_keys().any(|k| k == "public.up_child:10"), "the cascaded child is locked");
+    // c2 row 5 is reached through `a` and through `b`; g2 follows `b`.
+    t.sql("DELETE FROM p2 WHERE id = $1").bind(1i32).execute().await.unwrap();
+    assert!(t.lock_keys().any(|k| k == "public.g2:50"), "{:?}", t.lock_keys().collect::<Vec<_>>());
+    t.sql("UPDATE sn SET code = code || 'x' WHERE id IN (1, 2)").execute().await.unwrap();
+    t.sql("INSERT INTO dc VALUES (1, 10)").execute().await.unwrap();
+    t.sql("INSERT INTO dp VALUES (10)").execute().await.unwrap();
+    t.sql("DELETE FROM ca WHERE id = $1").bind(1i32).execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot("up_child", &["ucode"], "id").await, ["Az"]);
+    assert_eq!(d.snapshot("g2", &["cb"], "id").await, ["∅"]);
+    assert_eq!(d.snapshot("sn", &["code", "pcode"], "id").await, ["ax|∅", "bx|ax"]);
+    assert!(d.snapshot("cb", &["id"], "id").await.is_empty(), "the cycle cascaded");
+    let tx = roll_back(&c, &xid, "rolled_back").await;
+    assert_eq!(tx.branches[0].status, BranchStatus::RolledBack, "{:?}", tx.branches[0].last_error);
+    assert_eq!(snap().await, original);
+}
+
+/// MariaDB: rows of two tables that reference each other through cascades
+/// could not be inserted back one at a time: refused; one row reached by two
+/// keys is followed for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn harder_referential_shapes_on_mariadb() {
+    let c = Coordinator::start("at_c3xm").await;
+    let d = MariaBusiness::new("at_c3x_m").await;
+    d.exec(
+        "CREATE TABLE ca (id int PRIMARY KEY, bid int); CREATE TABLE cb (id int PRIMARY KEY, aid int, \
+                          FOREIGN KEY (aid) REFERENCES ca(id) ON DELETE CASCADE); \
+         ALTER TABLE ca ADD FOREIGN KEY (bid) REFERENCES cb(id) ON DELETE CASCADE; \
+         INSERT INTO ca VALUES (1, NULL); INSERT INTO cb VALUES (1, 1); UPDATE ca SET bid = 1 WHERE id = 1; \
+         CREATE TABLE p2 (id int PRIMARY KEY); \
+         CREATE TABLE c2 (id int PRIMARY KEY, a int, b int UNIQUE, FOREIGN KEY (a) REFERENCES p2(id) ON DELETE SET NULL, \
+                          FOREIGN KEY (b) REFERENCES p2(id) ON DELETE SET NULL); \
+         CREATE TABLE g2 (id int PRIMARY KEY, cb int, FOREIGN KEY (cb) REFERENCES c2(b) ON UPDATE CASCADE); \
+         INSERT INTO p2 VALUES (1); INSERT INTO c2 VALUES (5, 1, 1); INSERT INTO g2 VALUES (50, 1)",
+    )
+    .await;
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "shapes", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    let m = refusal(t.sql("DELETE FROM ca WHERE id = ?").bind(1i32).execute().await);
+    assert!(m.contains("cycle"), "{m}");
+    assert_eq!(d.snapshot("cb", &["id"], "id").await, ["1"], "nothing ran");
+    t.sql("DELETE FROM p2 WHERE id = ?").bind(1i32).execute().await.unwrap();
+    let db = maria_db_name(&d).await;
+    assert!(t.lock_keys().any(|k| k == format!("{db}.g2:50")), "{:?}", t.lock_keys().collect::<Vec<_>>());
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot("g2", &["cb"], "id").await, ["∅"]);
+    roll_back(&c, &xid, "rolled_back").await;
+    assert_eq!(d.snapshot("c2", &["id", "a", "b"], "id").await, ["5|1|1"]);
+    assert_eq!(d.snapshot("g2", &["id", "cb"], "id").await, ["50|1"]);
+}
+
+/// Class 5's safety net, for what runs at commit: a deferred constraint
+/// trigger that changes a restored row is run before the read-back, which
+/// catches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferred_constraint_trigger_is_caught_by_the_read_back_on_postgres() {
+    let c = Coordinator::start("at_ct").await;
+    let d = PgBusiness::new("at_ct_p").await;
+    d.exec(
+        "CREATE TABLE doc (id int PRIMARY KEY, body text, touched int NOT NULL DEFAULT 0); \
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN \
+           IF NEW.body IS DISTINCT FROM OLD.body AND current_setting('tandem.at_restore', true) = 'on' THEN \
+             UPDATE doc SET touched = touched + 1 WHERE id = NEW.id; END IF; \
+           RETURN NULL; END $$; \
+         CREATE CONSTRAINT TRIGGER doc_touch AFTER UPDATE ON doc DEFERRABLE INITIALLY DEFERRED \
+           FOR EACH ROW EXECUTE FUNCTION touch(); \
+         INSERT INTO doc VALUES (1, 'a', 0)",
+    )
+    .await;
+    let p = participant_with::<Pg>(d.pool(), &c.c.url, "docs", |b| b.allow_trigger("public.doc", "doc_touch")).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    t.sql("UPDATE doc SET body = 'x' WHERE id = $1").bind(1i32).execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    assert_eq!(d.snapshot("doc", &["body", "touched"], "id").await, ["x|0"]);
+    let tx = roll_back(&c, &xid, "rollback_failed").await;
+    let error = tx.branches[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("restore mismatch") && error.contains("touched"), "{error}");
+    assert_eq!(d.snapshot("doc", &["body", "touched"], "id").await, ["x|0"], "nothing restored");
+}
+
+/// Lock keys follow the key's own equality: `1.0` and `1.00` are one
+/// numeric key, `1 day` and `24 hours` one interval, 'bob' and 'Bob ' one
+/// key under MariaDB's default collation; a case-insensitive key type is
+/// refused where it cannot be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_keys_share_a_lock_key_on_postgres() {
+    let c = Coordinator::start("at_eq").await;
+    let d = PgBusiness::new("at_eq_p").await;
+    d.exec(
+        "CREATE TABLE nk (k numeric PRIMARY KEY, v int); INSERT INTO nk VALUES (1.0, 0); \
+         CREATE TABLE ik (k interval PRIMARY KEY, v int); INSERT INTO ik VALUES ('1 day', 0); \
+         CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false); \
+         CREATE TABLE ck (k text COLLATE ci PRIMARY KEY, v int)",
+    )
+    .await;
+    let quick = LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) };
+    let p = participant::<Pg>(d.pool(), &c.c.url, "eq", quick).await;
+    let a = c.begin().await;
+    let mut t = p.at.begin(&a).await.unwrap();
+    t.sql("DELETE FROM nk").execute().await.unwrap();
+    t.sql("DELETE FROM ik").execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch a");
+    for sql in ["INSERT INTO nk VALUES (1.00, 1)", "INSERT INTO ik VALUES ('24 hours', 1)"] {
+        let b = c.begin().await;
+        let mut t = p.at.begin(&b).await.unwrap();
+        t.sql(sql).execute().await.unwrap();
+        assert!(matches!(t.commit().await, Err(AtError::LockConflict { .. })), "{sql}: the same key is locked");
+    }
+    let m = refusal(p.at.begin(&a).await.unwrap().sql("INSERT INTO ck VALUES ('x', 1)").execute().await);
+    assert!(m.contains("nondeterministic collation"), "{m}");
+    roll_back(&c, &a, "rolled_back").await;
+    assert_eq!(d.snapshot("nk", &["k", "v"], "k").await, ["1.0|0"]);
+    assert_eq!(d.snapshot("ik", &["k", "v"], "k").await, ["1 day|0"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equal_keys_share_a_lock_key_on_mariadb() {
+    let c = Coordinator::start("at_eqm").await;
+    let d = MariaBusiness::new("at_eq_m").await;
+    d.exec(
+        "CREATE TABLE users (name varchar(20) PRIMARY KEY, v int); INSERT INTO users VALUES ('bob', 0); \
+         CREATE TABLE g (id int PRIMARY KEY, p point, gg geometry); \
+         INSERT INTO g VALUES (1, ST_GeomFromText('POINT(1 2)', 4326), ST_GeomFromText('LINESTRING(0 0,1 1)'))",
+    )
+    .await;
+    let quick = LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) };
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "eq", quick).await;
+    let a = c.begin().await;
+    let mut t = p.at.begin(&a).await.unwrap();
+    t.sql("DELETE FROM users WHERE name = 'bob'").execute().await.unwrap();
+    // Spatial values are imaged exactly too.
+    t.sql("UPDATE g SET p = ST_GeomFromText('POINT(3 4)', 4326), gg = NULL WHERE id = 1").execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch a");
+    let b = c.begin().await;
+    let mut t = p.at.begin(&b).await.unwrap();
+    t.sql("INSERT INTO users VALUES ('Bob ', 1)").execute().await.unwrap();
+    assert!(matches!(t.commit().await, Err(AtError::LockConflict { .. })), "'Bob ' is 'bob' to the key");
+    roll_back(&c, &a, "rolled_back").await;
+    assert_eq!(d.snapshot("users", &["name", "v"], "name").await, ["bob|0"]);
+    let g = d
+        .snapshot(
+            "(SELECT id, ST_AsText(p) AS p, ST_SRID(p) AS s, ST_AsText(gg) AS gg FROM g) x",
+            &["p", "s", "gg"],
+            "id",
+        )
+        .await;
+    assert_eq!(g, ["POINT(1 2)|4326|LINESTRING(0 0,1 1)"]);
+}
+
+/// A column whose type changed since phase 1 (here only its length) is not
+/// restored by guess: the branch ends `rollback_failed`, nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_column_changed_since_phase_one_is_reported_on_postgres() {
+    let c = Coordinator::start("at_ty").await;
+    let d = PgBusiness::new("at_ty_p").await;
+    d.exec("CREATE TABLE t (id int PRIMARY KEY, v varchar(10)); INSERT INTO t VALUES (1, 'abcdefgh')").await;
+    let p = participant::<Pg>(d.pool(), &c.c.url, "types", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    t.sql("UPDATE t SET v = 'x' WHERE id = $1").bind(1i32).execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    d.exec("ALTER TABLE t ALTER COLUMN v TYPE varchar(5)").await;
+    let tx = roll_back(&c, &xid, "rollback_failed").await;
+    let error = tx.branches[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("changed type"), "{error}");
+    assert_eq!(d.snapshot("t", &["v"], "id").await, ["x"]);
 }

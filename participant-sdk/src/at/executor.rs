@@ -11,7 +11,7 @@
 use super::backend::{AtBackend, Param};
 use super::gen::{cols, image_list, qualified, rows_by_pk, rows_where, target, Gen, KEY_CHUNK, MAX_PARAMS};
 use super::image::{lock_key, pick, Row, StatementKind, UndoLog, UndoStatement, UNDO_VERSION};
-use super::meta::{RefAction, TableMeta, TableName};
+use super::meta::{RefAction, TableMeta};
 use super::plan;
 use super::sql::{
     analyze, bind_plan, is_constant, parse_expr, set_target, with_returning, Analyzed, Change, SqlDialect, TableRef,
@@ -21,7 +21,7 @@ use crate::client::ClientError;
 use backon::{ConstantBuilder, Retryable};
 use sqlparser::ast::{BinaryOperator, Expr, OrderByExpr, OrderByOptions, Statement};
 use sqlx::Database;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 use tandem_wire::{BranchId, ErrorCode, GlobalStatus, LockCheckRequest, RegisterBranchRequest, ReportRequest, Xid};
@@ -42,6 +42,8 @@ pub struct AtTransaction<B: AtBackend> {
     /// Set when a statement failed after it may have run: the branch can
     /// only be rolled back.
     poisoned: Option<String>,
+    /// What unqualified table names resolve in for this session, once read.
+    scope: Option<String>,
 }
 
 impl<B: AtBackend> std::fmt::Debug for AtTransaction<B> {
@@ -191,6 +193,38 @@ fn restrict<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted
     Ok((statement, g.params))
 }
 
+/// The `SELECT ... FOR UPDATE` with `AND (<key> = <checked key> OR ...)`
+/// added to its WHERE clause, and its parameters.
+fn restrict_query<B: AtBackend>(s: Stmt<'_, B::Db>, keys: &[Row]) -> Result<Restricted<B::Db>, AtError> {
+    if s.params.len() + keys.len() * s.pk.len() > MAX_PARAMS {
+        return Err(AtError::Unsupported(format!(
+            "the statement matches {} rows; AT checks at most {} keys' worth of parameters per statement",
+            keys.len(),
+            MAX_PARAMS
+        )));
+    }
+    let mut g = Gen::<B>::new(s.params);
+    let key_cols = cols(s.meta, s.pk);
+    let filter = parse_expr(&g.filter(&key_cols, &key_cols, keys)?, B::DIALECT)?;
+    let mut statement = s.a.statement.clone();
+    set_target(&mut statement, &target(B::DIALECT, s.meta))?;
+    let Statement::Query(q) = &mut statement else {
+        return Err(AtError::Internal("not a query".into()));
+    };
+    let sqlparser::ast::SetExpr::Select(sel) = q.body.as_mut() else {
+        return Err(AtError::Internal("not a plain SELECT".into()));
+    };
+    sel.selection = Some(match sel.selection.take() {
+        Some(w) => Expr::BinaryOp {
+            left: Box::new(Expr::Nested(Box::new(w))),
+            op: BinaryOperator::And,
+            right: Box::new(Expr::Nested(Box::new(filter))),
+        },
+        None => filter,
+    });
+    Ok((statement, g.params))
+}
+
 /// `ORDER BY` the key, as MySQL then writes the rows (after the caller's
 /// own order of a DELETE).
 fn key_order(d: SqlDialect, meta: &TableMeta, pk: &[usize], user: &[String]) -> String {
@@ -201,7 +235,15 @@ fn key_order(d: SqlDialect, meta: &TableMeta, pk: &[usize], user: &[String]) -> 
 
 impl<B: AtBackend> AtTransaction<B> {
     pub(super) fn new(resource: AtResource<B>, xid: Xid, tx: sqlx::Transaction<'static, B::Db>) -> Self {
-        AtTransaction { resource, xid, tx, statements: Vec::new(), lock_keys: BTreeSet::new(), poisoned: None }
+        AtTransaction {
+            resource,
+            xid,
+            tx,
+            statements: Vec::new(),
+            lock_keys: BTreeSet::new(),
+            poisoned: None,
+            scope: None,
+        }
     }
 
     /// The global transaction.
@@ -225,9 +267,15 @@ impl<B: AtBackend> AtTransaction<B> {
         AtQuery { txn: self, sql, params: Vec::new() }
     }
 
-    /// Table metadata, refused if AT cannot write to the table.
+    /// Table metadata, refused if AT cannot write to the table. An
+    /// unqualified name is looked up in the scope this transaction's session
+    /// resolves it in (read once per transaction), never in another session's.
     async fn writable(&mut self, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
-        let meta = self.resource.meta(&mut self.tx, table).await?;
+        if table.schema.is_none() && self.scope.is_none() {
+            self.scope = Some(B::scope(&mut self.tx).await?);
+        }
+        let scope = if table.schema.is_none() { self.scope.clone() } else { None };
+        let meta = self.resource.meta(&mut self.tx, table, scope.as_deref()).await?;
         if let Some(why) = meta.refusal(&|t| self.resource.trigger_allowed(&meta, t)) {
             return Err(AtError::Unsupported(why));
         }
@@ -360,9 +408,15 @@ impl<B: AtBackend> AtTransaction<B> {
         match effect {
             Effect::Delete => fk.on_delete,
             Effect::Update(columns) => {
+                // A referenced column changes when it is assigned, when it is
+                // generated from others, or when a (declared) BEFORE UPDATE
+                // trigger may change it.
+                let trigger =
+                    meta.triggers.iter().any(|t| t.timing.starts_with("BEFORE") && t.timing.contains("UPDATE"));
                 let changed: Vec<Option<usize>> = columns.iter().map(|c| meta.index_of(c)).collect();
-                let touched =
-                    fk.parent_columns.iter().any(|p| meta.index_of(p).is_some_and(|i| changed.contains(&Some(i))));
+                let touched = fk.parent_columns.iter().any(|p| {
+                    meta.index_of(p).is_some_and(|i| trigger || meta.columns[i].generated || changed.contains(&Some(i)))
+                });
                 if touched {
                     fk.on_update
                 } else {
@@ -424,6 +478,13 @@ impl<B: AtBackend> AtTransaction<B> {
                 let (out, after) = self.run_returning(s, &stmt, &all_params, &all).await?;
                 let order: Vec<Row> = after.iter().map(|r| pick(r, pk)).collect();
                 before = reorder(before, pk, &order)?;
+                // RETURNING comes before the referential actions, which may
+                // come back to these very rows: read them as they ended.
+                let after = if !cascades {
+                    after
+                } else {
+                    reorder(rows_by_pk::<B>(&mut self.tx, meta, &all, pk, &order).await?, pk, &order)?
+                };
                 (out, after)
             }
             (_, SqlDialect::Postgres) => {
@@ -482,45 +543,97 @@ impl<B: AtBackend> AtTransaction<B> {
         }
         for (m, k, b, af) in records {
             let mpk = m.pk();
-            self.record(&m, &mpk, k, b, af);
+            self.record(&m, &mpk, k, b, af)?;
         }
-        self.record(meta, pk, kind, before, after);
+        self.record(meta, pk, kind, before, after)?;
         Ok(out)
     }
 
     /// Images the rows that foreign keys' actions (`ON DELETE CASCADE`,
     /// `SET NULL`, `SET DEFAULT`, and their `ON UPDATE` forms) will change when
     /// `effect` happens to `rows` of `meta`, transitively, locking them.
-    /// Returned in the order found (breadth first).
+    /// A row reached again through another key is followed again for what
+    /// that key changes of it. Returned per table in the order found.
     async fn image_cascades(
         &mut self,
         meta: &Arc<TableMeta>,
         effect: Effect,
         rows: &[Row],
     ) -> Result<Vec<Cascaded>, AtError> {
-        let mut out: Vec<Cascaded> = Vec::new();
-        let mut seen: HashSet<(TableName, Row)> =
-            rows.iter().map(|r| (meta.table_name(), pick(r, &meta.pk()))).collect();
-        let mut queue: VecDeque<(Arc<TableMeta>, Effect, Vec<Row>)> = VecDeque::new();
-        queue.push_back((meta.clone(), effect, rows.to_vec()));
-        while let Some((parent, effect, rows)) = queue.pop_front() {
+        /// What the statement and its actions do to one row reached.
+        struct Reached {
+            /// Its image before.
+            image: Row,
+            /// It is deleted.
+            deleted: bool,
+            /// The columns changed (followed to the keys referencing them).
+            changed: Vec<String>,
+        }
+        /// A table reached, its rows, and where each key is among them.
+        type Rows = (Arc<TableMeta>, Vec<Reached>, HashMap<Row, usize>);
+        let mut tables: Vec<Rows> = Vec::new();
+        let root_pk = meta.pk();
+        let root_rows: Vec<Reached> = rows
+            .iter()
+            .map(|r| Reached {
+                image: r.clone(),
+                deleted: effect == Effect::Delete,
+                changed: match &effect {
+                    Effect::Update(c) => c.clone(),
+                    Effect::Delete => Vec::new(),
+                },
+            })
+            .collect();
+        let index = rows.iter().enumerate().map(|(i, r)| (pick(r, &root_pk), i)).collect();
+        tables.push((meta.clone(), root_rows, index));
+        let mut queue: VecDeque<(usize, Vec<usize>, Effect)> = VecDeque::new();
+        queue.push_back((0, (0..rows.len()).collect(), effect));
+        let mut cascaded_rows = 0usize;
+        while let Some((t, members, effect)) = queue.pop_front() {
+            let parent = tables[t].0.clone();
+            let images: Vec<Row> = members.iter().map(|&i| tables[t].1[i].image.clone()).collect();
             for fk in parent.referenced_by.clone() {
                 let action = Self::action(&fk, &effect, &parent);
                 if !action.writes() {
                     continue;
                 }
-                let child_ref = TableRef { schema: Some(fk.child.schema.clone()), name: fk.child.name.clone() };
-                let child = self.writable(&child_ref).await.map_err(|e| match e {
-                    AtError::Unsupported(why) => AtError::Unsupported(format!(
-                        "the statement on {} changes rows of {} through ON {} {} of {}: {why}",
+                let event = if effect == Effect::Delete { "DELETE" } else { "UPDATE" };
+                let via = |why: String| {
+                    AtError::Unsupported(format!(
+                        "the statement on {} changes rows of {} through ON {event} {} of {}: {why}",
                         meta.qualified(),
                         fk.child,
-                        if effect == Effect::Delete { "DELETE" } else { "UPDATE" },
                         action.as_sql(),
                         fk.name
-                    )),
+                    ))
+                };
+                if fk.to_partition {
+                    return Err(via(format!(
+                        "the key references the partition {} of {}, and AT cannot tell which rows of the \
+                         partitioned table it reaches",
+                        fk.parent,
+                        parent.qualified()
+                    )));
+                }
+                let child_ref = TableRef { schema: Some(fk.child.schema.clone()), name: fk.child.name.clone() };
+                let child = self.writable(&child_ref).await.map_err(|e| match e {
+                    AtError::Unsupported(why) => via(why),
                     other => other,
                 })?;
+                let next = match (&effect, action) {
+                    (Effect::Delete, RefAction::Cascade) => Effect::Delete,
+                    (Effect::Delete, _) => Effect::Update(fk.delete_set_columns().to_vec()),
+                    (Effect::Update(_), _) => Effect::Update(fk.child_columns.clone()),
+                };
+                let cpk = child.pk();
+                if let Effect::Update(changed) = &next {
+                    if let Some(c) = changed.iter().find(|c| child.index_of(c).is_some_and(|i| cpk.contains(&i))) {
+                        return Err(via(format!(
+                            "the action changes the primary-key column {c} of {}, whose rows AT could not find again",
+                            child.qualified()
+                        )));
+                    }
+                }
                 let pcols: Option<Vec<usize>> = fk.parent_columns.iter().map(|c| parent.index_of(c)).collect();
                 let ccols: Option<Vec<usize>> = fk.child_columns.iter().map(|c| child.index_of(c)).collect();
                 let (Some(pcols), Some(ccols)) = (pcols, ccols) else {
@@ -530,7 +643,7 @@ impl<B: AtBackend> AtTransaction<B> {
                     )));
                 };
                 let mut values: Vec<Row> =
-                    rows.iter().map(|r| pick(r, &pcols)).filter(|v| v.iter().all(Option::is_some)).collect();
+                    images.iter().map(|r| pick(r, &pcols)).filter(|v| v.iter().all(Option::is_some)).collect();
                 values.sort();
                 values.dedup();
                 if values.is_empty() {
@@ -540,20 +653,67 @@ impl<B: AtBackend> AtTransaction<B> {
                 let found =
                     rows_where::<B>(&mut self.tx, &child, &all, &cols(&child, &ccols), &cols(&parent, &pcols), &values)
                         .await?;
-                let cpk = child.pk();
-                let fresh: Vec<Row> =
-                    found.into_iter().filter(|r| seen.insert((child.table_name(), pick(r, &cpk)))).collect();
-                if fresh.is_empty() {
-                    continue;
-                }
-                self.check_rows(out.iter().map(|c| c.before.len()).sum::<usize>() + fresh.len())?;
-                let (kind, next) = match (&effect, action) {
-                    (Effect::Delete, RefAction::Cascade) => (StatementKind::Delete, Effect::Delete),
-                    (Effect::Delete, _) => (StatementKind::Update, Effect::Update(fk.delete_set_columns().to_vec())),
-                    (Effect::Update(_), _) => (StatementKind::Update, Effect::Update(fk.child_columns.clone())),
+                let ct = match tables.iter().position(|(m, _, _)| m.table_name() == child.table_name()) {
+                    Some(ct) => ct,
+                    None => {
+                        tables.push((child.clone(), Vec::new(), HashMap::new()));
+                        tables.len() - 1
+                    }
                 };
-                out.push(Cascaded { meta: child.clone(), kind, before: fresh.clone() });
-                queue.push_back((child, next, fresh));
+                // What is new for each row: its deletion, or columns not yet followed.
+                let mut next_members = Vec::new();
+                for r in found {
+                    let k = pick(&r, &cpk);
+                    let (_, reached, index) = &mut tables[ct];
+                    let i = match index.get(&k) {
+                        Some(&i) => i,
+                        None => {
+                            reached.push(Reached { image: r, deleted: false, changed: Vec::new() });
+                            index.insert(k, reached.len() - 1);
+                            cascaded_rows += 1;
+                            reached.len() - 1
+                        }
+                    };
+                    let row = &mut reached[i];
+                    let new = match &next {
+                        _ if row.deleted => false,
+                        Effect::Delete => {
+                            row.deleted = true;
+                            true
+                        }
+                        Effect::Update(cols) => {
+                            let fresh: Vec<String> =
+                                cols.iter().filter(|c| !row.changed.contains(c)).cloned().collect();
+                            row.changed.extend(fresh.iter().cloned());
+                            !fresh.is_empty()
+                        }
+                    };
+                    if new {
+                        next_members.push(i);
+                    }
+                }
+                self.check_rows(rows.len() + cascaded_rows)?;
+                if !next_members.is_empty() {
+                    queue.push_back((ct, next_members, next));
+                }
+            }
+        }
+        // The root's own rows are the statement's; the rest, by table.
+        let mut out = Vec::new();
+        for (t, (m, reached, _)) in tables.into_iter().enumerate() {
+            let (mut deleted, mut updated) = (Vec::new(), Vec::new());
+            for r in reached.into_iter().skip(if t == 0 { rows.len() } else { 0 }) {
+                if r.deleted {
+                    deleted.push(r.image);
+                } else {
+                    updated.push(r.image);
+                }
+            }
+            if !deleted.is_empty() {
+                out.push(Cascaded { meta: m.clone(), kind: StatementKind::Delete, before: deleted });
+            }
+            if !updated.is_empty() {
+                out.push(Cascaded { meta: m, kind: StatementKind::Update, before: updated });
             }
         }
         if B::DIALECT == SqlDialect::MySql {
@@ -656,9 +816,9 @@ impl<B: AtBackend> AtTransaction<B> {
             StatementKind::Update => {
                 let order: Vec<Row> = written.iter().map(|r| pick(r, pk)).collect();
                 let before = reorder(before, pk, &order)?;
-                self.record(meta, pk, kind, before, written);
+                self.record(meta, pk, kind, before, written)?;
             }
-            _ => self.record(meta, pk, kind, written, Vec::new()),
+            _ => self.record(meta, pk, kind, written, Vec::new())?,
         }
         Ok(count)
     }
@@ -725,7 +885,7 @@ impl<B: AtBackend> AtTransaction<B> {
                 after.len()
             )));
         }
-        self.record(meta, pk, StatementKind::Insert, Vec::new(), after);
+        self.record(meta, pk, StatementKind::Insert, Vec::new(), after)?;
         Ok(out)
     }
 
@@ -800,7 +960,7 @@ impl<B: AtBackend> AtTransaction<B> {
         let sql_keys = format!("SELECT {} FROM {} FOR UPDATE", image_list::<B>(meta, pk), Self::from_where(a, meta));
         let (sql_keys, plan) = bind_plan(&sql_keys, B::DIALECT)?;
         let keys = B::fetch_images(&mut self.tx, &sql_keys, params, &plan, &cols(meta, pk)).await?;
-        let lock_keys: Vec<String> = keys.iter().map(|k| lock_key(&meta.lock_table, k)).collect();
+        let lock_keys = keys.iter().map(|k| lock_key_of::<B>(meta, pk, k)).collect::<Result<Vec<String>, _>>()?;
         if !lock_keys.is_empty() {
             let req = LockCheckRequest {
                 resource: self.resource.resource().to_owned(),
@@ -825,17 +985,32 @@ impl<B: AtBackend> AtTransaction<B> {
             };
             with_lock_retry(self.resource.inner.lock_retry, check).await?;
         }
-        self.run_original(&a.sql, params, want).await
+        if keys.is_empty() {
+            return Ok((0, Vec::new()));
+        }
+        // The read returns only the rows whose global locks were checked: a
+        // row that began to match since is left out, not read unchecked.
+        let (statement, all_params) = restrict_query::<B>(s, &keys)?;
+        self.run_statement(&statement, &all_params, want).await
     }
 
     /// Adds one statement's images (rows in the order it wrote them) and
     /// their lock keys to the branch.
-    fn record(&mut self, meta: &TableMeta, pk: &[usize], kind: StatementKind, before: Vec<Row>, after: Vec<Row>) {
+    fn record(
+        &mut self,
+        meta: &TableMeta,
+        pk: &[usize],
+        kind: StatementKind,
+        before: Vec<Row>,
+        after: Vec<Row>,
+    ) -> Result<(), AtError> {
         let keys: Vec<Row> = before.iter().chain(&after).map(|r| pick(r, pk)).collect();
         if keys.is_empty() {
-            return;
+            return Ok(());
         }
-        self.lock_keys.extend(keys.iter().map(|k| lock_key(&meta.lock_table, k)));
+        for k in &keys {
+            self.lock_keys.insert(lock_key_of::<B>(meta, pk, k)?);
+        }
         // A partition's rows are recorded under its root partitioned table
         // (which routes a restore to the right partition), so that a row
         // written through both names is one row to the rollback.
@@ -849,6 +1024,7 @@ impl<B: AtBackend> AtTransaction<B> {
             before,
             after,
         });
+        Ok(())
     }
 
     /// Ends phase 1: registers the branch with its global locks (retrying a
@@ -858,7 +1034,7 @@ impl<B: AtBackend> AtTransaction<B> {
     /// Returns the branch id, or `None` when nothing was written (no branch
     /// is registered then). On any error the local transaction is rolled back.
     pub async fn commit(self) -> Result<Option<BranchId>, AtError> {
-        let AtTransaction { resource, xid, mut tx, statements, lock_keys, poisoned } = self;
+        let AtTransaction { resource, xid, mut tx, statements, lock_keys, poisoned, .. } = self;
         if let Some(cause) = poisoned {
             tx.rollback().await?;
             return Err(AtError::Poisoned(cause));
@@ -900,7 +1076,9 @@ impl<B: AtBackend> AtTransaction<B> {
             }
         };
         let registering = with_lock_retry(resource.inner.lock_retry, register);
-        let (registered, undo) = tokio::join!(registering, super::undo::insert::<B>(&mut tx, &xid, &key, info));
+        let undo_table = resource.undo_table().await?;
+        let (registered, undo) =
+            tokio::join!(registering, super::undo::insert::<B>(&mut tx, &undo_table, &xid, &key, info));
         let branch = registered?;
         let branch_id = branch.branch_id;
         let finish = async {
@@ -940,6 +1118,17 @@ impl<B: AtBackend> AtTransaction<B> {
     }
 }
 
+/// The global lock key of the row of `meta` with key images `key`: lock
+/// values (canonical under the key's own equality), under the lock table.
+fn lock_key_of<B: AtBackend>(meta: &TableMeta, pk: &[usize], key: &Row) -> Result<String, AtError> {
+    let values = pk
+        .iter()
+        .zip(key)
+        .map(|(&c, v)| B::lock_value(&meta.columns[c], v.as_deref()))
+        .collect::<Result<Row, AtError>>()?;
+    Ok(lock_key(&meta.lock_table, &values))
+}
+
 /// `rows` reordered to follow `order` (keys), each row exactly once.
 fn reorder(rows: Vec<Row>, pk: &[usize], order: &[Row]) -> Result<Vec<Row>, AtError> {
     let mut by_key: std::collections::HashMap<Row, Row> = rows.into_iter().map(|r| (pick(&r, pk), r)).collect();
@@ -972,11 +1161,13 @@ fn insert_keys(meta: &TableMeta, pk: &[usize], columns: &[String], rows: &[Vec<E
         )));
     }
     let defaults_only = columns.is_empty() && rows.iter().all(Vec::is_empty);
+    // Without a column list the values follow the visible columns.
+    let visible: Vec<usize> = (0..meta.columns.len()).filter(|&i| !meta.columns[i].invisible).collect();
     let positions: Vec<Option<usize>> = pk
         .iter()
         .map(|&c| match (defaults_only, columns.is_empty()) {
             (true, _) => None,
-            (false, true) => Some(c),
+            (false, true) => visible.iter().position(|&v| v == c),
             (false, false) => columns.iter().position(|n| meta.index_of(n) == Some(c)),
         })
         .collect();
@@ -1093,7 +1284,7 @@ fn retryable_lock(e: &AtError) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::at::meta::{Column, MySqlRepr, RelationKind, Repr};
+    use crate::at::meta::{Column, MySqlRepr, RelationKind, Repr, TableName};
     use crate::at::sql::analyze;
 
     fn table(auto_increment: bool) -> TableMeta {
@@ -1102,6 +1293,10 @@ mod tests {
             sql_type: "int".into(),
             type_id: "int".into(),
             type_oid: 0,
+            type_name: String::new(),
+            key_refusal: None,
+            invisible: false,
+            key_form: crate::at::meta::KeyForm::Image,
             send_fn: String::new(),
             receivable: true,
             repr: Repr::MySql(MySqlRepr::Plain),

@@ -54,6 +54,29 @@ pub enum MySqlRepr {
     Float,
 }
 
+/// How a key column's lock value is derived from its image, so that keys
+/// the database holds equal have one lock key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyForm {
+    /// The image itself: equal keys have equal images.
+    Image,
+    /// PostgreSQL `numeric`: without its display scale (`1.0` = `1.00`).
+    PgNumeric,
+    /// PostgreSQL `float4` (4) / `float8` (8): `-0` as `0`, one NaN.
+    PgFloat(u8),
+    /// PostgreSQL `interval`: its length as PostgreSQL compares intervals
+    /// (a month 30 days, a day 24 hours), in microseconds.
+    PgInterval,
+    /// MySQL, a string key of a non-binary collation: its image starts
+    /// with the collation's weight string (`HEX(WEIGHT_STRING(c))`, of the
+    /// value without trailing spaces when they do not count, `trim`) and a
+    /// colon; the weight is the lock value.
+    MySqlWeight {
+        /// Trailing spaces do not count (a PAD SPACE collation, or CHAR).
+        trim: bool,
+    },
+}
+
 /// A column of an imaged table, read from the database's catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
@@ -67,6 +90,17 @@ pub struct Column {
     pub type_id: String,
     /// PostgreSQL: the type's OID, with which values are bound.
     pub type_oid: u32,
+    /// PostgreSQL: the type's qualified, quoted name (`"pg_catalog"."int4"`),
+    /// written into the SQL that binds values of it, so that statements for
+    /// different types never share a prepared statement.
+    pub type_name: String,
+    /// Why equal keys of this type may differ in their images (a
+    /// case-insensitive type or collation), when AT cannot lock by them.
+    pub key_refusal: Option<String>,
+    /// MySQL `INVISIBLE`: left out of `INSERT INTO t VALUES (...)`.
+    pub invisible: bool,
+    /// How its lock value comes from its image, when it is a key column.
+    pub key_form: KeyForm,
     /// PostgreSQL: the qualified, quoted binary send function of the type
     /// (empty when it has none).
     pub send_fn: String,
@@ -176,6 +210,12 @@ pub struct ForeignKey {
     pub on_update: RefAction,
     /// PostgreSQL `DEFERRABLE`: a rollback defers its check to commit.
     pub deferrable: bool,
+    /// The key references a partition of the table it was read for (rows of
+    /// other partitions are not referenced by it).
+    pub to_partition: bool,
+    /// The referencing table has row-level security enabled: a referential
+    /// action reaches rows its policies hide from AT.
+    pub child_row_security: bool,
 }
 
 impl ForeignKey {
@@ -310,6 +350,23 @@ impl TableMeta {
                 tr.table, tr.name, tr.timing
             ));
         }
+        let key_refusal =
+            self.columns.iter().filter(|c| c.pk_position.is_some()).find_map(|c| Some((c, c.key_refusal.as_ref()?)));
+        if let Some((c, why)) = key_refusal {
+            return Some(format!(
+                "primary-key column {} of {t} {why}; its lock keys could not tell equal keys apart",
+                c.name
+            ));
+        }
+        let hidden =
+            self.referenced_by.iter().find(|f| f.child_row_security && (f.on_delete.writes() || f.on_update.writes()));
+        if let Some(fk) = hidden {
+            return Some(format!(
+                "table {} references {t} through {} with ON DELETE / ON UPDATE actions and has row-level security; \
+                 a referential action reaches rows its policies hide from AT",
+                fk.child, fk.name
+            ));
+        }
         if let Some(c) =
             self.columns.iter().find(|c| matches!(c.repr, Repr::PgBinary(_)) && (c.send_fn.is_empty() || !c.receivable))
         {
@@ -333,6 +390,10 @@ mod tests {
             sql_type: "integer".into(),
             type_id: "23".into(),
             type_oid: 23,
+            type_name: "\"pg_catalog\".\"int4\"".into(),
+            key_refusal: None,
+            invisible: false,
+            key_form: KeyForm::Image,
             send_fn: "\"pg_catalog\".\"int4send\"".into(),
             receivable: true,
             repr: Repr::PgBinary(PgCodec::Int(4)),

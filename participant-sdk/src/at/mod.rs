@@ -103,6 +103,9 @@ pub enum AtError {
     /// a rule or a referential action changed them); nothing was restored.
     #[error("restore mismatch: {} row(s) differ from their before images after the restore; nothing was rolled back", .0.len())]
     RestoreMismatch(Vec<Conflict>),
+    /// The participant is not set up (its undo table is missing).
+    #[error("AT participant not set up: {0}")]
+    Setup(String),
     /// The undo log row cannot be read back.
     #[error("undo log of this branch is unreadable: {0}")]
     CorruptUndo(String),
@@ -143,6 +146,9 @@ const CLEANUP_QUEUE: usize = 65_536;
 /// global locks of one registration.
 pub const MAX_ROWS_PER_BRANCH: usize = 10_000;
 
+/// The metadata cache's key: the scope an unqualified name resolved in, and the name.
+type MetaKey = (Option<String>, TableRef);
+
 /// One database of an AT participant. Cheap to clone.
 pub struct AtResource<B: AtBackend> {
     inner: Arc<Inner<B>>,
@@ -178,8 +184,11 @@ struct Inner<B: AtBackend> {
     max_rows: usize,
     /// What the server can do, read on first use.
     server: OnceCell<ServerInfo>,
-    /// Catalog metadata by table as named in statements.
-    meta: Mutex<HashMap<TableRef, Arc<TableMeta>>>,
+    /// The undo table's qualified name, read on first use (see `undo::resolve_undo`).
+    undo: Arc<OnceCell<String>>,
+    /// Catalog metadata by table as named in statements (with the scope an
+    /// unqualified name resolved in).
+    meta: Mutex<HashMap<MetaKey, Arc<TableMeta>>>,
     /// Committed branches whose undo rows await the batched delete.
     cleanup: mpsc::Sender<(Xid, BranchId)>,
 }
@@ -249,10 +258,11 @@ impl<B: AtBackend> AtResourceBuilder<B> {
             allowed_triggers: self.allowed_triggers,
             max_rows: self.max_rows,
             server: OnceCell::new(),
+            undo: Arc::new(OnceCell::new()),
             meta: Mutex::new(HashMap::new()),
             cleanup: tx,
         });
-        tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), rx));
+        tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), inner.undo.clone(), rx));
         AtResource { inner }
     }
 }
@@ -309,7 +319,13 @@ impl<B: AtBackend> AtResource<B> {
     /// restart). Rows of undecided or unknown transactions stay. Run it now
     /// and then (Seata keeps undo rows 7 days).
     pub async fn purge(&self, age: std::time::Duration) -> Result<Purged, AtError> {
-        undo::purge::<B>(&self.inner.pool, &self.inner.client, age).await
+        let table = self.undo_table().await?;
+        undo::purge::<B>(&self.inner.pool, &table, &self.inner.client, age).await
+    }
+
+    /// The undo table's qualified name.
+    async fn undo_table(&self) -> Result<String, AtError> {
+        undo::resolve_undo::<B>(&self.inner.pool, &self.inner.undo).await
     }
 
     /// The resource name.
@@ -338,7 +354,7 @@ impl<B: AtBackend> AtResource<B> {
                 if let Err(mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item)) =
                     self.inner.cleanup.try_send(item)
                 {
-                    undo::delete_batch::<B>(&self.inner.pool, &[item]).await?;
+                    undo::delete_batch::<B>(&self.inner.pool, &self.undo_table().await?, &[item]).await?;
                 }
                 Ok(())
             }
@@ -357,17 +373,35 @@ impl<B: AtBackend> AtResource<B> {
         Ok(*self.inner.server.get_or_try_init(|| B::server_info(conn)).await?)
     }
 
-    /// Table metadata, cached per table name (schema changes need a restart
-    /// of phase-1 processes; rollbacks read it afresh).
-    async fn meta(&self, conn: &mut backend::Conn<B>, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
-        if let Some(m) = self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).get(table) {
+    /// Table metadata, cached per table name and, for an unqualified name,
+    /// the `scope` it resolves in (the session's schemas or database):
+    /// schema changes need a restart of phase-1 processes; rollbacks read it
+    /// afresh.
+    async fn meta(
+        &self,
+        conn: &mut backend::Conn<B>,
+        table: &TableRef,
+        scope: Option<&str>,
+    ) -> Result<Arc<TableMeta>, AtError> {
+        let key = (scope.map(str::to_owned), table.clone());
+        if let Some(m) = self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(m.clone());
         }
-        self.fresh_meta(conn, table).await
+        self.load_meta(conn, table, scope).await
     }
 
-    /// Table metadata read from the catalog now (and cached).
+    /// Table metadata of a qualified name read from the catalog now.
     async fn fresh_meta(&self, conn: &mut backend::Conn<B>, table: &TableRef) -> Result<Arc<TableMeta>, AtError> {
+        self.load_meta(conn, table, None).await
+    }
+
+    /// Reads and caches table metadata.
+    async fn load_meta(
+        &self,
+        conn: &mut backend::Conn<B>,
+        table: &TableRef,
+        scope: Option<&str>,
+    ) -> Result<Arc<TableMeta>, AtError> {
         let server = self.server(conn).await?;
         let Some(meta) = B::table_meta(conn, table, &server).await? else {
             let name = match &table.schema {
@@ -377,7 +411,8 @@ impl<B: AtBackend> AtResource<B> {
             return Err(AtError::Unsupported(format!("no table {name}")));
         };
         let meta = Arc::new(meta);
-        self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone(), meta.clone());
+        let key = (scope.map(str::to_owned), table.clone());
+        self.inner.meta.lock().unwrap_or_else(|p| p.into_inner()).insert(key, meta.clone());
         Ok(meta)
     }
 

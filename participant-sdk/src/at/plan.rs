@@ -16,7 +16,7 @@
 //! database checks foreign keys at the end of a statement (PostgreSQL).
 
 use super::image::{pick, Row, StatementKind, UndoStatement};
-use super::meta::{ForeignKey, TableName};
+use super::meta::{ForeignKey, RefAction, TableName};
 use std::collections::{BinaryHeap, HashMap};
 
 /// The images of one table across the branch.
@@ -43,8 +43,8 @@ pub struct RowHistory {
     pub first_before: Option<Row>,
     /// The row as the branch last left it (none: the branch deleted it).
     pub last_after: Option<Row>,
-    /// Position of the branch's first write of it, over all statements.
-    pub first_write: usize,
+    /// Position of the branch's last write of it, over all statements.
+    pub last_write: usize,
 }
 
 /// Groups a branch's statements by table and row.
@@ -125,13 +125,16 @@ pub fn histories(statements: &[UndoStatement]) -> Result<Vec<TableImages>, Strin
                 }
             }
             match index.get(&(name.clone(), key.clone())) {
-                Some(&(ti, ri)) => tables[ti].rows[ri].last_after = after.cloned(),
+                Some(&(ti, ri)) => {
+                    tables[ti].rows[ri].last_after = after.cloned();
+                    tables[ti].rows[ri].last_write = position;
+                }
                 None => {
                     tables[t].rows.push(RowHistory {
                         key: key.clone(),
                         first_before: before.cloned(),
                         last_after: after.cloned(),
-                        first_write: position,
+                        last_write: position,
                     });
                     index.insert((name.clone(), key), (t, tables[t].rows.len() - 1));
                 }
@@ -191,8 +194,9 @@ pub struct RowOp {
     pub current: Option<Row>,
     /// The write.
     pub op: Op,
-    /// Position of the branch's first write of the row.
-    pub first_write: usize,
+    /// Position of the branch's last write of the row: restores run in
+    /// reverse order of these, where foreign keys leave a choice.
+    pub last_write: usize,
 }
 
 impl RowOp {
@@ -214,7 +218,7 @@ pub fn restore_op(table: usize, h: &RowHistory, current: Option<Row>) -> Option<
         (None, Some(_)) => Op::Delete,
         (None, None) => return None,
     };
-    Some(RowOp { table, key: h.key.clone(), current, op, first_write: h.first_write })
+    Some(RowOp { table, key: h.key.clone(), current, op, last_write: h.last_write })
 }
 
 /// A foreign key between two of the tables, with columns resolved to
@@ -229,21 +233,24 @@ pub struct Edge {
     pub parent: usize,
     /// The referenced columns.
     pub parent_columns: Vec<usize>,
-    /// `ON UPDATE CASCADE / SET NULL / SET DEFAULT`: when the restore
-    /// changes a referenced value, the database moves the referencing rows.
-    pub update_follows: bool,
+    /// `ON DELETE`.
+    pub on_delete: RefAction,
+    /// `ON UPDATE`.
+    pub on_update: RefAction,
+    /// Whether the key's check waits for the end of the transaction (a
+    /// deferrable key while the rollback defers them); its actions never do.
+    pub deferred: bool,
 }
 
 /// Resolves `fks` to edges between `tables` (foreign keys whose tables or
-/// columns are not all among the images, and deferrable ones when the
-/// rollback defers them, impose no order).
+/// columns are not all among the images impose no order); `deferred`: the
+/// rollback defers deferrable constraints.
 pub fn edges(tables: &[TableImages], fks: &[ForeignKey], deferred: bool) -> Vec<Edge> {
     let find = |t: &TableName| tables.iter().position(|x| &x.table == t);
     let cols = |t: &TableImages, names: &[String]| -> Option<Vec<usize>> {
         names.iter().map(|n| t.columns.iter().position(|c| c == n)).collect()
     };
     fks.iter()
-        .filter(|f| !(deferred && f.deferrable))
         .filter_map(|f| {
             let (child, parent) = (find(&f.child)?, find(&f.parent)?);
             Some(Edge {
@@ -251,7 +258,9 @@ pub fn edges(tables: &[TableImages], fks: &[ForeignKey], deferred: bool) -> Vec<
                 child_columns: cols(&tables[child], &f.child_columns)?,
                 parent,
                 parent_columns: cols(&tables[parent], &f.parent_columns)?,
-                update_follows: f.on_update.writes(),
+                on_delete: f.on_delete,
+                on_update: f.on_update,
+                deferred: deferred && f.deferrable,
             })
         })
         .collect()
@@ -263,12 +272,20 @@ fn refs(row: Option<&Row>, cols: &[usize]) -> Option<Row> {
     v.iter().all(Option::is_some).then_some(v)
 }
 
-/// One step of the restore: a row, or rows of one table that reference each
-/// other in a cycle and are written by one statement.
+/// One step of the restore: a row, or rows that reference each other in a
+/// cycle (of one table or several), which only one statement can write
+/// (PostgreSQL checks foreign keys at the end of a statement; MySQL cannot).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
     /// The rows, in the order to write them.
     pub ops: Vec<RowOp>,
+}
+
+impl Step {
+    /// Whether the step's rows reference each other in a cycle.
+    pub fn is_cycle(&self) -> bool {
+        self.ops.len() > 1
+    }
 }
 
 /// Orders the restores (see the module docs).
@@ -283,15 +300,24 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
         for (i, o) in ops.iter().enumerate().filter(|(_, o)| o.table == e.parent) {
             let (now, then) = (refs(o.current.as_ref(), &e.parent_columns), refs(o.target(), &e.parent_columns));
             if now != then {
-                if let Some(v) = then {
+                // A referenced value the restore brings back: the check that
+                // a child's value exists waits for commit if deferred.
+                if let (Some(v), false) = (then, e.deferred) {
                     created.entry(v).or_default().push(i);
                 }
-                // A value an update takes away is followed by the database
-                // itself when the key says so (the rows referencing it move
-                // with it); a delete's is not (a cascade would reach rows the
-                // restore must write itself).
-                let followed = e.update_follows && matches!(o.op, Op::Update(_));
-                if let (Some(v), false) = (now, followed) {
+                // A referenced value the restore takes away. An update's is
+                // followed by the database itself when the key's action
+                // writes (the referencing rows move with it); a delete's
+                // action must not run (it would reach rows the restore writes
+                // itself), so the children go first; a deferred NO ACTION
+                // check waits for commit. Actions are never deferred.
+                let action = if matches!(o.op, Op::Delete) { e.on_delete } else { e.on_update };
+                let needs_child_first = match (&o.op, action) {
+                    (Op::Update(_), a) if a.writes() => false,
+                    (_, RefAction::NoAction) => !e.deferred,
+                    _ => true,
+                };
+                if let (Some(v), true) = (now, needs_child_first) {
                     removed.entry(v).or_default().push(i);
                 }
             }
@@ -335,7 +361,7 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
         }
     }
     let priorities: Vec<usize> =
-        comps.iter().map(|members| members.iter().map(|&m| ops[m].first_write).max().unwrap_or(0)).collect();
+        comps.iter().map(|members| members.iter().map(|&m| ops[m].last_write).max().unwrap_or(0)).collect();
     let priority = |c: usize| priorities[c];
     let mut ready: BinaryHeap<(usize, usize)> =
         (0..comps.len()).filter(|&c| indegree[c] == 0).map(|c| (priority(c), c)).collect();
@@ -343,18 +369,9 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
     let mut steps = Vec::with_capacity(n);
     while let Some((_, c)) = ready.pop() {
         let mut members = comps[c].clone();
-        members.sort_by_key(|&m| std::cmp::Reverse(slots[m].as_ref().map_or(0, |o| o.first_write)));
+        members.sort_by_key(|&m| std::cmp::Reverse(slots[m].as_ref().map_or(0, |o| o.last_write)));
         let taken: Vec<RowOp> = members.iter().filter_map(|&m| slots[m].take()).collect();
-        let together = taken.len() > 1
-            && taken.iter().all(|o| {
-                o.table == taken[0].table && std::mem::discriminant(&o.op) == std::mem::discriminant(&taken[0].op)
-            })
-            && !matches!(taken[0].op, Op::Update(_));
-        if together {
-            steps.push(Step { ops: taken });
-        } else {
-            steps.extend(taken.into_iter().map(|o| Step { ops: vec![o] }));
-        }
+        steps.push(Step { ops: taken });
         for &s in &succ[c] {
             indegree[s] -= 1;
             if indegree[s] == 0 {
@@ -423,7 +440,6 @@ fn strongly_connected(succ: &[Vec<usize>]) -> Vec<Vec<usize>> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::at::meta::RefAction;
 
     fn r(v: &[&str]) -> Row {
         v.iter().map(|s| if *s == "∅" { None } else { Some((*s).to_owned()) }).collect()
@@ -454,6 +470,8 @@ mod tests {
             on_delete_columns: vec![],
             on_update: RefAction::NoAction,
             deferrable: false,
+            to_partition: false,
+            child_row_security: false,
         }
     }
 
@@ -608,10 +626,61 @@ mod tests {
         let steps = order(ops.clone(), &edges(&tables, std::slice::from_ref(&fk), false));
         let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
         assert_eq!(names, ["parent", "child"]);
-        // With NO ACTION the two rows need each other: one step each, whatever
-        // the database then says.
+        // With NO ACTION the two rows need each other: one step, which only
+        // a statement checking keys at its end can write.
         let fk = ForeignKey { on_update: RefAction::NoAction, ..fk };
-        assert_eq!(order(ops, &edges(&tables, &[fk], false)).len(), 2);
+        let steps = order(ops, &edges(&tables, &[fk], false));
+        assert_eq!(steps.len(), 1);
+        assert!(steps[0].is_cycle());
+    }
+
+    #[test]
+    fn rows_come_back_in_reverse_order_of_their_last_writes() {
+        // Unique k: (1,'a'), (2,'b'). SET k='x' WHERE id=1; SET k='y' WHERE id=2; SET k='b' WHERE id=1.
+        // Row 2 cannot take 'b' back before row 1 gives it up.
+        let s = [
+            stmt(StatementKind::Update, vec![r(&["1", "∅", "a"])], vec![r(&["1", "∅", "x"])]),
+            stmt(StatementKind::Update, vec![r(&["2", "∅", "b"])], vec![r(&["2", "∅", "y"])]),
+            stmt(StatementKind::Update, vec![r(&["1", "∅", "x"])], vec![r(&["1", "∅", "b"])]),
+        ];
+        let now = [r(&["1", "∅", "b"]), r(&["2", "∅", "y"])];
+        assert_eq!(plan(&s, &now, &[]), Ok(vec![vec![r(&["1"])], vec![r(&["2"])]]));
+    }
+
+    #[test]
+    fn a_deferrable_key_still_orders_what_its_action_would_reach() {
+        // The branch inserted child 1 (pid 10), then parent 10; the key cascades
+        // on delete and is deferrable. Deleting the parent first would cascade.
+        let child = UndoStatement {
+            table: "cc".into(),
+            columns: vec!["id".into(), "pid".into()],
+            types: vec!["23".into(), "23".into()],
+            ..stmt(StatementKind::Insert, vec![], vec![r(&["1", "10"])])
+        };
+        let parent = UndoStatement {
+            table: "pp".into(),
+            columns: vec!["id".into()],
+            types: vec!["23".into()],
+            ..stmt(StatementKind::Insert, vec![], vec![r(&["10"])])
+        };
+        let fk = ForeignKey {
+            child: TableName { schema: "public".into(), name: "cc".into() },
+            child_columns: vec!["pid".into()],
+            parent: TableName { schema: "public".into(), name: "pp".into() },
+            parent_columns: vec!["id".into()],
+            on_delete: RefAction::Cascade,
+            deferrable: true,
+            ..node_fk()
+        };
+        let tables = histories(&[child, parent]).unwrap();
+        let ops: Vec<RowOp> = tables
+            .iter()
+            .enumerate()
+            .flat_map(|(ti, t)| t.rows.iter().map(move |h| restore_op(ti, h, h.last_after.clone()).unwrap()))
+            .collect();
+        let steps = order(ops, &edges(&tables, &[fk], true));
+        let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
+        assert_eq!(names, ["cc", "pp"]);
     }
 
     #[test]

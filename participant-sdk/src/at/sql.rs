@@ -340,7 +340,14 @@ pub fn set_target(statement: &mut Statement, target: &str) -> Result<(), AtError
                 None => Err(AtError::Internal("DELETE without a table".into())),
             },
         },
-        _ => Err(AtError::Internal("only INSERT, UPDATE and DELETE have a target".into())),
+        Statement::Query(q) => match q.body.as_mut() {
+            SetExpr::Select(sel) => match sel.from.first_mut() {
+                Some(t) => relation(t),
+                None => Err(AtError::Internal("SELECT without a table".into())),
+            },
+            _ => Err(AtError::Internal("not a plain SELECT".into())),
+        },
+        _ => Err(AtError::Internal("only INSERT, UPDATE, DELETE and SELECT have a target".into())),
     }
 }
 

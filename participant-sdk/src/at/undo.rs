@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tandem_wire::{BranchId, Xid};
 use tokio::sync::mpsc;
+use tokio::sync::OnceCell;
 
 /// `state` of an undo row holding phase-1 images.
 const STATE_NORMAL: i16 = 0;
@@ -28,13 +29,14 @@ const STATE_ROLLED_BACK: i16 = 1;
 /// Writes the branch's undo row in its local transaction.
 pub(super) async fn insert<B: AtBackend>(
     conn: &mut Conn<B>,
+    undo: &str,
     xid: &Xid,
     key: &BranchId,
     info: String,
 ) -> Result<(), AtError> {
     let d = B::DIALECT;
     let sql = format!(
-        "INSERT INTO tandem_undo_log (xid, branch_key, state, rollback_info) VALUES ({}, {}, {STATE_NORMAL}, {})",
+        "INSERT INTO {undo} (xid, branch_key, state, rollback_info) VALUES ({}, {}, {STATE_NORMAL}, {})",
         d.param(1),
         d.param(2),
         d.param(3)
@@ -54,8 +56,9 @@ pub(super) async fn rollback<B: AtBackend>(
     xid: &Xid,
     branch_key: &BranchId,
 ) -> Result<(), AtError> {
+    let undo = resource.undo_table().await?;
     let mut conn = pool.acquire().await?;
-    let result = rollback_on::<B>(&mut conn, resource, xid, branch_key).await;
+    let result = rollback_on::<B>(&mut conn, resource, &undo, xid, branch_key).await;
     if let Err(e) = B::end_restore(&mut conn).await {
         // Do not hand a session with the rollback's settings to the pool.
         tracing::warn!(error = %e, "could not reset the session after an AT rollback; closing it");
@@ -67,6 +70,7 @@ pub(super) async fn rollback<B: AtBackend>(
 async fn rollback_on<B: AtBackend>(
     conn: &mut sqlx::pool::PoolConnection<B::Db>,
     resource: &AtResource<B>,
+    undo: &str,
     xid: &Xid,
     branch_key: &BranchId,
 ) -> Result<(), AtError> {
@@ -75,7 +79,7 @@ async fn rollback_on<B: AtBackend>(
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
     B::begin_restore(&mut tx).await?;
     let sql = format!(
-        "SELECT CAST(state AS CHAR(1)), rollback_info FROM tandem_undo_log WHERE xid = {} AND branch_key = {} FOR UPDATE",
+        "SELECT CAST(state AS CHAR(1)), rollback_info FROM {undo} WHERE xid = {} AND branch_key = {} FOR UPDATE",
         d.param(1),
         d.param(2)
     );
@@ -85,7 +89,7 @@ async fn rollback_on<B: AtBackend>(
         // Empty rollback: phase 1 never committed here. The marker makes a
         // phase 1 still in flight fail on the primary key.
         let sql = format!(
-            "INSERT INTO tandem_undo_log (xid, branch_key, state) VALUES ({}, {}, {STATE_ROLLED_BACK})",
+            "INSERT INTO {undo} (xid, branch_key, state) VALUES ({}, {}, {STATE_ROLLED_BACK})",
             d.param(1),
             d.param(2)
         );
@@ -116,7 +120,7 @@ async fn rollback_on<B: AtBackend>(
     }
     let restored = restore::<B>(&mut tx, resource, &log).await?;
     let sql = format!(
-        "UPDATE tandem_undo_log SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_key = {}",
+        "UPDATE {undo} SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_key = {}",
         d.param(1),
         d.param(2)
     );
@@ -124,7 +128,7 @@ async fn rollback_on<B: AtBackend>(
     B::execute(&mut tx, &sql, &key, &plan).await?;
     // Deferred constraints are checked here: one that fails cannot succeed on a retry.
     tx.commit().await.map_err(|e| {
-        if B::is_integrity_violation(&e) {
+        if B::is_permanent(&e) {
             AtError::RestoreRefused(format!("a deferred constraint refused the restored rows: {e}"))
         } else {
             e.into()
@@ -191,6 +195,15 @@ async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log
     for step in plan::order(ops, &edges) {
         apply::<B>(conn, &tables, &now, &step).await?;
     }
+    // Deferred constraints and constraint triggers run now, so that the
+    // read-back sees what they did (a failed check is final).
+    B::check_constraints(conn).await.map_err(|e| {
+        if B::is_permanent(&e) {
+            AtError::RestoreRefused(format!("a deferred constraint refused the restored rows: {e}"))
+        } else {
+            e.into()
+        }
+    })?;
     // Read everything back: each row must be exactly its before image (or
     // gone), whatever a trigger, a rule or a referential action did.
     let mut mismatches = Vec::new();
@@ -378,32 +391,110 @@ async fn report<B: AtBackend>(conn: &mut Conn<B>, findings: Vec<Finding>) -> Res
 }
 
 /// Writes one step of the restore: one row, or the rows of a reference
-/// cycle in one statement (PostgreSQL checks their keys at its end).
+/// cycle. PostgreSQL writes a cycle in one statement (it checks foreign
+/// keys at the end of a statement); MySQL checks them row by row, so a
+/// cycle (which phase 1 refuses there) is tried row by row and refused by
+/// the database.
 async fn apply<B: AtBackend>(
     conn: &mut Conn<B>,
     tables: &[TableImages],
     now: &[Now],
     step: &Step,
 ) -> Result<(), AtError> {
-    let Some(first) = step.ops.first() else { return Ok(()) };
-    let n = &now[first.table];
+    let what = || {
+        let rows: Vec<String> = step.ops.iter().map(|o| format!("{} key {:?}", tables[o.table].table, o.key)).collect();
+        rows.join(", ")
+    };
+    let refused = |e: sqlx::Error| {
+        if B::is_permanent(&e) {
+            AtError::RestoreRefused(format!("{}: {e}", what()))
+        } else {
+            e.into()
+        }
+    };
+    if step.is_cycle() && B::DIALECT == SqlDialect::Postgres {
+        let mut g = Gen::<B>::new(&[]);
+        let mut ctes = Vec::new();
+        let mut expected = 0usize;
+        for group in groups(&step.ops) {
+            if let Some(sql) = op_sql::<B>(&mut g, &now[group[0].table], &group)? {
+                ctes.push(format!("__tandem_w{} AS ({sql} RETURNING 1)", ctes.len()));
+                expected += group.len();
+            }
+        }
+        if g.params.len() > super::gen::MAX_PARAMS {
+            return Err(AtError::RestoreRefused(format!(
+                "{} rows that reference each other in a cycle need one statement of {} parameters to be restored, \
+                 more than PostgreSQL takes",
+                step.ops.len(),
+                g.params.len()
+            )));
+        }
+        let counts: Vec<String> = (0..ctes.len()).map(|i| format!("(SELECT count(*) FROM __tandem_w{i})")).collect();
+        let sql = format!("WITH {} SELECT CAST({} AS bigint)", ctes.join(", "), counts.join(" + "));
+        let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
+        let rows = B::fetch_rows(conn, &sql, &g.params, &plan).await.map_err(refused)?;
+        let written = rows.first().map(|r| B::int_at(r, 0)).transpose()?.unwrap_or(0);
+        if written != expected as i64 {
+            return Err(AtError::RestoreRefused(format!("restoring {} changed {written} rows", what())));
+        }
+        return Ok(());
+    }
+    for op in &step.ops {
+        let mut g = Gen::<B>::new(&[]);
+        let one = std::slice::from_ref(op);
+        let Some(sql) = op_sql::<B>(&mut g, &now[op.table], one)? else { continue };
+        let (sql, plan) = bind_plan(&sql, B::DIALECT)?;
+        let written = B::execute(conn, &sql, &g.params, &plan).await.map_err(refused)?;
+        if written != 1 {
+            return Err(AtError::RestoreRefused(format!(
+                "restoring {} key {:?} changed {written} rows",
+                tables[op.table].table, op.key
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The ops of a step grouped into what one statement writes: the inserts
+/// of one table, the deletes of one table, each update alone.
+fn groups(ops: &[RowOp]) -> Vec<Vec<RowOp>> {
+    let mut out: Vec<Vec<RowOp>> = Vec::new();
+    for o in ops {
+        let joins = |g: &Vec<RowOp>| {
+            g[0].table == o.table
+                && !matches!(o.op, Op::Update(_))
+                && std::mem::discriminant(&g[0].op) == std::mem::discriminant(&o.op)
+        };
+        match out.iter_mut().find(|g| joins(g)) {
+            Some(g) => g.push(o.clone()),
+            None => out.push(vec![o.clone()]),
+        }
+    }
+    out
+}
+
+/// The statement writing `ops` (all of one table and one kind; an update
+/// alone) into `n`'s table, or `None` when there is nothing to write (an
+/// update of a row whose only columns are its key and generated ones).
+fn op_sql<B: AtBackend>(g: &mut Gen<B>, n: &Now, ops: &[RowOp]) -> Result<Option<String>, AtError> {
+    let Some(first) = ops.first() else { return Ok(None) };
     let meta = &n.meta;
     let d = B::DIALECT;
-    let mut g = Gen::<B>::new(&[]);
     let key_cols = cols(meta, &n.pk);
     // Generated columns are compared, never written.
     let writable: Vec<usize> = (0..n.columns.len()).filter(|&j| !meta.columns[n.columns[j]].generated).collect();
-    let sql = match &first.op {
+    Ok(Some(match &first.op {
         Op::Delete => {
-            let keys: Vec<Row> = step.ops.iter().map(|o| o.key.clone()).collect();
+            let keys: Vec<Row> = ops.iter().map(|o| o.key.clone()).collect();
             format!("DELETE FROM {} WHERE {}", target(d, meta), g.filter(&key_cols, &key_cols, &keys)?)
         }
         Op::Insert(_) => {
             let names: Vec<String> = writable.iter().map(|&j| d.quote(&meta.columns[n.columns[j]].name)).collect();
-            let mut rows = Vec::with_capacity(step.ops.len());
-            for o in &step.ops {
+            let mut rows = Vec::with_capacity(ops.len());
+            for o in ops {
                 let Op::Insert(image) = &o.op else {
-                    return Err(AtError::Internal("a restore step mixes inserts with other writes".into()));
+                    return Err(AtError::Internal("a restore statement mixes inserts with other writes".into()));
                 };
                 let mut values = Vec::with_capacity(writable.len());
                 for &j in &writable {
@@ -424,33 +515,18 @@ async fn apply<B: AtBackend>(
                 sets.push(format!("{} = {}", d.quote(&col.name), g.value(col, image[j].as_deref())?));
             }
             if sets.is_empty() {
-                return Ok(());
+                return Ok(None);
             }
             let filter = g.filter(&key_cols, &key_cols, std::slice::from_ref(&first.key))?;
             format!("UPDATE {} SET {} WHERE {filter}", target(d, meta), sets.join(", "))
         }
-    };
-    let (sql, plan) = bind_plan(&sql, d)?;
-    let what = || {
-        let keys: Vec<&Row> = step.ops.iter().map(|o| &o.key).collect();
-        format!("{} key {:?}", tables[first.table].table, keys)
-    };
-    let written = B::execute(conn, &sql, &g.params, &plan).await.map_err(|e| {
-        if B::is_integrity_violation(&e) {
-            AtError::RestoreRefused(format!("{}: {e}", what()))
-        } else {
-            e.into()
-        }
-    })?;
-    if written != step.ops.len() as u64 {
-        return Err(AtError::RestoreRefused(format!("restoring {} changed {written} rows", what())));
-    }
-    Ok(())
+    }))
 }
 
 /// Deletes the undo rows of committed branches (by `(xid, branch_key)`).
 pub(super) async fn delete_batch<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
+    undo: &str,
     items: &[(Xid, BranchId)],
 ) -> Result<(), AtError> {
     let d = B::DIALECT;
@@ -461,10 +537,8 @@ pub(super) async fn delete_batch<B: AtBackend>(
         params.push(B::text(Some(branch.to_string())));
         tuples.push(format!("({}, {})", d.param(params.len() - 1), d.param(params.len())));
     }
-    let sql = format!(
-        "DELETE FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND (xid, branch_key) IN ({})",
-        tuples.join(", ")
-    );
+    let sql =
+        format!("DELETE FROM {undo} WHERE state = {STATE_NORMAL} AND (xid, branch_key) IN ({})", tuples.join(", "));
     let (sql, plan) = bind_plan(&sql, d)?;
     let mut conn = pool.acquire().await?;
     B::execute(&mut conn, &sql, &params, &plan).await?;
@@ -474,12 +548,20 @@ pub(super) async fn delete_batch<B: AtBackend>(
 /// Background task: deletes committed branches' undo rows in batches.
 /// Whatever is queued when the process dies stays in the table; the rows
 /// are inert (their transactions are committed) and can be purged by age.
-pub(super) async fn cleaner<B: AtBackend>(pool: sqlx::Pool<B::Db>, mut rx: mpsc::Receiver<(Xid, BranchId)>) {
+pub(super) async fn cleaner<B: AtBackend>(
+    pool: sqlx::Pool<B::Db>,
+    undo: Arc<OnceCell<String>>,
+    mut rx: mpsc::Receiver<(Xid, BranchId)>,
+) {
     let mut batch = Vec::with_capacity(CLEANUP_BATCH);
     while rx.recv_many(&mut batch, CLEANUP_BATCH).await > 0 {
         let mut pause = Duration::from_millis(50);
         for attempt in 1..=5 {
-            match delete_batch::<B>(&pool, &batch).await {
+            let deleted = match resolve_undo::<B>(&pool, &undo).await {
+                Ok(table) => delete_batch::<B>(&pool, &table, &batch).await,
+                Err(e) => Err(e),
+            };
+            match deleted {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, rows = batch.len(), attempt, "deleting committed undo rows failed");
@@ -492,26 +574,44 @@ pub(super) async fn cleaner<B: AtBackend>(pool: sqlx::Pool<B::Db>, mut rx: mpsc:
     }
 }
 
+/// The quoted, qualified name of the undo table, as the pool's own sessions
+/// resolve `tandem_undo_log` (where `install` created it), read once: a
+/// business session with another `search_path` or database still writes
+/// and reads that table.
+pub(super) async fn resolve_undo<B: AtBackend>(
+    pool: &sqlx::Pool<B::Db>,
+    cell: &OnceCell<String>,
+) -> Result<String, AtError> {
+    let name = cell
+        .get_or_try_init(|| async {
+            let mut conn = pool.acquire().await?;
+            match B::locate_undo(&mut conn).await? {
+                Some(name) => Ok(name),
+                None => Err(AtError::Setup("tandem_undo_log does not exist: call AtResource::install".into())),
+            }
+        })
+        .await?;
+    Ok(name.clone())
+}
+
 /// Transactions whose old phase-1 rows one purge looks at.
 const PURGE_XIDS: usize = 500;
 
 /// See [`AtResource::purge`].
 pub(super) async fn purge<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
+    undo: &str,
     client: &crate::client::TandemClient,
     age: Duration,
 ) -> Result<super::Purged, AtError> {
     let d = B::DIALECT;
     let ms = [B::text(Some(age.as_millis().to_string()))];
     let mut conn = pool.acquire().await?;
-    let sql = format!(
-        "DELETE FROM tandem_undo_log WHERE state = {STATE_ROLLED_BACK} AND created_at < {}",
-        B::ago(&d.param(1))
-    );
+    let sql = format!("DELETE FROM {undo} WHERE state = {STATE_ROLLED_BACK} AND created_at < {}", B::ago(&d.param(1)));
     let (sql, plan) = bind_plan(&sql, d)?;
     let markers = B::execute(&mut conn, &sql, &ms, &plan).await?;
     let sql = format!(
-        "SELECT DISTINCT xid FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND created_at < {} LIMIT {PURGE_XIDS}",
+        "SELECT DISTINCT xid FROM {undo} WHERE state = {STATE_NORMAL} AND created_at < {} LIMIT {PURGE_XIDS}",
         B::ago(&d.param(1))
     );
     let (sql, plan) = bind_plan(&sql, d)?;
@@ -526,7 +626,7 @@ pub(super) async fn purge<B: AtBackend>(
                     tandem_wire::GlobalStatus::Committed | tandem_wire::GlobalStatus::CommitFailed
                 ) =>
             {
-                let sql = format!("DELETE FROM tandem_undo_log WHERE state = {STATE_NORMAL} AND xid = {}", d.param(1));
+                let sql = format!("DELETE FROM {undo} WHERE state = {STATE_NORMAL} AND xid = {}", d.param(1));
                 let (sql, plan) = bind_plan(&sql, d)?;
                 committed += B::execute(&mut conn, &sql, &[B::text(Some(xid.to_string()))], &plan).await?;
             }

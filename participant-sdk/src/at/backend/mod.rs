@@ -64,6 +64,12 @@ pub trait AtBackend: Send + Sync + 'static {
 
     /// What the server can do.
     async fn server_info(conn: &mut Conn<Self>) -> Result<ServerInfo, sqlx::Error>;
+    /// The quoted, qualified name of `tandem_undo_log` as this session
+    /// resolves it, if it exists.
+    async fn locate_undo(conn: &mut Conn<Self>) -> Result<Option<String>, sqlx::Error>;
+    /// What an unqualified table name resolves in, in this session: the
+    /// schemas of PostgreSQL's `search_path`, MySQL's current database.
+    async fn scope(conn: &mut Conn<Self>) -> Result<String, sqlx::Error>;
     /// The catalog's description of `table`, or `None` if there is no such
     /// relation.
     async fn table_meta(
@@ -112,6 +118,9 @@ pub trait AtBackend: Send + Sync + 'static {
     /// A parameter holding the image `value` of `col`, to be placed where
     /// [`AtBackend::value_expr`] says.
     fn image_param(col: &Column, value: Option<&str>) -> Result<Param<Self::Db>, AtError>;
+    /// The lock value of a key column's image: equal keys (under the
+    /// column's own equality) have equal lock values.
+    fn lock_value(col: &Column, image: Option<&str>) -> Result<Option<String>, AtError>;
     /// The expression that turns the parameter `placeholder` (from
     /// [`AtBackend::image_param`]) into a value of `col`.
     fn value_expr(col: &Column, placeholder: &str) -> String;
@@ -121,10 +130,11 @@ pub trait AtBackend: Send + Sync + 'static {
     async fn render(conn: &mut Conn<Self>, columns: &[&Column], row: &Row) -> Result<Row, AtError>;
     /// Whether `e` is a unique-key violation (by SQLSTATE / error number).
     fn is_unique_violation(e: &sqlx::Error) -> bool;
-    /// Whether `e` is an integrity constraint violation (SQLSTATE class 23 on
-    /// both): retrying the same write cannot succeed.
-    fn is_integrity_violation(e: &sqlx::Error) -> bool {
-        e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c.starts_with("23"))
+    /// Whether `e` says the same write can never succeed: an integrity
+    /// constraint violation (SQLSTATE class 23) or a data exception (class
+    /// 22: a value too long, out of range, invalid), on both databases.
+    fn is_permanent(e: &sqlx::Error) -> bool {
+        e.as_database_error().and_then(|d| d.code()).is_some_and(|c| c.starts_with("23") || c.starts_with("22"))
     }
     /// MySQL: the first `AUTO_INCREMENT` value of the last INSERT and the step.
     async fn last_insert_ids(conn: &mut Conn<Self>) -> Result<(u64, u64), sqlx::Error>;
@@ -135,6 +145,9 @@ pub trait AtBackend: Send + Sync + 'static {
     /// SQL modes), deferred constraints where the database has them, and the
     /// `tandem.at_restore` flag that declared triggers test.
     async fn begin_restore(conn: &mut Conn<Self>) -> Result<(), sqlx::Error>;
+    /// Runs the checks and constraint triggers the rollback deferred, before
+    /// it reads the restored rows back.
+    async fn check_constraints(conn: &mut Conn<Self>) -> Result<(), sqlx::Error>;
     /// Undoes [`AtBackend::begin_restore`] once the transaction ended (MySQL's
     /// settings belong to the session, not the transaction).
     async fn end_restore(conn: &mut Conn<Self>) -> Result<(), sqlx::Error>;

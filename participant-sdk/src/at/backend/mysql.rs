@@ -4,7 +4,9 @@
 
 use super::{at_backend, expect_repr, AtBackend, Param, ServerInfo};
 use crate::at::image::Row;
-use crate::at::meta::{Column, ForeignKey, MySqlRepr, RefAction, RelationKind, Repr, TableMeta, TableName, Trigger};
+use crate::at::meta::{
+    Column, ForeignKey, KeyForm, MySqlRepr, RefAction, RelationKind, Repr, TableMeta, TableName, Trigger,
+};
 use crate::at::sql::{SqlDialect, TableRef};
 use crate::at::AtError;
 use async_trait::async_trait;
@@ -18,7 +20,12 @@ pub struct MySqlDb;
 /// How a column of MySQL type `data_type` is imaged.
 fn repr(data_type: &str) -> MySqlRepr {
     match data_type {
-        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" => MySqlRepr::Hex,
+        // Spatial values cannot be cast to text; their stored form (SRID and
+        // WKB) round-trips through HEX / UNHEX exactly.
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "geometry" | "point"
+        | "linestring" | "polygon" | "multipoint" | "multilinestring" | "multipolygon" | "geometrycollection" => {
+            MySqlRepr::Hex
+        }
         "timestamp" => MySqlRepr::UnixTime,
         "bit" => MySqlRepr::Bit,
         "float" => MySqlRepr::Float,
@@ -69,6 +76,31 @@ fn name_match(column: &str, value: &str, lower_case_table_names: u8) -> String {
     }
 }
 
+/// The value part of an image (a weighted key's image starts with its weight).
+fn value_of<'v>(col: &Column, image: &'v str) -> &'v str {
+    match col.key_form {
+        KeyForm::MySqlWeight { .. } => image.split_once(':').map_or(image, |(_, v)| v),
+        _ => image,
+    }
+}
+
+impl MySqlDb {
+    /// The text expression of `col` (quoted as `c`), without a key's weight.
+    fn value_image_expr(col: &Column, c: &str) -> String {
+        match my_repr(col).unwrap_or(MySqlRepr::Plain) {
+            MySqlRepr::Hex => format!("HEX({c})"),
+            // Seconds since the epoch: independent of the session's time_zone.
+            MySqlRepr::UnixTime => format!("CAST(UNIX_TIMESTAMP({c}) AS CHAR)"),
+            MySqlRepr::Bit => format!("CAST({c} + 0 AS CHAR)"),
+            // A FLOAT as text has six digits; as a double it is exact.
+            MySqlRepr::Float => format!("CAST({c} + 0e0 AS CHAR)"),
+            // PAD_CHAR_TO_FULL_LENGTH pads CHAR values; stored ones never end in spaces.
+            MySqlRepr::Char => format!("CAST(TRIM(TRAILING ' ' FROM {c}) AS CHAR)"),
+            MySqlRepr::Plain => format!("CAST({c} AS CHAR)"),
+        }
+    }
+}
+
 /// One foreign-key column: constraint, child schema, child table, child
 /// column, parent schema, parent table, parent column, delete rule, update rule.
 type KeyColumnRow = (String, String, String, String, String, String, String, String, String);
@@ -96,6 +128,21 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         })
     }
 
+    async fn locate_undo(conn: &mut MySqlConnection) -> Result<Option<String>, sqlx::Error> {
+        let db: Option<String> = sqlx::query_scalar(
+            "SELECT CAST(TABLE_SCHEMA AS CHAR) FROM information_schema.TABLES \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'tandem_undo_log'",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        Ok(db.map(|d| format!("{}.{}", SqlDialect::MySql.quote(&d), SqlDialect::MySql.quote("tandem_undo_log"))))
+    }
+
+    async fn scope(conn: &mut MySqlConnection) -> Result<String, sqlx::Error> {
+        let db: Option<String> = sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *conn).await?;
+        Ok(db.unwrap_or_default())
+    }
+
     async fn table_meta(
         conn: &mut MySqlConnection,
         table: &TableRef,
@@ -121,9 +168,9 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
             _ => RelationKind::Other,
         };
         // From here on the catalog's exact names, compared exactly.
-        let columns: Vec<(String, String, String, i64)> = sqlx::query_as(
+        let columns: Vec<(String, String, String, i64, Option<String>)> = sqlx::query_as(
             "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(LOWER(c.DATA_TYPE) AS CHAR), CAST(LOWER(c.EXTRA) AS CHAR), \
-                    CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED) \
+                    CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED), CAST(c.COLLATION_NAME AS CHAR) \
              FROM information_schema.COLUMNS c \
              LEFT JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA \
                   AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
@@ -137,22 +184,38 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         .await?;
         let columns = columns
             .into_iter()
-            .map(|(col, ty, extra, pk)| Column {
-                name: col,
-                repr: Repr::MySql(repr(&ty)),
-                type_id: ty.clone(),
-                sql_type: ty,
-                type_oid: 0,
-                send_fn: String::new(),
-                receivable: true,
-                pk_position: usize::try_from(pk).ok().filter(|p| *p > 0),
-                // MySQL 8 marks expression defaults DEFAULT_GENERATED: those are
-                // ordinary columns; only virtual / stored columns are computed.
-                generated: extra.contains("virtual generated")
-                    || extra.contains("stored generated")
-                    || matches!(extra.trim(), "persistent" | "virtual"),
-                identity_always: false,
-                auto_increment: extra.contains("auto_increment"),
+            .map(|(col, ty, extra, pk, collation)| {
+                let pk_position = usize::try_from(pk).ok().filter(|p| *p > 0);
+                // A key whose collation is not binary: equal keys ('bob',
+                // 'Bob', 'bob ') can differ in their text; they share a weight.
+                let weighted = pk_position.is_some()
+                    && matches!(ty.as_str(), "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext")
+                    && collation.as_deref().is_some_and(|c| !c.ends_with("_bin") && c != "binary");
+                // NO PAD collations (MariaDB's *_nopad_*, MySQL 8's *_0900_*)
+                // count trailing spaces; CHAR values never keep them.
+                let no_pad = collation.as_deref().is_some_and(|c| c.contains("nopad") || c.contains("_0900_"));
+                let trim = ty == "char" || !no_pad;
+                Column {
+                    name: col,
+                    repr: Repr::MySql(repr(&ty)),
+                    type_id: ty.clone(),
+                    sql_type: ty,
+                    type_oid: 0,
+                    type_name: String::new(),
+                    key_refusal: None,
+                    invisible: extra.contains("invisible"),
+                    key_form: if weighted { KeyForm::MySqlWeight { trim } } else { KeyForm::Image },
+                    send_fn: String::new(),
+                    receivable: true,
+                    pk_position,
+                    // MySQL 8 marks expression defaults DEFAULT_GENERATED: those are
+                    // ordinary columns; only virtual / stored columns are computed.
+                    generated: extra.contains("virtual generated")
+                        || extra.contains("stored generated")
+                        || matches!(extra.trim(), "persistent" | "virtual"),
+                    identity_always: false,
+                    auto_increment: extra.contains("auto_increment"),
+                }
             })
             .collect();
         let triggers: Vec<(String, String)> = sqlx::query_as(
@@ -204,6 +267,8 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
                     on_delete_columns: Vec::new(),
                     on_update: action(&upd),
                     deferrable: false,
+                    to_partition: false,
+                    child_row_security: false,
                 }),
             }
         }
@@ -231,22 +296,26 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
 
     fn image_expr(col: &Column) -> String {
         let c = SqlDialect::MySql.quote(&col.name);
-        match my_repr(col).unwrap_or(MySqlRepr::Plain) {
-            MySqlRepr::Hex => format!("HEX({c})"),
-            // Seconds since the epoch: independent of the session's time_zone.
-            MySqlRepr::UnixTime => format!("CAST(UNIX_TIMESTAMP({c}) AS CHAR)"),
-            MySqlRepr::Bit => format!("CAST({c} + 0 AS CHAR)"),
-            // A FLOAT as text has six digits; as a double it is exact.
-            MySqlRepr::Float => format!("CAST({c} + 0e0 AS CHAR)"),
-            // PAD_CHAR_TO_FULL_LENGTH pads CHAR values; stored ones never end in spaces.
-            MySqlRepr::Char => format!("CAST(TRIM(TRAILING ' ' FROM {c}) AS CHAR)"),
-            MySqlRepr::Plain => format!("CAST({c} AS CHAR)"),
+        let value = Self::value_image_expr(col, &c);
+        match col.key_form {
+            KeyForm::MySqlWeight { trim: true } => {
+                format!("CONCAT(HEX(WEIGHT_STRING(TRIM(TRAILING ' ' FROM {c}))), ':', {value})")
+            }
+            KeyForm::MySqlWeight { trim: false } => format!("CONCAT(HEX(WEIGHT_STRING({c})), ':', {value})"),
+            _ => value,
         }
+    }
+
+    fn lock_value(col: &Column, image: Option<&str>) -> Result<Option<String>, AtError> {
+        Ok(image.map(|v| match col.key_form {
+            KeyForm::MySqlWeight { .. } => v.split_once(':').map_or(v, |(w, _)| w).to_owned(),
+            _ => v.to_owned(),
+        }))
     }
 
     fn image_param(col: &Column, value: Option<&str>) -> Result<Param<MySql>, AtError> {
         my_repr(col)?;
-        Ok(Arc::new(value.map(str::to_owned)))
+        Ok(Arc::new(value.map(|v| value_of(col, v).to_owned())))
     }
 
     fn value_expr(col: &Column, placeholder: &str) -> String {
@@ -258,8 +327,9 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         }
     }
 
-    async fn render(_conn: &mut MySqlConnection, _columns: &[&Column], row: &Row) -> Result<Row, AtError> {
-        Ok(row.clone()) // images are text already
+    async fn render(_conn: &mut MySqlConnection, columns: &[&Column], row: &Row) -> Result<Row, AtError> {
+        // Images are text already; a weighted key shows its value.
+        Ok(columns.iter().zip(row).map(|(c, v)| v.as_deref().map(|v| value_of(c, v).to_owned())).collect())
     }
 
     fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -295,6 +365,10 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         .execute(&mut *conn)
         .await?;
         Ok(())
+    }
+
+    async fn check_constraints(_conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+        Ok(()) // nothing is deferred on MySQL
     }
 
     async fn end_restore(conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {

@@ -6,7 +6,9 @@
 
 use super::{at_backend, expect_repr, AtBackend, Param, ServerInfo};
 use crate::at::image::Row;
-use crate::at::meta::{Column, ForeignKey, PgCodec, RefAction, RelationKind, Repr, TableMeta, TableName, Trigger};
+use crate::at::meta::{
+    Column, ForeignKey, KeyForm, PgCodec, RefAction, RelationKind, Repr, TableMeta, TableName, Trigger,
+};
 use crate::at::sql::{SqlDialect, TableRef};
 use crate::at::AtError;
 use async_trait::async_trait;
@@ -66,6 +68,78 @@ fn codec(base_oid: u32) -> PgCodec {
         2950 => PgCodec::Uuid,
         _ => PgCodec::Hex,
     }
+}
+
+/// How keys of the base type `oid` are compared, for lock values.
+fn key_form(base_oid: u32) -> KeyForm {
+    match base_oid {
+        1700 => KeyForm::PgNumeric,
+        700 => KeyForm::PgFloat(4),
+        701 => KeyForm::PgFloat(8),
+        1186 => KeyForm::PgInterval,
+        _ => KeyForm::Image,
+    }
+}
+
+/// The lock value of a key image in form `form` (its hex binary image for
+/// the forms other than `Image`): equal under the type's equality, equal here.
+pub(crate) fn canonical_key(form: KeyForm, image: &str) -> Result<String, String> {
+    let bytes = || unhex(image).ok_or_else(|| format!("{image:?} is not a hex image"));
+    Ok(match form {
+        KeyForm::Image | KeyForm::MySqlWeight { .. } => image.to_owned(),
+        KeyForm::PgNumeric => {
+            // ndigits, weight, sign, dscale, digits: the display scale is not part of the value.
+            let mut b = bytes()?;
+            if b.len() < 8 {
+                return Err("a numeric shorter than its header".into());
+            }
+            b[6] = 0;
+            b[7] = 0;
+            hex(&b)
+        }
+        KeyForm::PgFloat(n) => {
+            let b = bytes()?;
+            match (n, b.as_slice()) {
+                (4, [a, b2, c, d]) => {
+                    let f = f32::from_be_bytes([*a, *b2, *c, *d]);
+                    let f = if f.is_nan() {
+                        f32::NAN
+                    } else if f == 0.0 {
+                        0.0
+                    } else {
+                        f
+                    };
+                    hex(&f.to_be_bytes())
+                }
+                (8, b8) if b8.len() == 8 => {
+                    let mut a = [0u8; 8];
+                    a.copy_from_slice(b8);
+                    let f = f64::from_be_bytes(a);
+                    let f = if f.is_nan() {
+                        f64::NAN
+                    } else if f == 0.0 {
+                        0.0
+                    } else {
+                        f
+                    };
+                    hex(&f.to_be_bytes())
+                }
+                _ => return Err("a float of the wrong width".into()),
+            }
+        }
+        KeyForm::PgInterval => {
+            // time (µs, i64), day (i32), month (i32), compared as one length.
+            let b = bytes()?;
+            if b.len() != 16 {
+                return Err("an interval is not 16 bytes".into());
+            }
+            let time = i64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]);
+            let day = i32::from_be_bytes([b[8], b[9], b[10], b[11]]);
+            let month = i32::from_be_bytes([b[12], b[13], b[14], b[15]]);
+            let day_us: i128 = 86_400_000_000;
+            (i128::from(time) + i128::from(day) * day_us + i128::from(month) * 30 * day_us).to_string()
+        }
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -178,12 +252,29 @@ fn action(code: &str) -> RefAction {
 
 /// A relation as `pg_class` describes it.
 type RelationRow = (i64, String, String, String, String, bool, Option<String>, Option<String>);
-/// A column: name, type, type OID, send function, receivable, base type OID,
-/// key position, generated, identity always.
-type ColumnRow = (String, String, i64, String, bool, Option<i64>, Option<i32>, bool, bool);
+/// A column: name, type, type OID, typmod, type name, send function,
+/// receivable, base type OID and name, nondeterministic collation, key
+/// position, generated, identity always.
+type ColumnRow =
+    (String, String, i64, i32, String, String, bool, Option<i64>, Option<String>, bool, Option<i32>, bool, bool);
 /// A foreign key touching the table.
-type ForeignKeyRow =
-    (String, String, String, Vec<String>, String, String, Vec<String>, String, String, bool, Vec<String>, bool, bool);
+type ForeignKeyRow = (
+    String,
+    String,
+    String,
+    Vec<String>,
+    String,
+    String,
+    Vec<String>,
+    String,
+    String,
+    bool,
+    Vec<String>,
+    bool,
+    bool,
+    bool,
+    bool,
+);
 
 at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
     const DIALECT: SqlDialect = SqlDialect::Postgres;
@@ -198,12 +289,26 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
     async fn server_info(conn: &mut PgConnection) -> Result<ServerInfo, sqlx::Error> {
         let version: i32 =
             sqlx::query_scalar("SELECT current_setting('server_version_num')::int").fetch_one(&mut *conn).await?;
-        if version < 120_000 {
+        // 13: partitions' copies of triggers are visible in pg_trigger.
+        if version < 130_000 {
             return Err(sqlx::Error::Protocol(format!(
-                "AT mode needs PostgreSQL 12 or later (server_version_num {version})"
+                "AT mode needs PostgreSQL 13 or later (server_version_num {version})"
             )));
         }
         Ok(ServerInfo { insert_returning: true, delete_returning: true, lower_case_table_names: 0 })
+    }
+
+    async fn locate_undo(conn: &mut PgConnection) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = to_regclass('tandem_undo_log')",
+        )
+        .fetch_optional(&mut *conn)
+        .await
+    }
+
+    async fn scope(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
+        sqlx::query_scalar("SELECT current_schemas(true)::text").fetch_one(&mut *conn).await
     }
 
     async fn table_meta(
@@ -236,15 +341,19 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
             _ => RelationKind::Other,
         };
         let columns: Vec<ColumnRow> = sqlx::query_as(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, a.atttypmod, \
+                    quote_ident(tn.nspname) || '.' || quote_ident(t.typname), \
                     COALESCE(quote_ident(sn.nspname) || '.' || quote_ident(sp.proname), ''), t.typreceive <> 0, \
-                    (WITH RECURSIVE b(oid, base) AS (SELECT t.oid, t.typbasetype \
-                                                     UNION ALL SELECT bt.oid, bt.typbasetype \
-                                                     FROM b JOIN pg_type bt ON bt.oid = b.base) \
-                     SELECT b.oid::int8 FROM b WHERE b.base = 0 LIMIT 1), \
+                    bt.oid::int8, bt.typname::text, COALESCE(NOT coll.collisdeterministic, false), \
                     array_position(i.indkey::int2[], a.attnum), a.attgenerated <> '', a.attidentity = 'a' \
-             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
+             LEFT JOIN LATERAL (WITH RECURSIVE b(oid, base) AS (SELECT t.oid, t.typbasetype \
+                                                                UNION ALL SELECT bt.oid, bt.typbasetype \
+                                                                FROM b JOIN pg_type bt ON bt.oid = b.base) \
+                                SELECT b.oid FROM b WHERE b.base = 0 LIMIT 1) base ON true \
+             LEFT JOIN pg_type bt ON bt.oid = base.oid \
              LEFT JOIN pg_proc sp ON sp.oid = t.typsend LEFT JOIN pg_namespace sn ON sn.oid = sp.pronamespace \
+             LEFT JOIN pg_collation coll ON coll.oid = a.attcollation \
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary \
              WHERE a.attrelid = $1::oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         )
@@ -253,14 +362,41 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         .await?;
         let columns = columns
             .into_iter()
-            .map(|(name, sql_type, type_oid, send_fn, receivable, base, pk, generated, identity_always)| {
+            .map(|row| {
+                let (
+                    name,
+                    sql_type,
+                    type_oid,
+                    typmod,
+                    type_name,
+                    send_fn,
+                    receivable,
+                    base,
+                    base_name,
+                    nondet,
+                    pk,
+                    generated,
+                    identity_always,
+                ) = row;
                 let type_oid = u32::try_from(type_oid).unwrap_or_default();
                 let base = base.and_then(|b| u32::try_from(b).ok()).unwrap_or(type_oid);
+                let key_refusal = if base_name.as_deref() == Some("citext") {
+                    Some("has the case-insensitive type citext".to_owned())
+                } else if nondet {
+                    Some("has a nondeterministic collation (equal texts can differ in their bytes)".to_owned())
+                } else {
+                    None
+                };
                 Column {
                     name,
                     sql_type,
-                    type_id: type_oid.to_string(),
+                    // A narrower typmod (varchar(10) to varchar(5)) is another type to a restore.
+                    type_id: format!("{type_oid}:{typmod}"),
                     type_oid,
+                    type_name,
+                    key_refusal,
+                    invisible: false,
+                    key_form: key_form(base),
                     send_fn,
                     receivable,
                     repr: Repr::PgBinary(codec(base)),
@@ -311,7 +447,8 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         // Keys defined on this table or an ancestor partitioned table, and
         // those referencing either (a partition's rows are its root's).
         let fks: Vec<ForeignKeyRow> = sqlx::query_as(
-            "WITH me AS (SELECT relid FROM pg_partition_ancestors($1::oid) UNION SELECT $1::oid) \
+            "WITH me AS (SELECT relid FROM pg_partition_ancestors($1::oid) UNION SELECT $1::oid), \
+                  parts AS (SELECT relid FROM pg_partition_tree($1::oid) WHERE relid <> $1::oid) \
              SELECT con.conname::text, cn.nspname::text, cc.relname::text, \
                     ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, i) \
                           JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n ORDER BY k.i), \
@@ -325,12 +462,14 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
                                                          ELSE '[]' END) \
                                WITH ORDINALITY k(n, i) \
                           JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n::int2 ORDER BY k.i), \
-                    con.confrelid IN (SELECT relid FROM me), con.conrelid IN (SELECT relid FROM me) \
+                    con.confrelid IN (SELECT relid FROM me), con.conrelid IN (SELECT relid FROM me), \
+                    con.confrelid IN (SELECT relid FROM parts), cc.relrowsecurity \
              FROM pg_constraint con \
              JOIN pg_class cc ON cc.oid = con.conrelid JOIN pg_namespace cn ON cn.oid = cc.relnamespace \
              JOIN pg_class pc ON pc.oid = con.confrelid JOIN pg_namespace pn ON pn.oid = pc.relnamespace \
              WHERE con.contype = 'f' AND con.conparentid = 0 \
-               AND (con.confrelid IN (SELECT relid FROM me) OR con.conrelid IN (SELECT relid FROM me)) \
+               AND (con.confrelid IN (SELECT relid FROM me UNION SELECT relid FROM parts) \
+                    OR con.conrelid IN (SELECT relid FROM me)) \
              ORDER BY 1, 2, 3",
         )
         .bind(oid)
@@ -338,7 +477,7 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         .await?;
         let mut referenced_by = Vec::new();
         let mut references = Vec::new();
-        for (name, cs, ct, ccols, ps, pt, pcols, del, upd, deferrable, delcols, to_me, from_me) in fks {
+        for (name, cs, ct, ccols, ps, pt, pcols, del, upd, deferrable, delcols, to_me, from_me, to_part, rls) in fks {
             let fk = ForeignKey {
                 name,
                 child: TableName { schema: cs, name: ct },
@@ -349,11 +488,13 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
                 on_delete_columns: delcols,
                 on_update: action(&upd),
                 deferrable,
+                to_partition: to_part,
+                child_row_security: rls,
             };
             if from_me {
                 references.push(fk.clone());
             }
-            if to_me {
+            if to_me || to_part {
                 referenced_by.push(fk);
             }
         }
@@ -407,9 +548,19 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         Ok(Arc::new(PgBinary { oid: col.type_oid, bytes }))
     }
 
-    fn value_expr(_col: &Column, placeholder: &str) -> String {
-        // The parameter already has the column's type.
-        placeholder.to_owned()
+    fn value_expr(col: &Column, placeholder: &str) -> String {
+        // The parameter already has the column's type; the cast names it in
+        // the SQL, so that sqlx's statement cache (by SQL text) never binds
+        // values of another type to the statement.
+        format!("CAST({placeholder} AS {})", col.type_name)
+    }
+
+    fn lock_value(col: &Column, image: Option<&str>) -> Result<Option<String>, AtError> {
+        image
+            .map(|v| {
+                canonical_key(col.key_form, v).map_err(|e| AtError::Internal(format!("key column {}: {e}", col.name)))
+            })
+            .transpose()
     }
 
     async fn render(conn: &mut PgConnection, columns: &[&Column], row: &Row) -> Result<Row, AtError> {
@@ -448,6 +599,11 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         Ok(())
     }
 
+    async fn check_constraints(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        sqlx::query("SET CONSTRAINTS ALL IMMEDIATE").execute(&mut *conn).await?;
+        Ok(())
+    }
+
     async fn end_restore(_conn: &mut PgConnection) -> Result<(), sqlx::Error> {
         Ok(()) // SET LOCAL ended with the transaction
     }
@@ -460,7 +616,7 @@ async fn render_as_text(conn: &mut PgConnection, columns: &[&Column], row: &Row)
     let mut exprs = Vec::with_capacity(columns.len());
     for (i, (col, v)) in columns.iter().zip(row).enumerate() {
         params.push(Pg::image_param(col, v.as_deref())?);
-        exprs.push(format!("${}::text", i + 1));
+        exprs.push(format!("{}::text", Pg::value_expr(col, &format!("${}", i + 1))));
     }
     if exprs.is_empty() {
         return Ok(Vec::new());
