@@ -1185,3 +1185,124 @@ async fn a_column_changed_since_phase_one_is_reported_on_postgres() {
     assert!(error.contains("changed type"), "{error}");
     assert_eq!(d.snapshot("t", &["v"], "id").await, ["x"]);
 }
+
+// ------------------------------------ findings of the second review
+
+/// MariaDB string keys of the default (case-insensitive) collation: a
+/// foreign key still orders the restore and reveals cycles; a `_bin`
+/// collation still ignores trailing spaces; a key on a prefix is refused; a
+/// collation changed since phase 1 is reported, not guessed at; an UPDATE of
+/// rows that reference each other is no cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn string_keys_of_any_collation_on_mariadb() {
+    let c = Coordinator::start("at_sk").await;
+    let d = MariaBusiness::new("at_sk_m").await;
+    d.exec(
+        "CREATE TABLE parent (k varchar(10) PRIMARY KEY); \
+         CREATE TABLE child (id int PRIMARY KEY, ref varchar(10), v int, FOREIGN KEY (ref) REFERENCES parent(k)); \
+         INSERT INTO parent VALUES ('a'), ('b'); INSERT INTO child VALUES (1, 'a', 0); \
+         CREATE TABLE node (k varchar(10) PRIMARY KEY, parent varchar(10), FOREIGN KEY (parent) REFERENCES node(k) ON DELETE CASCADE); \
+         INSERT INTO node VALUES ('a', NULL); INSERT INTO node VALUES ('b', 'a'); UPDATE node SET parent = 'b' WHERE k = 'a'; \
+         CREATE TABLE ring (id int PRIMARY KEY, next int, v varchar(5), FOREIGN KEY (next) REFERENCES ring(id)); \
+         INSERT INTO ring VALUES (1, NULL, ''); INSERT INTO ring VALUES (2, 1, ''); UPDATE ring SET next = 2 WHERE id = 1; \
+         CREATE TABLE bin (k varchar(10) COLLATE utf8mb4_bin PRIMARY KEY); INSERT INTO bin VALUES ('a'); \
+         CREATE TABLE pre (k varchar(40), PRIMARY KEY (k(4))); \
+         CREATE TABLE users (name varchar(20) PRIMARY KEY)",
+    )
+    .await;
+    let quick = LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) };
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "keys", quick).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    let m = refusal(t.sql("DELETE FROM node WHERE k = 'a'").execute().await);
+    assert!(m.contains("cycle"), "{m}");
+    let m = refusal(t.sql("INSERT INTO pre VALUES ('abcdef')").execute().await);
+    assert!(m.contains("first 4 characters"), "{m}");
+    assert_eq!(t.sql("UPDATE ring SET v = 'x' WHERE id IN (1, 2)").execute().await.unwrap(), 2, "no cycle to restore");
+    t.sql("UPDATE child SET ref = 'B' WHERE id = 1").execute().await.unwrap();
+    t.sql("DELETE FROM parent WHERE k = 'a'").execute().await.unwrap();
+    t.sql("UPDATE child SET v = 1 WHERE id = 1").execute().await.unwrap();
+    t.sql("DELETE FROM bin WHERE k = 'a'").execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    let other = c.begin().await;
+    let mut o = p.at.begin(&other).await.unwrap();
+    o.sql("INSERT INTO bin VALUES ('a ')").execute().await.unwrap();
+    assert!(matches!(o.commit().await, Err(AtError::LockConflict { .. })), "'a ' is 'a' to a PAD SPACE _bin key");
+    roll_back(&c, &xid, "rolled_back").await;
+    assert_eq!(d.snapshot("parent", &["k"], "k").await, ["a", "b"]);
+    assert_eq!(d.snapshot("child", &["ref", "v"], "id").await, ["a|0"], "the parent came back first");
+    assert_eq!(d.snapshot("ring", &["v"], "id").await, ["", ""]);
+    assert_eq!(d.snapshot("bin", &["k"], "k").await, ["a"]);
+
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    t.sql("INSERT INTO users VALUES ('bob')").execute().await.unwrap();
+    t.commit().await.unwrap().expect("branch");
+    d.exec("ALTER TABLE users MODIFY name varchar(20) COLLATE utf8mb4_bin").await;
+    let tx = roll_back(&c, &xid, "rollback_failed").await;
+    let error = tx.branches[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("changed type"), "{error}");
+    assert_eq!(d.snapshot("users", &["name"], "name").await, ["bob"]);
+}
+
+/// PostgreSQL: a self-referencing partitioned table written through a
+/// partition; a session's temporary table shadowing a cached one; a pool of
+/// one connection; keys of types AT cannot compare are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_temporary_tables_and_small_pools_on_postgres() {
+    let c = Coordinator::start("at_pt").await;
+    let d = PgBusiness::new("at_pt_p").await;
+    d.exec(
+        "CREATE TABLE node (id int PRIMARY KEY, parent int) PARTITION BY RANGE (id); \
+         CREATE TABLE node_p1 PARTITION OF node FOR VALUES FROM (0) TO (100); \
+         ALTER TABLE node ADD FOREIGN KEY (parent) REFERENCES node(id) ON DELETE SET NULL; \
+         INSERT INTO node VALUES (1, NULL), (2, 1), (3, 2); \
+         CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0); \
+         CREATE TABLE jk (k jsonb PRIMARY KEY); CREATE TABLE ak (k int[] PRIMARY KEY)",
+    )
+    .await;
+    let original = d.snapshot("node", &["id", "parent"], "id").await;
+    let pool = PgPoolOptions::new().max_connections(1).connect(d.url()).await.unwrap();
+    let p = participant::<Pg>(pool, &c.c.url, "parts", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    assert_eq!(t.sql("DELETE FROM node_p1 WHERE id IN (1, 2)").execute().await.unwrap(), 2);
+    t.sql("UPDATE t SET v = 1 WHERE id = 1").execute().await.unwrap();
+    for (sql, what) in
+        [("INSERT INTO jk VALUES ('{\"a\": 1.0}')", "jsonb"), ("INSERT INTO ak VALUES ('{1}')", "integer[]")]
+    {
+        let m = refusal(t.sql(sql).execute().await);
+        assert!(m.contains(what) && m.contains("lock keys"), "{m}");
+    }
+    t.commit().await.unwrap().expect("branch, on a pool of one connection");
+    assert_eq!(d.snapshot("node", &["id", "parent"], "id").await, ["3|∅"]);
+    roll_back(&c, &xid, "rolled_back").await;
+    assert_eq!(d.snapshot("node", &["id", "parent"], "id").await, original);
+
+    // The same session, `t` cached; now a temporary `t` shadows it.
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    sqlx::raw_sql("CREATE TEMPORARY TABLE t (id int PRIMARY KEY, v int) ON COMMIT DROP; INSERT INTO t VALUES (1, 5)")
+        .execute(&mut *t.connection())
+        .await
+        .unwrap();
+    let m = refusal(t.sql("UPDATE t SET v = 6 WHERE id = 1").execute().await);
+    assert!(m.contains("temporary table"), "{m}");
+}
+
+/// MariaDB: a temporary table shadowing a base table is refused (MariaDB
+/// lists no temporary tables, so the session is asked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_temporary_table_is_refused_on_mariadb() {
+    let c = Coordinator::start("at_tm").await;
+    let d = MariaBusiness::new("at_tm_m").await;
+    d.exec("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t VALUES (1, 0)").await;
+    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "temp", LockRetry::default()).await;
+    let xid = c.begin().await;
+    let mut t = p.at.begin(&xid).await.unwrap();
+    sqlx::raw_sql("CREATE TEMPORARY TABLE t (id int PRIMARY KEY, v int)").execute(&mut *t.connection()).await.unwrap();
+    let m = refusal(t.sql("INSERT INTO t VALUES (2, 0)").execute().await);
+    assert!(m.contains("temporary table"), "{m}");
+    drop(t);
+    assert_eq!(d.snapshot("t", &["id"], "id").await, ["1"]);
+}

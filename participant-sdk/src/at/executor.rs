@@ -44,6 +44,8 @@ pub struct AtTransaction<B: AtBackend> {
     poisoned: Option<String>,
     /// What unqualified table names resolve in for this session, once read.
     scope: Option<String>,
+    /// Tables found not to be temporary in this transaction.
+    checked: std::collections::HashSet<super::meta::TableName>,
 }
 
 impl<B: AtBackend> std::fmt::Debug for AtTransaction<B> {
@@ -243,6 +245,7 @@ impl<B: AtBackend> AtTransaction<B> {
             lock_keys: BTreeSet::new(),
             poisoned: None,
             scope: None,
+            checked: Default::default(),
         }
     }
 
@@ -278,6 +281,18 @@ impl<B: AtBackend> AtTransaction<B> {
         let meta = self.resource.meta(&mut self.tx, table, scope.as_deref()).await?;
         if let Some(why) = meta.refusal(&|t| self.resource.trigger_allowed(&meta, t)) {
             return Err(AtError::Unsupported(why));
+        }
+        // A session's temporary table can shadow the table the catalog
+        // describes (MySQL lists no temporary tables): checked once per
+        // table and transaction.
+        if !self.checked.contains(&meta.table_name()) {
+            if B::is_temporary(&mut self.tx, &meta).await? {
+                return Err(AtError::Unsupported(format!(
+                    "{} is a temporary table of this session; the session that rolls back cannot see it",
+                    meta.qualified()
+                )));
+            }
+            self.checked.insert(meta.table_name());
         }
         Ok(meta)
     }
@@ -573,6 +588,7 @@ impl<B: AtBackend> AtTransaction<B> {
         type Rows = (Arc<TableMeta>, Vec<Reached>, HashMap<Row, usize>);
         let mut tables: Vec<Rows> = Vec::new();
         let root_pk = meta.pk();
+        let root_deletes = effect == Effect::Delete;
         let root_rows: Vec<Reached> = rows
             .iter()
             .map(|r| Reached {
@@ -653,7 +669,9 @@ impl<B: AtBackend> AtTransaction<B> {
                 let found =
                     rows_where::<B>(&mut self.tx, &child, &all, &cols(&child, &ccols), &cols(&parent, &pcols), &values)
                         .await?;
-                let ct = match tables.iter().position(|(m, _, _)| m.table_name() == child.table_name()) {
+                // A partition's rows and its root's are one set (keys by name,
+                // in key order, whatever the column order of each).
+                let ct = match tables.iter().position(|(m, _, _)| m.lock_table == child.lock_table) {
                     Some(ct) => ct,
                     None => {
                         tables.push((child.clone(), Vec::new(), HashMap::new()));
@@ -716,8 +734,9 @@ impl<B: AtBackend> AtTransaction<B> {
                 out.push(Cascaded { meta: m, kind: StatementKind::Update, before: updated });
             }
         }
-        if B::DIALECT == SqlDialect::MySql {
-            refuse_cycles(meta, rows, &out)?;
+        // Only deleted rows come back by INSERT, which MySQL checks row by row.
+        if B::DIALECT == SqlDialect::MySql && root_deletes {
+            refuse_cycles::<B>(meta, rows, &out)?;
         }
         Ok(out)
     }
@@ -1219,12 +1238,12 @@ fn nonzero_integer(e: &Expr) -> bool {
 /// MySQL checks foreign keys row by row, so rows that reference each other
 /// in a cycle cannot be inserted back one at a time: refuse a delete that
 /// would leave such a set to restore (pure).
-fn refuse_cycles(meta: &Arc<TableMeta>, rows: &[Row], cascaded: &[Cascaded]) -> Result<(), AtError> {
+fn refuse_cycles<B: AtBackend>(meta: &Arc<TableMeta>, rows: &[Row], cascaded: &[Cascaded]) -> Result<(), AtError> {
     let mut fks = meta.references.clone();
     let mut statements = Vec::with_capacity(cascaded.len() + 1);
     let image = |m: &TableMeta, kind: StatementKind, before: &[Row]| UndoStatement {
-        schema: m.schema.clone(),
-        table: m.name.clone(),
+        schema: m.lock_table.schema.clone(),
+        table: m.lock_table.name.clone(),
         kind,
         columns: m.columns.iter().map(|c| c.name.clone()).collect(),
         types: m.columns.iter().map(|c| c.type_id.clone()).collect(),
@@ -1243,7 +1262,24 @@ fn refuse_cycles(meta: &Arc<TableMeta>, rows: &[Row], cascaded: &[Cascaded]) -> 
         .enumerate()
         .flat_map(|(ti, t)| t.rows.iter().filter_map(move |h| plan::restore_op(ti, h, None)))
         .collect();
-    let steps = plan::order(ops, &plan::edges(&tables, &fks, false));
+    // Images are aligned with each table's catalog columns (built from them above).
+    let metas: Vec<&TableMeta> = tables
+        .iter()
+        .map(|t| {
+            std::iter::once(meta.as_ref())
+                .chain(cascaded.iter().map(|c| c.meta.as_ref()))
+                .find(|m| m.lock_table == t.table)
+                .unwrap_or(meta.as_ref())
+        })
+        .collect();
+    let canon = |t: usize, c: usize, v: &str| -> String {
+        metas[t]
+            .columns
+            .get(c)
+            .and_then(|col| B::lock_value(col, Some(v)).ok().flatten())
+            .unwrap_or_else(|| v.to_owned())
+    };
+    let steps = plan::order(ops, &plan::edges(&tables, &fks, false), &canon);
     if let Some(step) = steps.iter().find(|s| s.ops.len() > 1) {
         return Err(AtError::Unsupported(format!(
             "the rows deleted include {} rows of {} that reference each other in a cycle; MySQL checks foreign keys \

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 pub type Row = Vec<Option<String>>;
 
 /// The undo log format this SDK writes and reads.
-pub const UNDO_VERSION: u32 = 2;
+pub const UNDO_VERSION: u32 = 3;
 
 /// Kind of an imaged statement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -267,7 +267,7 @@ mod tests {
         let json = serde_json::to_string(&log).unwrap();
         assert_eq!(
             json,
-            r#"{"version":2,"statements":[{"schema":"public","table":"t","kind":"update","columns":["id","v"],"types":["23","25"],"pk":["id"],"before":[["1",null]],"after":[["1","x"]]}]}"#
+            r#"{"version":3,"statements":[{"schema":"public","table":"t","kind":"update","columns":["id","v"],"types":["23","25"],"pk":["id"],"before":[["1",null]],"after":[["1","x"]]}]}"#
         );
         assert_eq!(serde_json::from_str::<UndoLog>(&json).unwrap(), log);
     }

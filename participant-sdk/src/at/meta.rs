@@ -64,6 +64,8 @@ pub enum KeyForm {
     PgNumeric,
     /// PostgreSQL `float4` (4) / `float8` (8): `-0` as `0`, one NaN.
     PgFloat(u8),
+    /// PostgreSQL `character`: without trailing spaces, which do not count.
+    PgBpchar,
     /// PostgreSQL `interval`: its length as PostgreSQL compares intervals
     /// (a month 30 days, a day 24 hours), in microseconds.
     PgInterval,

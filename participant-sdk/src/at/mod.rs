@@ -341,6 +341,9 @@ impl<B: AtBackend> AtResource<B> {
     /// Starts this service's branch of global transaction `xid`: a local
     /// transaction whose statements are imaged.
     pub async fn begin(&self, xid: &Xid) -> Result<AtTransaction<B>, AtError> {
+        // Resolved before the transaction takes its connection: resolving
+        // needs one of the pool's own.
+        self.undo_table().await?;
         let tx = self.inner.pool.begin().await?;
         Ok(AtTransaction::new(self.clone(), xid.clone(), tx))
     }

@@ -266,10 +266,22 @@ pub fn edges(tables: &[TableImages], fks: &[ForeignKey], deferred: bool) -> Vec<
         .collect()
 }
 
-/// Values of `row` at `cols`, if none is NULL (a NULL references nothing).
-fn refs(row: Option<&Row>, cols: &[usize]) -> Option<Row> {
-    let v = pick(row?, cols);
-    v.iter().all(Option::is_some).then_some(v)
+/// How a value of column `column` (an index into its images) of table
+/// `table` (an index into the histories) compares to the values of the
+/// columns a foreign key pairs it with: its lock value (a MySQL string's
+/// weight, a numeric without its scale).
+pub type Canon<'c> = &'c dyn Fn(usize, usize, &str) -> String;
+
+/// The canonical form: values compare as they are.
+pub fn as_is(_table: usize, _column: usize, v: &str) -> String {
+    v.to_owned()
+}
+
+/// Values of `row` at `cols` of `table`, compared as `canon` says, if none
+/// is NULL (a NULL references nothing).
+fn refs(row: Option<&Row>, table: usize, cols: &[usize], canon: Canon<'_>) -> Option<Row> {
+    let row = row?;
+    cols.iter().map(|&c| row.get(c).cloned().flatten().map(|v| canon(table, c, &v))).map(|v| v.map(Some)).collect()
 }
 
 /// One step of the restore: a row, or rows that reference each other in a
@@ -288,8 +300,9 @@ impl Step {
     }
 }
 
-/// Orders the restores (see the module docs).
-pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
+/// Orders the restores (see the module docs); `canon` says how values that
+/// a foreign key pairs compare.
+pub fn order(ops: Vec<RowOp>, edges: &[Edge], canon: Canon<'_>) -> Vec<Step> {
     let n = ops.len();
     // `after[i]` lists the ops that must come after op i.
     let mut after: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -298,7 +311,10 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
         let mut created: HashMap<Row, Vec<usize>> = HashMap::new();
         let mut removed: HashMap<Row, Vec<usize>> = HashMap::new();
         for (i, o) in ops.iter().enumerate().filter(|(_, o)| o.table == e.parent) {
-            let (now, then) = (refs(o.current.as_ref(), &e.parent_columns), refs(o.target(), &e.parent_columns));
+            let (now, then) = (
+                refs(o.current.as_ref(), e.parent, &e.parent_columns, canon),
+                refs(o.target(), e.parent, &e.parent_columns, canon),
+            );
             if now != then {
                 // A referenced value the restore brings back: the check that
                 // a child's value exists waits for commit if deferred.
@@ -323,7 +339,10 @@ pub fn order(ops: Vec<RowOp>, edges: &[Edge]) -> Vec<Step> {
             }
         }
         for (j, o) in ops.iter().enumerate().filter(|(_, o)| o.table == e.child) {
-            let (now, then) = (refs(o.current.as_ref(), &e.child_columns), refs(o.target(), &e.child_columns));
+            let (now, then) = (
+                refs(o.current.as_ref(), e.child, &e.child_columns, canon),
+                refs(o.target(), e.child, &e.child_columns, canon),
+            );
             if now == then {
                 continue;
             }
@@ -493,7 +512,7 @@ mod tests {
         if !dirty.is_empty() {
             return Err(dirty);
         }
-        Ok(order(ops, &edges(&tables, fks, true))
+        Ok(order(ops, &edges(&tables, fks, true), &as_is)
             .into_iter()
             .map(|s| s.ops.into_iter().map(|o| o.key).collect())
             .collect())
@@ -588,7 +607,7 @@ mod tests {
             .enumerate()
             .flat_map(|(ti, t)| t.rows.iter().map(move |h| restore_op(ti, h, None).unwrap()))
             .collect();
-        let steps = order(ops, &edges(&tables, &[fk], true));
+        let steps = order(ops, &edges(&tables, &[fk], true), &as_is);
         let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
         assert_eq!(names, ["parent", "child", "child"]);
     }
@@ -623,13 +642,13 @@ mod tests {
             .enumerate()
             .flat_map(|(ti, t)| t.rows.iter().map(move |h| restore_op(ti, h, h.last_after.clone()).unwrap()))
             .collect();
-        let steps = order(ops.clone(), &edges(&tables, std::slice::from_ref(&fk), false));
+        let steps = order(ops.clone(), &edges(&tables, std::slice::from_ref(&fk), false), &as_is);
         let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
         assert_eq!(names, ["parent", "child"]);
         // With NO ACTION the two rows need each other: one step, which only
         // a statement checking keys at its end can write.
         let fk = ForeignKey { on_update: RefAction::NoAction, ..fk };
-        let steps = order(ops, &edges(&tables, &[fk], false));
+        let steps = order(ops, &edges(&tables, &[fk], false), &as_is);
         assert_eq!(steps.len(), 1);
         assert!(steps[0].is_cycle());
     }
@@ -678,7 +697,7 @@ mod tests {
             .enumerate()
             .flat_map(|(ti, t)| t.rows.iter().map(move |h| restore_op(ti, h, h.last_after.clone()).unwrap()))
             .collect();
-        let steps = order(ops, &edges(&tables, &[fk], true));
+        let steps = order(ops, &edges(&tables, &[fk], true), &as_is);
         let names: Vec<&str> = steps.iter().map(|s| tables[s.ops[0].table].table.name.as_str()).collect();
         assert_eq!(names, ["cc", "pp"]);
     }

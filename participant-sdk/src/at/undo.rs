@@ -192,7 +192,13 @@ async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log
     }
     let edges = plan::edges(&tables, &fks, B::DIALECT == SqlDialect::Postgres);
     let written = ops.len();
-    for step in plan::order(ops, &edges) {
+    // Values a foreign key pairs compare by their lock values (a MySQL
+    // string's weight, a numeric without its scale).
+    let canon = |t: usize, c: usize, v: &str| -> String {
+        let col = &now[t].meta.columns[now[t].columns[c]];
+        B::lock_value(col, Some(v)).ok().flatten().unwrap_or_else(|| v.to_owned())
+    };
+    for step in plan::order(ops, &edges, &canon) {
         apply::<B>(conn, &tables, &now, &step).await?;
     }
     // Deferred constraints and constraint triggers run now, so that the
@@ -382,7 +388,9 @@ async fn report<B: AtBackend>(conn: &mut Conn<B>, findings: Vec<Finding>) -> Res
             None => None,
             Some(r) => Some(as_object(&names, &B::render(conn, &columns, r).await?)),
         };
-        out.push(Conflict { table: f.meta.qualified(), pk: f.key, expected, found, reason: f.reason });
+        let key_cols = cols(&f.meta, &f.meta.pk());
+        let pk = B::render(conn, &key_cols, &f.key).await?;
+        out.push(Conflict { table: f.meta.qualified(), pk, expected, found, reason: f.reason });
     }
     if total > REPORT_ROWS {
         tracing::warn!(total, listed = REPORT_ROWS, "AT rollback: more rows to report than listed");

@@ -67,6 +67,8 @@ pub trait AtBackend: Send + Sync + 'static {
     /// The quoted, qualified name of `tandem_undo_log` as this session
     /// resolves it, if it exists.
     async fn locate_undo(conn: &mut Conn<Self>) -> Result<Option<String>, sqlx::Error>;
+    /// Whether `meta`'s name is, in this session, a temporary table.
+    async fn is_temporary(conn: &mut Conn<Self>, meta: &TableMeta) -> Result<bool, sqlx::Error>;
     /// What an unqualified table name resolves in, in this session: the
     /// schemas of PostgreSQL's `search_path`, MySQL's current database.
     async fn scope(conn: &mut Conn<Self>) -> Result<String, sqlx::Error>;

@@ -138,6 +138,17 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         Ok(db.map(|d| format!("{}.{}", SqlDialect::MySql.quote(&d), SqlDialect::MySql.quote("tandem_undo_log"))))
     }
 
+    async fn is_temporary(conn: &mut MySqlConnection, meta: &TableMeta) -> Result<bool, sqlx::Error> {
+        let sql = format!(
+            "SHOW CREATE TABLE {}.{}",
+            SqlDialect::MySql.quote(&meta.schema),
+            SqlDialect::MySql.quote(&meta.name)
+        );
+        let row: Option<(String, String)> = sqlx::query_as(&sql).fetch_optional(&mut *conn).await?;
+        let create = row.map(|(_, create)| create);
+        Ok(create.is_some_and(|c| c.starts_with("CREATE TEMPORARY TABLE")))
+    }
+
     async fn scope(conn: &mut MySqlConnection) -> Result<String, sqlx::Error> {
         let db: Option<String> = sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *conn).await?;
         Ok(db.unwrap_or_default())
@@ -168,9 +179,13 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
             _ => RelationKind::Other,
         };
         // From here on the catalog's exact names, compared exactly.
-        let columns: Vec<(String, String, String, i64, Option<String>)> = sqlx::query_as(
-            "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(LOWER(c.DATA_TYPE) AS CHAR), CAST(LOWER(c.EXTRA) AS CHAR), \
-                    CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED), CAST(c.COLLATION_NAME AS CHAR) \
+        let columns: Vec<(String, String, String, String, i64, Option<String>, Option<i64>)> = sqlx::query_as(
+            "SELECT CAST(c.COLUMN_NAME AS CHAR), CAST(LOWER(c.DATA_TYPE) AS CHAR), CAST(LOWER(c.COLUMN_TYPE) AS CHAR), \
+                    CAST(LOWER(c.EXTRA) AS CHAR), CAST(COALESCE(k.ORDINAL_POSITION, 0) AS SIGNED), \
+                    CAST(c.COLLATION_NAME AS CHAR), \
+                    (SELECT CAST(MAX(st.SUB_PART) AS SIGNED) FROM information_schema.STATISTICS st \
+                     WHERE st.TABLE_SCHEMA = c.TABLE_SCHEMA AND st.TABLE_NAME = c.TABLE_NAME \
+                       AND st.COLUMN_NAME = c.COLUMN_NAME AND st.INDEX_NAME = 'PRIMARY') \
              FROM information_schema.COLUMNS c \
              LEFT JOIN information_schema.KEY_COLUMN_USAGE k ON k.CONSTRAINT_SCHEMA = c.TABLE_SCHEMA \
                   AND k.TABLE_NAME = c.TABLE_NAME AND k.COLUMN_NAME = c.COLUMN_NAME AND k.CONSTRAINT_NAME = 'PRIMARY' \
@@ -182,29 +197,35 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         .bind(&name)
         .fetch_all(&mut *conn)
         .await?;
-        let columns = columns
+        // Key forms are set once the foreign keys are known (below).
+        let mut weights: Vec<Option<KeyForm>> = Vec::with_capacity(columns.len());
+        let mut columns: Vec<Column> = columns
             .into_iter()
-            .map(|(col, ty, extra, pk, collation)| {
+            .map(|(col, ty, column_type, extra, pk, collation, sub_part)| {
                 let pk_position = usize::try_from(pk).ok().filter(|p| *p > 0);
-                // A key whose collation is not binary: equal keys ('bob',
-                // 'Bob', 'bob ') can differ in their text; they share a weight.
-                let weighted = pk_position.is_some()
-                    && matches!(ty.as_str(), "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext")
-                    && collation.as_deref().is_some_and(|c| !c.ends_with("_bin") && c != "binary");
-                // NO PAD collations (MariaDB's *_nopad_*, MySQL 8's *_0900_*)
-                // count trailing spaces; CHAR values never keep them.
+                // A string of a non-binary character set: equal keys ('bob',
+                // 'Bob', 'bob ') can differ in their text; they share a
+                // weight. NO PAD collations (MariaDB's *_nopad_*, MySQL 8's
+                // *_0900_*) count trailing spaces; CHAR values never keep them.
+                let string =
+                    matches!(ty.as_str(), "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext");
                 let no_pad = collation.as_deref().is_some_and(|c| c.contains("nopad") || c.contains("_0900_"));
-                let trim = ty == "char" || !no_pad;
+                let weight = (string && collation.as_deref().is_some_and(|c| c != "binary"))
+                    .then_some(KeyForm::MySqlWeight { trim: ty == "char" || !no_pad });
+                weights.push(weight);
+                let key_refusal = sub_part.map(|n| format!("is a key on its first {n} characters only"));
                 Column {
                     name: col,
                     repr: Repr::MySql(repr(&ty)),
-                    type_id: ty.clone(),
+                    // What a restore must find again: the type, and how its
+                    // values compare (a collation change changes key images).
+                    type_id: format!("{column_type}/{}", collation.as_deref().unwrap_or("-")),
                     sql_type: ty,
                     type_oid: 0,
                     type_name: String::new(),
-                    key_refusal: None,
+                    key_refusal,
                     invisible: extra.contains("invisible"),
-                    key_form: if weighted { KeyForm::MySqlWeight { trim } } else { KeyForm::Image },
+                    key_form: KeyForm::Image,
                     send_fn: String::new(),
                     receivable: true,
                     pk_position,
@@ -272,8 +293,23 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
                 }),
             }
         }
-        let referenced_by = fks.iter().filter(|f| f.parent == me).cloned().collect();
-        let references = fks.iter().filter(|f| f.child == me).cloned().collect();
+        let referenced_by: Vec<ForeignKey> = fks.iter().filter(|f| f.parent == me).cloned().collect();
+        let references: Vec<ForeignKey> = fks.iter().filter(|f| f.child == me).cloned().collect();
+        // Key columns, and the columns foreign keys match (referencing and
+        // referenced), are imaged with their weight: keys compare, lock and
+        // order restores by it.
+        let in_keys: Vec<&String> = references
+            .iter()
+            .flat_map(|f| &f.child_columns)
+            .chain(referenced_by.iter().flat_map(|f| &f.parent_columns))
+            .collect();
+        for (c, weight) in columns.iter_mut().zip(weights) {
+            let keyed = c.pk_position.is_some() || in_keys.iter().any(|k| k.eq_ignore_ascii_case(&c.name));
+            if let (Some(form), true) = (weight, keyed) {
+                c.key_form = form;
+                c.type_id.push_str("/weighted");
+            }
+        }
         Ok(Some(TableMeta {
             lock_table: me,
             schema,

@@ -77,6 +77,7 @@ fn key_form(base_oid: u32) -> KeyForm {
         700 => KeyForm::PgFloat(4),
         701 => KeyForm::PgFloat(8),
         1186 => KeyForm::PgInterval,
+        1042 => KeyForm::PgBpchar,
         _ => KeyForm::Image,
     }
 }
@@ -87,6 +88,8 @@ pub(crate) fn canonical_key(form: KeyForm, image: &str) -> Result<String, String
     let bytes = || unhex(image).ok_or_else(|| format!("{image:?} is not a hex image"));
     Ok(match form {
         KeyForm::Image | KeyForm::MySqlWeight { .. } => image.to_owned(),
+        // Trailing spaces of a character(n) value do not count.
+        KeyForm::PgBpchar => image.trim_end_matches(' ').to_owned(),
         KeyForm::PgNumeric => {
             // ndigits, weight, sign, dscale, digits: the display scale is not part of the value.
             let mut b = bytes()?;
@@ -253,10 +256,24 @@ fn action(code: &str) -> RefAction {
 /// A relation as `pg_class` describes it.
 type RelationRow = (i64, String, String, String, String, bool, Option<String>, Option<String>);
 /// A column: name, type, type OID, typmod, type name, send function,
-/// receivable, base type OID and name, nondeterministic collation, key
-/// position, generated, identity always.
-type ColumnRow =
-    (String, String, i64, i32, String, String, bool, Option<i64>, Option<String>, bool, Option<i32>, bool, bool);
+/// receivable, base type OID, name and kind (typtype and typcategory),
+/// nondeterministic collation, key position, generated, identity always.
+type ColumnRow = (
+    String,
+    String,
+    i64,
+    i32,
+    String,
+    String,
+    bool,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    bool,
+    Option<i32>,
+    bool,
+    bool,
+);
 /// A foreign key touching the table.
 type ForeignKeyRow = (
     String,
@@ -307,8 +324,19 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         .await
     }
 
+    async fn is_temporary(_conn: &mut PgConnection, meta: &TableMeta) -> Result<bool, sqlx::Error> {
+        // The scope names the session's temporary tables: one that shadows a
+        // name gives another cache entry, read with its persistence.
+        Ok(meta.temporary)
+    }
+
     async fn scope(conn: &mut PgConnection) -> Result<String, sqlx::Error> {
-        sqlx::query_scalar("SELECT current_schemas(true)::text").fetch_one(&mut *conn).await
+        sqlx::query_scalar(
+            "SELECT current_schemas(true)::text || COALESCE(' temp:' || (SELECT string_agg(relname::text, ',' ORDER BY relname) \
+                    FROM pg_class WHERE relnamespace = pg_my_temp_schema()), '')",
+        )
+        .fetch_one(&mut *conn)
+        .await
     }
 
     async fn table_meta(
@@ -344,7 +372,8 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.atttypid::int8, a.atttypmod, \
                     quote_ident(tn.nspname) || '.' || quote_ident(t.typname), \
                     COALESCE(quote_ident(sn.nspname) || '.' || quote_ident(sp.proname), ''), t.typreceive <> 0, \
-                    bt.oid::int8, bt.typname::text, COALESCE(NOT coll.collisdeterministic, false), \
+                    bt.oid::int8, bt.typname::text, bt.typtype::text || bt.typcategory::text, \
+                    COALESCE(NOT coll.collisdeterministic, false), \
                     array_position(i.indkey::int2[], a.attnum), a.attgenerated <> '', a.attidentity = 'a' \
              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid JOIN pg_namespace tn ON tn.oid = t.typnamespace \
              LEFT JOIN LATERAL (WITH RECURSIVE b(oid, base) AS (SELECT t.oid, t.typbasetype \
@@ -373,6 +402,7 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
                     receivable,
                     base,
                     base_name,
+                    kind,
                     nondet,
                     pk,
                     generated,
@@ -380,8 +410,15 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
                 ) = row;
                 let type_oid = u32::try_from(type_oid).unwrap_or_default();
                 let base = base.and_then(|b| u32::try_from(b).ok()).unwrap_or(type_oid);
+                // Keys whose equal values can differ in their bytes in ways a
+                // lock value cannot undo: refused as keys.
+                let kind = kind.unwrap_or_default();
                 let key_refusal = if base_name.as_deref() == Some("citext") {
                     Some("has the case-insensitive type citext".to_owned())
+                } else if base == 3802 || kind.ends_with('A') || kind.starts_with(['c', 'r', 'm']) {
+                    Some(format!(
+                        "has the type {sql_type}, whose equal values (say 1.0 and 1.00 inside) can differ in their bytes"
+                    ))
                 } else if nondet {
                     Some("has a nondeterministic collation (equal texts can differ in their bytes)".to_owned())
                 } else {
