@@ -918,7 +918,10 @@ async fn unqualified_names_resolve_in_the_sessions_database_on_mariadb() {
          INSERT INTO `{db}_b`.orders VALUES (1, 0, 'b')"
     ))
     .await;
-    let p = participant::<MySqlDb>(d.pool(), &c.c.url, "tenants", LockRetry::default()).await;
+    // One connection: the second transaction reuses the session (and the
+    // prepared statements) of the first, which is what a USE must survive.
+    let pool = MySqlPoolOptions::new().max_connections(1).connect(d.url()).await.unwrap();
+    let p = participant::<MySqlDb>(pool, &c.c.url, "tenants", LockRetry::default()).await;
     let xid = c.begin().await;
     let mut t = p.at.begin(&xid).await.unwrap();
     t.sql("UPDATE orders SET v = 1 WHERE id = 1").execute().await.unwrap();
@@ -926,9 +929,8 @@ async fn unqualified_names_resolve_in_the_sessions_database_on_mariadb() {
     let other = c.begin().await;
     let mut t = p.at.begin(&other).await.unwrap();
     sqlx::raw_sql(&format!("USE `{db}_b`")).execute(&mut *t.connection()).await.unwrap();
-    let now: String =
-        sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *t.connection()).await.unwrap();
-    assert_eq!(now, format!("{db}_b"));
+    let now = sqlx::raw_sql("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *t.connection()).await.unwrap();
+    assert_eq!(sqlx::Row::get::<String, _>(&now, 0), format!("{db}_b"));
     t.sql("UPDATE orders SET v = 2 WHERE id = 1").execute().await.unwrap();
     assert_eq!(t.lock_keys().collect::<Vec<_>>(), [format!("{db}_b.orders:1")]);
     t.commit().await.unwrap().expect("branch");

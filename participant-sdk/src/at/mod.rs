@@ -406,7 +406,7 @@ impl<B: AtBackend> AtResource<B> {
         scope: Option<&str>,
     ) -> Result<Arc<TableMeta>, AtError> {
         let server = self.server(conn).await?;
-        let Some(meta) = B::table_meta(conn, table, &server).await? else {
+        let Some(meta) = B::table_meta(conn, table, &server, scope).await? else {
             let name = match &table.schema {
                 Some(s) => format!("{s}.{}", table.name),
                 None => table.name.clone(),

@@ -73,11 +73,14 @@ pub trait AtBackend: Send + Sync + 'static {
     /// schemas of PostgreSQL's `search_path`, MySQL's current database.
     async fn scope(conn: &mut Conn<Self>) -> Result<String, sqlx::Error>;
     /// The catalog's description of `table`, or `None` if there is no such
-    /// relation.
+    /// relation; an unqualified name is looked up in `scope` where the
+    /// backend needs it (MySQL: the session's database, read by
+    /// [`AtBackend::scope`]; PostgreSQL resolves it by the session's path).
     async fn table_meta(
         conn: &mut Conn<Self>,
         table: &TableRef,
         server: &ServerInfo,
+        scope: Option<&str>,
     ) -> Result<Option<TableMeta>, sqlx::Error>;
     /// Runs a query whose every column is text (or NULL).
     async fn fetch_text(

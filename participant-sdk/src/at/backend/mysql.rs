@@ -150,7 +150,11 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
     }
 
     async fn scope(conn: &mut MySqlConnection) -> Result<String, sqlx::Error> {
-        let db: Option<String> = sqlx::query_scalar("SELECT CAST(DATABASE() AS CHAR)").fetch_one(&mut *conn).await?;
+        // Over the text protocol: a prepared statement stays bound to the
+        // database it was prepared in, and would report that one after a USE.
+        // A plain &str runs over the text protocol (COM_QUERY), unprepared.
+        let row = sqlx::Executor::fetch_one(&mut *conn, "SELECT CAST(DATABASE() AS CHAR)").await?;
+        let db: Option<String> = row.try_get(0)?;
         Ok(db.unwrap_or_default())
     }
 
@@ -158,16 +162,23 @@ at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
         conn: &mut MySqlConnection,
         table: &TableRef,
         server: &ServerInfo,
+        scope: Option<&str>,
     ) -> Result<Option<TableMeta>, sqlx::Error> {
         let lcn = server.lower_case_table_names;
         let sql = format!(
             "SELECT CAST(TABLE_SCHEMA AS CHAR), CAST(TABLE_NAME AS CHAR), CAST(TABLE_TYPE AS CHAR) \
              FROM information_schema.TABLES WHERE {} AND {}",
-            name_match("TABLE_SCHEMA", "COALESCE(?, DATABASE())", lcn),
+            name_match("TABLE_SCHEMA", "COALESCE(?, ?)", lcn),
             name_match("TABLE_NAME", "?", lcn)
         );
-        let found: Option<(String, String, String)> =
-            sqlx::query_as(&sql).bind(table.schema.as_deref()).bind(&table.name).fetch_optional(&mut *conn).await?;
+        // The session's database as the scope read it, not DATABASE(): this
+        // statement is prepared, and a prepared statement keeps its database.
+        let found: Option<(String, String, String)> = sqlx::query_as(&sql)
+            .bind(table.schema.as_deref())
+            .bind(scope)
+            .bind(&table.name)
+            .fetch_optional(&mut *conn)
+            .await?;
         let Some((schema, name, table_type)) = found else {
             return Ok(None);
         };

@@ -343,6 +343,7 @@ at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
         conn: &mut PgConnection,
         table: &TableRef,
         _server: &ServerInfo,
+        _scope: Option<&str>,
     ) -> Result<Option<TableMeta>, sqlx::Error> {
         let relation: Option<RelationRow> = sqlx::query_as(
             "SELECT c.oid::int8, n.nspname::text, c.relname::text, c.relkind::text, c.relpersistence::text, \
