@@ -506,6 +506,61 @@ async fn votes_in_progress_are_visible_and_refuse_a_rollback() {
     c.stop().await;
 }
 
+/// The statuses of the branches, by shop.
+async fn branch_statuses(
+    client: &TandemClient,
+    xid: &Xid,
+    a: &Shop,
+    b: &Shop,
+) -> (GlobalStatus, BranchStatus, BranchStatus) {
+    let t = client.get(xid).await.expect("get");
+    let of = |shop: &Shop| t.branches.iter().find(|br| br.resource == shop.resource).map(|br| br.status);
+    (t.status, of(a).expect("a"), of(b).expect("b"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn branch_states_say_where_each_branch_is_in_the_protocol() {
+    let db = TestDb::new("tpc_names").await;
+    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (a, b) = (Shop::start("tpc_names_a", &c.url).await, Shop::start("tpc_names_b", &c.url).await);
+    // B acknowledges PreCommit late, then its DoCommit answer is lost until released.
+    b.gate.delay.lock().expect("gate").insert("pre_commit".into(), Duration::from_millis(1_500));
+    b.gate.set(&b.gate.hold, "commit", true);
+    let xid = begin(&c.client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
+    let _ = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
+    let voted = eventually("both voted yes, PreCommit outstanding", WAIT, || async {
+        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        (s.0 == GlobalStatus::PreCommitted).then_some(s)
+    })
+    .await;
+    assert_eq!(voted, (GlobalStatus::PreCommitted, BranchStatus::VotedYes, BranchStatus::VotedYes));
+    let acked = eventually("A committed, B acknowledged PreCommit and awaits DoCommit", WAIT, || async {
+        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        (s.1 == BranchStatus::Committed).then_some(s)
+    })
+    .await;
+    assert_eq!(acked, (GlobalStatus::Committing, BranchStatus::Committed, BranchStatus::PreCommitted));
+    b.gate.set(&b.gate.hold, "commit", false);
+    let t = wait_status(&c.client, &xid, "committed", WAIT).await;
+    assert!(t.branches.iter().all(|br| br.status == BranchStatus::Committed), "{:?}", t.branches);
+
+    // A no vote is told apart from a missing one, until the rollback reaches it.
+    b.vote.store(false, Ordering::SeqCst);
+    b.gate.set(&b.gate.hold, "rollback", true);
+    let xid = begin(&c.client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
+    let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
+    assert_eq!(t.rollback_reason, Some(RollbackReason::BranchFailed));
+    let no = eventually("A rolled back, B's rollback answer lost", WAIT, || async {
+        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        (s.1 == BranchStatus::RolledBack).then_some(s)
+    })
+    .await;
+    assert_eq!(no, (GlobalStatus::RollingBack, BranchStatus::RolledBack, BranchStatus::VotedNo));
+    b.gate.set(&b.gate.hold, "rollback", false);
+    wait_status(&c.client, &xid, "rolled_back", WAIT).await;
+    c.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_three_phase_options_are_refused() {
     let db = TestDb::new("tpc_bad").await;

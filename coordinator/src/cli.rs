@@ -2,7 +2,7 @@
 
 use crate::config::Settings;
 use crate::startup::{shutdown_signal, Application};
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// Tandem: a distributed transaction coordinator.
 #[derive(Debug, Parser)]
@@ -11,9 +11,18 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-    /// Log format: `text` or `json`.
-    #[arg(long, env = "TANDEM_LOG_FORMAT", default_value = "text", global = true)]
-    pub log_format: String,
+    /// Log format.
+    #[arg(long, env = "TANDEM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Subcommands.
@@ -30,16 +39,19 @@ pub enum Command {
 }
 
 /// Initialises logging (`RUST_LOG` filters; default `info`).
-pub fn init_tracing(format: &str) {
+pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    let _ = if format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
 }
 
 /// Entry point of the binary.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    init_tracing(&cli.log_format);
+    init_tracing(cli.log_format);
     match cli.command {
         Command::Serve(settings) => {
             let app = Application::build(&settings).await?;
@@ -68,4 +80,75 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The README's configuration table: flag → (environment, default).
+    fn readme_table() -> Vec<(String, String, String)> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+        let section = readme.split("### Configuration").nth(1).expect("a Configuration section");
+        let clean = |c: &str| c.trim().trim_matches('`').to_owned();
+        section
+            .lines()
+            .skip_while(|l| !l.starts_with("| flag"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .map(|l| {
+                let cells: Vec<&str> = l.trim_matches('|').split('|').collect();
+                (clean(cells[0]), clean(cells[1]), clean(cells[2]))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_readme_configuration_table_is_the_flags() {
+        let cli = Cli::command();
+        let serve = cli.find_subcommand("serve").expect("serve");
+        let mut flags: Vec<(String, String, String)> = serve
+            .get_arguments()
+            .chain(cli.get_arguments())
+            .filter_map(|a| {
+                let long = a.get_long()?;
+                if matches!(long, "help" | "version") {
+                    return None;
+                }
+                let env = a.get_env().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default();
+                let default =
+                    a.get_default_values().first().map(|d| d.to_string_lossy().into_owned()).unwrap_or_default();
+                Some((format!("--{long}"), env, default))
+            })
+            .collect();
+        flags.sort();
+        flags.dedup();
+        let mut table = readme_table();
+        table.sort();
+        assert_eq!(
+            table.iter().map(|(f, e, _)| (f, e)).collect::<Vec<_>>(),
+            flags.iter().map(|(f, e, _)| (f, e)).collect::<Vec<_>>(),
+            "flags and environment variables"
+        );
+        for ((flag, _, readme), (_, _, default)) in table.iter().zip(&flags) {
+            if default.is_empty() {
+                // No fixed default: required, or computed at start.
+                assert!(readme.starts_with('(') || readme.contains('-'), "{flag}: README says {readme:?}");
+            } else {
+                assert_eq!(readme.replace('_', ""), default.replace('_', ""), "{flag}: README default");
+            }
+        }
+    }
+
+    #[test]
+    fn settings_new_has_the_flag_defaults() {
+        let cli = Cli::try_parse_from(["tandem", "serve", "--database-url", "postgres://x"]).expect("parses");
+        let Command::Serve(parsed) = cli.command else { panic!("serve") };
+        let mut built = Settings::new("postgres://x");
+        assert_eq!(built.listen.ip(), parsed.listen.ip());
+        built.listen = parsed.listen;
+        assert_eq!(format!("{built:?}"), format!("{parsed:?}"));
+        assert_eq!(cli.log_format, LogFormat::Text);
+    }
 }

@@ -3,51 +3,83 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// The default of every setting, written once: the flags' defaults and
+/// [`Settings::new`] both read them (and a test holds the README's
+/// configuration table to the flags).
+pub mod defaults {
+    /// `--listen`.
+    pub const LISTEN: &str = "127.0.0.1:7070";
+    /// `--db-max-connections`.
+    pub const DB_MAX_CONNECTIONS: u32 = 32;
+    /// `--db-relaxed-connections`.
+    pub const DB_RELAXED_CONNECTIONS: u32 = 16;
+    /// `--callback-timeout-ms`.
+    pub const CALLBACK_TIMEOUT_MS: u64 = 5_000;
+    /// `--retry-base-ms`.
+    pub const RETRY_BASE_MS: u64 = 200;
+    /// `--retry-max-ms`.
+    pub const RETRY_MAX_MS: u64 = 30_000;
+    /// `--recovery-interval-ms`.
+    pub const RECOVERY_INTERVAL_MS: u64 = 1_000;
+    /// `--lease-ms`.
+    pub const LEASE_MS: u64 = 15_000;
+    /// `--default-timeout-ms`.
+    pub const DEFAULT_TIMEOUT_MS: u64 = tandem_wire::DEFAULT_TIMEOUT_MS;
+    /// `--max-timeout-ms`.
+    pub const MAX_TIMEOUT_MS: u64 = 86_400_000;
+    /// `--max-body-bytes`.
+    pub const MAX_BODY_BYTES: usize = 1 << 20;
+    /// `--request-timeout-ms`.
+    pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
+    /// `--shutdown-grace-ms`.
+    pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+}
+
 /// Settings of `tandem serve`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Settings {
     /// Address to listen on.
-    #[arg(long, env = "TANDEM_LISTEN", default_value = "127.0.0.1:7070")]
+    #[arg(long, env = "TANDEM_LISTEN", default_value = defaults::LISTEN)]
     pub listen: SocketAddr,
     /// PostgreSQL URL of the coordinator's own database.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: String,
     /// Connections in the synchronous-commit pool.
-    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = 32)]
+    #[arg(long, env = "TANDEM_DB_MAX_CONNECTIONS", default_value_t = defaults::DB_MAX_CONNECTIONS)]
     pub db_max_connections: u32,
     /// Connections in the asynchronous-commit pool (bookkeeping writes).
-    #[arg(long, env = "TANDEM_DB_RELAXED_CONNECTIONS", default_value_t = 16)]
+    #[arg(long, env = "TANDEM_DB_RELAXED_CONNECTIONS", default_value_t = defaults::DB_RELAXED_CONNECTIONS)]
     pub db_relaxed_connections: u32,
     /// How long a callback to a participant may take before its outcome counts as unknown.
-    #[arg(long, env = "TANDEM_CALLBACK_TIMEOUT_MS", default_value_t = 5_000)]
+    #[arg(long, env = "TANDEM_CALLBACK_TIMEOUT_MS", default_value_t = defaults::CALLBACK_TIMEOUT_MS)]
     pub callback_timeout_ms: u64,
     /// First retry delay after a callback with an unknown outcome (doubles, with jitter).
-    #[arg(long, env = "TANDEM_RETRY_BASE_MS", default_value_t = 200)]
+    #[arg(long, env = "TANDEM_RETRY_BASE_MS", default_value_t = defaults::RETRY_BASE_MS)]
     pub retry_base_ms: u64,
     /// Longest retry delay.
-    #[arg(long, env = "TANDEM_RETRY_MAX_MS", default_value_t = 30_000)]
+    #[arg(long, env = "TANDEM_RETRY_MAX_MS", default_value_t = defaults::RETRY_MAX_MS)]
     pub retry_max_ms: u64,
     /// How often the recovery worker looks for expired and stalled transactions.
-    #[arg(long, env = "TANDEM_RECOVERY_INTERVAL_MS", default_value_t = 1_000)]
+    #[arg(long, env = "TANDEM_RECOVERY_INTERVAL_MS", default_value_t = defaults::RECOVERY_INTERVAL_MS)]
     pub recovery_interval_ms: u64,
     /// Phase-2 lease: a coordinator that dies while driving a transaction has
     /// its work taken over at most this long after its last renewal.
-    #[arg(long, env = "TANDEM_LEASE_MS", default_value_t = 15_000)]
+    #[arg(long, env = "TANDEM_LEASE_MS", default_value_t = defaults::LEASE_MS)]
     pub lease_ms: u64,
     /// Timeout of a transaction begun without `timeout_ms`.
-    #[arg(long, env = "TANDEM_DEFAULT_TIMEOUT_MS", default_value_t = tandem_wire::DEFAULT_TIMEOUT_MS)]
+    #[arg(long, env = "TANDEM_DEFAULT_TIMEOUT_MS", default_value_t = defaults::DEFAULT_TIMEOUT_MS)]
     pub default_timeout_ms: u64,
     /// Largest `timeout_ms` a client may ask for.
-    #[arg(long, env = "TANDEM_MAX_TIMEOUT_MS", default_value_t = 86_400_000)]
+    #[arg(long, env = "TANDEM_MAX_TIMEOUT_MS", default_value_t = defaults::MAX_TIMEOUT_MS)]
     pub max_timeout_ms: u64,
     /// Largest request body accepted (larger: 413).
-    #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    #[arg(long, env = "TANDEM_MAX_BODY_BYTES", default_value_t = defaults::MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
     /// Server-side limit on one request (commit's `wait_ms` is capped 6 s below it).
-    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_MS", default_value_t = 60_000)]
+    #[arg(long, env = "TANDEM_REQUEST_TIMEOUT_MS", default_value_t = defaults::REQUEST_TIMEOUT_MS)]
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight phase-2 work before giving up its leases.
-    #[arg(long, env = "TANDEM_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    #[arg(long, env = "TANDEM_SHUTDOWN_GRACE_MS", default_value_t = defaults::SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
     /// Name of this process in leases (default: host-pid-random).
     #[arg(long, env = "TANDEM_INSTANCE_ID")]
@@ -55,23 +87,25 @@ pub struct Settings {
 }
 
 impl Settings {
-    /// Defaults for everything but the database URL (tests, benchmark, examples).
+    /// The defaults, for everything but the database URL (tests, benchmark,
+    /// examples), listening on a free loopback port instead of
+    /// [`defaults::LISTEN`].
     pub fn new(database_url: impl Into<String>) -> Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             database_url: database_url.into(),
-            db_max_connections: 32,
-            db_relaxed_connections: 16,
-            callback_timeout_ms: 5_000,
-            retry_base_ms: 200,
-            retry_max_ms: 30_000,
-            recovery_interval_ms: 1_000,
-            lease_ms: 15_000,
-            default_timeout_ms: tandem_wire::DEFAULT_TIMEOUT_MS,
-            max_timeout_ms: 86_400_000,
-            max_body_bytes: 1 << 20,
-            request_timeout_ms: 60_000,
-            shutdown_grace_ms: 10_000,
+            db_max_connections: defaults::DB_MAX_CONNECTIONS,
+            db_relaxed_connections: defaults::DB_RELAXED_CONNECTIONS,
+            callback_timeout_ms: defaults::CALLBACK_TIMEOUT_MS,
+            retry_base_ms: defaults::RETRY_BASE_MS,
+            retry_max_ms: defaults::RETRY_MAX_MS,
+            recovery_interval_ms: defaults::RECOVERY_INTERVAL_MS,
+            lease_ms: defaults::LEASE_MS,
+            default_timeout_ms: defaults::DEFAULT_TIMEOUT_MS,
+            max_timeout_ms: defaults::MAX_TIMEOUT_MS,
+            max_body_bytes: defaults::MAX_BODY_BYTES,
+            request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
+            shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
             instance_id: None,
         }
     }

@@ -1,6 +1,7 @@
 //! Errors of the coordinator's service layer. `api::error` maps them to HTTP
 //! in one place.
 
+use crate::modes::OptionError;
 use crate::store::StoreError;
 use tandem_wire::{LockHolder, Mode, Transaction};
 
@@ -10,6 +11,9 @@ pub enum CoordinatorError {
     /// The request is well-formed JSON but invalid.
     #[error("{0}")]
     Validation(String),
+    /// A begin option refused by the mode's protocol.
+    #[error(transparent)]
+    Option(#[from] OptionError),
     /// A mode this coordinator does not drive yet.
     #[error("mode {0} is not supported by this coordinator yet")]
     ModeNotSupported(Mode),

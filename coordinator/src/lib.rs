@@ -6,9 +6,10 @@
 //! - [`startup`]: builds the process (store, HTTP server, recovery worker) and shuts it down gracefully.
 //! - [`api`]: HTTP routes, middleware, problem+json errors, OpenAPI.
 //! - [`transaction`]: the concept itself: pure state machine ([`transaction::state`]),
-//!   per-mode policy ([`transaction::mode`]) and the operations ([`transaction::service`]).
-//! - [`phase2`]: delivers a recorded decision to the branches under a lease.
-//! - [`three_phase`]: the 3PC phases (CanCommit, PreCommit) before a decision.
+//!   status sets ([`transaction::statuses`]) and the operations ([`transaction::service`]).
+//! - [`modes`]: one module per mode: its policy and pure steps behind [`modes::Protocol`].
+//! - [`driver`]: the one driver: performs a leased transaction's steps (the
+//!   phases before a decision, phase 2) with I/O.
 //! - [`callbacks`]: the HTTP client that talks to participants.
 //! - [`recovery`]: background worker for timeouts and interrupted phase 2.
 //! - [`store`]: all SQL; durable and relaxed commit pools.
@@ -20,13 +21,13 @@ pub mod api;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod driver;
 pub mod error;
 pub mod metrics;
-pub mod phase2;
+pub mod modes;
 pub mod recovery;
 pub mod startup;
 pub mod store;
-pub mod three_phase;
 pub mod transaction;
 
 pub use config::Settings;

@@ -1,12 +1,13 @@
 //! The recovery worker: rolls back transactions past their deadline and
 //! resumes phase 2 of decided transactions whose lease expired (a crashed or
 //! stopped coordinator) or whose retry is due, and 3PC transactions left in
-//! `can_commit` or `pre_committed` by a coordinator that died (see
-//! [`crate::three_phase`]). Several coordinators run it
+//! a status before their decision (3PC's `can_commit`, `pre_committed`) by a
+//! coordinator that died (see [`crate::modes`]). Several coordinators run it
 //! against one database; `FOR UPDATE SKIP LOCKED` and the lease keep them
 //! from driving the same transaction at once.
 
-use crate::phase2::Phase2Job;
+use crate::driver::Job;
+use crate::modes::Resumed;
 use crate::store::{StoreError, TxRow};
 use crate::Coordinator;
 use std::sync::Arc;
@@ -92,7 +93,7 @@ async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, 
             continue;
         };
         let branches = branches.remove(&tx.xid).unwrap_or_default();
-        tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives phase 2");
-        coordinator.spawn_driver(Phase2Job { tx, branches, leased_at }, true, Some(permit));
+        tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives the transaction");
+        coordinator.spawn_driver(Job { tx, branches, leased_at, resumed: Resumed::TakenOver }, Some(permit));
     }
 }

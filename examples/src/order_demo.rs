@@ -159,7 +159,7 @@ async fn order(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tandem_coordinator::cli::init_tracing("text");
+    tandem_coordinator::cli::init_tracing(tandem_coordinator::cli::LogFormat::Text);
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo_at", "").await?.close().await;

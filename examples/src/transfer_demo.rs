@@ -103,7 +103,7 @@ async fn transfer(client: &TandemClient, a: &Bank, b: &Bank, amount: i64) -> Res
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tandem_coordinator::cli::init_tracing("text");
+    tandem_coordinator::cli::init_tracing(tandem_coordinator::cli::LogFormat::Text);
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo").await?.close().await;

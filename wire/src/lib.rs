@@ -13,7 +13,7 @@ mod three_phase;
 pub use ids::{BranchId, IdError, Xid};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, UnknownValue};
-pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts};
+pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts, TimeoutError};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -115,6 +115,14 @@ text_enum!(
         /// 3PC: the participant answered the rollback that it had already
         /// committed on its own timeout (409 `heuristic_commit`).
         HeuristicCommitted = "heuristic_committed",
+        /// 3PC: voted yes to CanCommit; PreCommit not acknowledged yet.
+        VotedYes = "voted_yes",
+        /// 3PC: voted no to CanCommit, or refused PreCommit (409); the
+        /// transaction aborts.
+        VotedNo = "voted_no",
+        /// 3PC: acknowledged PreCommit: its work is done and prepared, and it
+        /// commits on its own if neither DoCommit nor abort comes in time.
+        PreCommitted = "pre_committed",
     }
 );
 

@@ -22,19 +22,60 @@ pub const DEFAULT_DO_COMMIT_TIMEOUT_MS: u64 = 40_000;
 /// Margin added to the least safe `do_commit_timeout_ms` when it defaults.
 const DO_COMMIT_MARGIN_MS: u64 = 10_000;
 
+/// Why phase timeouts are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TimeoutError {
+    /// A value is 0 or above the coordinator's largest timeout.
+    #[error("three_phase.{name} must be 1 to {max_ms}")]
+    OutOfRange {
+        /// The field.
+        name: &'static str,
+        /// The largest value accepted.
+        max_ms: u64,
+    },
+    /// The votes may take as long as a yes-voter waits for PreCommit.
+    #[error(
+        "three_phase.can_commit_timeout_ms ({can}) must be less than pre_commit_timeout_ms ({pre}): \
+         a yes-voter waits pre_commit_timeout_ms for PreCommit"
+    )]
+    VotesOutlastPreCommit {
+        /// `can_commit_timeout_ms`.
+        can: u64,
+        /// `pre_commit_timeout_ms`.
+        pre: u64,
+    },
+    /// A pre-committed participant could commit on its own while a
+    /// coordinator may still abort.
+    #[error(
+        "three_phase.do_commit_timeout_ms ({done}) must be greater than 2 x pre_commit_timeout_ms + \
+         the coordinator's takeover time ({takeover_ms}) = {least_do}"
+    )]
+    DoCommitTooShort {
+        /// `do_commit_timeout_ms`.
+        done: u64,
+        /// The coordinator's lease plus its recovery interval.
+        takeover_ms: u64,
+        /// The least value allowed.
+        least_do: u64,
+    },
+}
+
 /// Phase timeouts as given at begin; each defaults when absent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ThreePhaseOptions {
-    /// How long the coordinator waits for every CanCommit vote (default 5000).
+    /// How long the coordinator waits for every CanCommit vote (default 3000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub can_commit_timeout_ms: Option<u64>,
     /// How long the coordinator waits for every PreCommit acknowledgement, and
-    /// a yes-voter for its PreCommit (default 10000).
+    /// a yes-voter for its PreCommit (default 5000; more than
+    /// `can_commit_timeout_ms`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_commit_timeout_ms: Option<u64>,
     /// How long a pre-committed participant waits for DoCommit or abort
-    /// before committing on its own (default 30000; more than
-    /// `pre_commit_timeout_ms`).
+    /// before committing on its own (default 40000, or more when
+    /// `pre_commit_timeout_ms` is long: it must exceed twice
+    /// `pre_commit_timeout_ms` plus the coordinator's lease and recovery
+    /// interval).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub do_commit_timeout_ms: Option<u64>,
 }
@@ -77,7 +118,7 @@ impl ThreePhaseOptions {
     ///
     /// `do_commit_timeout_ms` defaults to 40 s, or to that least value plus
     /// 10 s if that is more.
-    pub fn resolve(self, max_ms: u64, takeover_ms: u64) -> Result<ThreePhaseTimeouts, String> {
+    pub fn resolve(self, max_ms: u64, takeover_ms: u64) -> Result<ThreePhaseTimeouts, TimeoutError> {
         let can = self.can_commit_timeout_ms.unwrap_or(DEFAULT_CAN_COMMIT_TIMEOUT_MS);
         let pre = self.pre_commit_timeout_ms.unwrap_or(DEFAULT_PRE_COMMIT_TIMEOUT_MS);
         let least_do = pre.saturating_mul(2).saturating_add(takeover_ms);
@@ -88,20 +129,14 @@ impl ThreePhaseOptions {
             [("can_commit_timeout_ms", can), ("pre_commit_timeout_ms", pre), ("do_commit_timeout_ms", done)]
         {
             if v == 0 || v > max_ms {
-                return Err(format!("three_phase.{name} must be 1 to {max_ms}"));
+                return Err(TimeoutError::OutOfRange { name, max_ms });
             }
         }
         if can >= pre {
-            return Err(format!(
-                "three_phase.can_commit_timeout_ms ({can}) must be less than pre_commit_timeout_ms ({pre}): \
-                 a yes-voter waits pre_commit_timeout_ms for PreCommit"
-            ));
+            return Err(TimeoutError::VotesOutlastPreCommit { can, pre });
         }
         if done <= least_do {
-            return Err(format!(
-                "three_phase.do_commit_timeout_ms ({done}) must be greater than 2 x pre_commit_timeout_ms + \
-                 the coordinator's takeover time ({takeover_ms}) = {least_do}"
-            ));
+            return Err(TimeoutError::DoCommitTooShort { done, takeover_ms, least_do });
         }
         Ok(ThreePhaseTimeouts { can_commit_timeout_ms: can, pre_commit_timeout_ms: pre, do_commit_timeout_ms: done })
     }
@@ -121,9 +156,9 @@ mod tests {
         let zero = ThreePhaseOptions { can_commit_timeout_ms: Some(0), ..Default::default() };
         assert!(zero.resolve(600_000, takeover).is_err());
         let unsafe_do = ThreePhaseOptions { do_commit_timeout_ms: Some(26_000), ..Default::default() };
-        assert!(unsafe_do.resolve(600_000, takeover).expect_err("refused").contains("greater than"));
+        assert!(unsafe_do.resolve(600_000, takeover).expect_err("refused").to_string().contains("greater than"));
         let slow_votes = ThreePhaseOptions { can_commit_timeout_ms: Some(5_000), ..Default::default() };
-        assert!(slow_votes.resolve(600_000, takeover).expect_err("refused").contains("less than"));
+        assert!(slow_votes.resolve(600_000, takeover).expect_err("refused").to_string().contains("less than"));
         let too_long = ThreePhaseOptions { do_commit_timeout_ms: Some(700_000), ..Default::default() };
         assert!(too_long.resolve(600_000, takeover).is_err());
     }

@@ -23,7 +23,9 @@ impl From<CoordinatorError> for ApiError {
         use CoordinatorError as E;
         let detail = e.to_string();
         match e {
-            E::Validation(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail),
+            E::Validation(_) | E::Option(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail)
+            }
             E::ModeNotSupported(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ModeNotSupported, detail)
             }

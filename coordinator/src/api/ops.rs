@@ -1,6 +1,7 @@
 //! Operational endpoints: liveness, readiness, metrics, OpenAPI.
 
 use super::error::ApiError;
+use crate::transaction::statuses::IN_FLIGHT;
 use crate::Coordinator;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -38,8 +39,9 @@ pub async fn metrics(State(c): State<Coordinator>) -> impl IntoResponse {
     match c.store().in_flight_counts().await {
         Ok(counts) => {
             m.in_flight.reset();
-            for s in ["active", "committing", "rolling_back"] {
-                m.in_flight.with_label_values(&[s]).set(0);
+            // Every in-flight status is reported, 0 when none is in it.
+            for s in IN_FLIGHT.iter() {
+                m.in_flight.with_label_values(&[s.as_str()]).set(0);
             }
             for (status, n) in counts {
                 m.in_flight.with_label_values(&[status.as_str()]).set(n);

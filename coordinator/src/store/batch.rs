@@ -49,9 +49,10 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
                     }
                 }
                 for (input, reply) in inputs.into_iter().zip(replies) {
-                    let r = execute(&run, vec![input])
-                        .await
-                        .and_then(|mut v| v.pop().ok_or_else(|| StoreError::Batch(Arc::new(StoreError::Contended))));
+                    // `execute` checked the count: one output for one input.
+                    let r = execute(&run, vec![input]).await.and_then(|mut v| {
+                        v.pop().ok_or_else(|| StoreError::Internal("a batch of one answered nothing".into()))
+                    });
                     let _ = reply.send(r.map_err(Arc::new));
                 }
             }
@@ -62,7 +63,9 @@ impl<I: Clone + Send + 'static, O: Send + 'static> Batcher<I, O> {
     /// Submits one item and waits for its result.
     pub async fn submit(&self, item: I) -> Result<O, StoreError> {
         let (tx, rx) = oneshot::channel();
-        let stopped = || StoreError::Batch(Arc::new(StoreError::Contended));
+        // The worker is gone: it panicked outside a batch (a bug), or the
+        // runtime is shutting down.
+        let stopped = || StoreError::Internal("the batch worker stopped".into());
         self.queue.send((item, tx)).await.map_err(|_| stopped())?;
         match rx.await {
             Ok(Ok(o)) => Ok(o),
@@ -82,14 +85,13 @@ where
     Fut: Future<Output = Result<Vec<O>, StoreError>> + Send + 'static,
 {
     let n = inputs.len();
+    // Not logged here: the error reaches each caller, which logs it where it
+    // is handled (the API maps `Internal` to a 500).
     match tokio::spawn(run(inputs)).await {
         Ok(Ok(outputs)) if outputs.len() == n => Ok(outputs),
-        Ok(Ok(_)) => Err(StoreError::Contended),
+        Ok(Ok(outputs)) => Err(StoreError::Internal(format!("a batch of {n} answered {} results", outputs.len()))),
         Ok(Err(e)) => Err(e),
-        Err(join) => {
-            tracing::error!(error = %join, "a batched statement panicked");
-            Err(StoreError::Contended)
-        }
+        Err(join) => Err(StoreError::Internal(format!("a batched statement panicked: {join}"))),
     }
 }
 
@@ -138,6 +140,27 @@ mod tests {
     async fn a_failed_batch_fails_each_of_its_items() {
         let b: Batcher<u32, u32> = Batcher::start(4, |_| async { Err(StoreError::Contended) });
         assert!(matches!(b.submit(1).await, Err(StoreError::Batch(_))));
+    }
+
+    #[tokio::test]
+    async fn a_panic_or_a_wrong_count_is_an_internal_error_not_a_retry() {
+        let panics: Batcher<u32, u32> = Batcher::start(4, |_| async { panic!("bug") });
+        let e = panics.submit(1).await.expect_err("fails");
+        assert!(matches!(&e, StoreError::Batch(inner) if matches!(**inner, StoreError::Internal(_))), "{e:?}");
+        assert!(!e.is_transient(), "a bug must not be answered 503 (clients retry that forever)");
+        let short: Batcher<u32, u32> = Batcher::start(4, |_| async { Ok(vec![]) });
+        let e = short.submit(1).await.expect_err("fails");
+        assert!(e.to_string().contains("answered 0 results"), "{e}");
+        assert!(!e.is_transient());
+        // The worker survives a panic: the next item is served.
+        let flaky = Batcher::start(4, |items: Vec<u32>| async move {
+            if items.contains(&0) {
+                panic!("bug");
+            }
+            Ok(items)
+        });
+        assert!(flaky.submit(0).await.is_err());
+        assert_eq!(flaky.submit(5).await.expect("served"), 5);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,22 +6,23 @@
 //! by the phase-2 bookkeeping statements (`finish_many`, `schedule_retry`)
 //! when the branch completes.
 
-use super::rows::{branch_cols, parsed, parsed_opt};
-use super::transactions::{modes, NewBranch};
-use super::{BranchRow, Store, StoreError};
-use crate::transaction::mode::takes_global_locks;
+use super::registration::NewBranch;
+use super::rows::{branch_cols, parsed, parsed_opt, BranchWithMode};
+use super::{Store, StoreError};
+use crate::modes::{self, Locking};
 use sqlx::Row;
 use std::sync::LazyLock;
 use tandem_wire::{BranchStatus, GlobalStatus, LockHolder, Xid};
 
 /// Modes whose branches take their lock keys, as bound into the statement.
-static LOCKING_MODES: LazyLock<Vec<&'static str>> = LazyLock::new(|| modes(takes_global_locks));
+static LOCKING_MODES: LazyLock<Vec<&'static str>> =
+    LazyLock::new(|| modes::modes_where(|p| p.locking() == Locking::RowLocks));
 
 /// Outcome of registering a branch together with its global locks.
 #[derive(Debug, Clone)]
 pub enum LockedRegistration {
-    /// Branch inserted and every lock granted, durably.
-    Registered(BranchRow),
+    /// Branch inserted and every lock granted (in a locking mode), durably.
+    Registered(BranchWithMode),
     /// The transaction is not active (or past its deadline); nothing written.
     NotActive,
     /// Another transaction holds one of the keys; nothing written.
@@ -57,14 +58,14 @@ impl Store {
             let r = self
                 .timed(
                     "insert_branch_locking",
-                    sqlx::query_as::<_, BranchRow>(concat!(
+                    sqlx::query_as::<_, BranchWithMode>(concat!(
                         "WITH t AS (UPDATE global_transactions SET version = version + 1, \
                                     branch_count = branch_count + 1, branches_unprepared = branches_unprepared + 1 \
                                     WHERE xid = $1 AND status = $8 AND deadline > now() RETURNING xid, mode), \
                               ins AS (INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
                                       SELECT $2, t.xid, $3, $4, $9, $5, $7 FROM t RETURNING ",
                         branch_cols!(),
-                        ") SELECT ins.*, CASE WHEN t.mode = ANY($10) \
+                        ") SELECT ins.*, t.mode AS tx_mode, CASE WHEN t.mode = ANY($10) \
                                   THEN tandem_take_locks(ins.xid, ins.branch_id, ins.resource, $6, $7) END AS locked \
                          FROM ins, t"
                     ))

@@ -12,15 +12,20 @@
 //! Every call is timed into `tandem_db_query_duration_seconds{query}`.
 
 mod batch;
+mod decision;
 mod locks;
+mod phase2;
+mod reads;
+mod recovery;
+mod registration;
 mod rows;
-mod three_phase;
-mod transactions;
+mod sql;
 
+pub use decision::DecideResult;
 pub use locks::LockedRegistration;
-pub use rows::{BranchRow, TxRow};
-pub use three_phase::PhaseStep;
-pub use transactions::{BranchUpdate, DecideResult, NewBranch, NewTransaction, ReportResult};
+pub use phase2::{BranchUpdate, PhaseStep};
+pub use registration::{NewBranch, NewTransaction, ReportResult};
+pub use rows::{holds_global_locks, BranchRow, BranchWithMode, TxRow};
 
 use crate::metrics::Metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -57,6 +62,10 @@ pub enum StoreError {
     /// An optimistic write lost to concurrent changes too many times in a row.
     #[error("transaction changed concurrently too often; retry")]
     Contended,
+    /// A bug: a batch worker panicked or answered the wrong number of items,
+    /// or a statement was asked for something no writer may do. Not retried.
+    #[error("internal error: {0}")]
+    Internal(String),
     /// Migrations could not be applied.
     #[error("migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -124,9 +133,9 @@ pub struct Store {
     /// Batched inserts of new transactions (relaxed).
     begins: batch::Batcher<NewTransaction, Option<TxRow>>,
     /// Batched branch registrations (durable).
-    registrations: batch::Batcher<(tandem_wire::Xid, NewBranch), Option<BranchRow>>,
+    registrations: batch::Batcher<(tandem_wire::Xid, NewBranch), Option<BranchWithMode>>,
     /// Batched phase-2 completions (relaxed).
-    finishes: batch::Batcher<transactions::Finish, Option<chrono::DateTime<chrono::Utc>>>,
+    finishes: batch::Batcher<phase2::Finish, Option<chrono::DateTime<chrono::Utc>>>,
 }
 
 /// Largest batch of one batched statement.
@@ -167,19 +176,17 @@ impl Store {
         let begins = {
             let (pool, metrics) = (relaxed.clone(), metrics.clone());
             batch::Batcher::start(BATCH_MAX, move |items| {
-                transactions::insert_transactions(pool.clone(), metrics.clone(), items)
+                registration::insert_transactions(pool.clone(), metrics.clone(), items)
             })
         };
         let finishes = {
             let (pool, metrics) = (relaxed.clone(), metrics.clone());
-            batch::Batcher::start(BATCH_MAX, move |items| {
-                transactions::finish_many(pool.clone(), metrics.clone(), items)
-            })
+            batch::Batcher::start(BATCH_MAX, move |items| phase2::finish_many(pool.clone(), metrics.clone(), items))
         };
         let registrations = {
             let (pool, metrics) = (durable.clone(), metrics.clone());
             batch::Batcher::start(BATCH_MAX, move |items| {
-                transactions::insert_branches(pool.clone(), metrics.clone(), items)
+                registration::insert_branches(pool.clone(), metrics.clone(), items)
             })
         };
         Ok(Store { durable, relaxed, metrics, begins, registrations, finishes })

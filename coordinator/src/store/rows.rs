@@ -1,6 +1,7 @@
 //! Row types and their conversion to wire types.
 
-use crate::transaction::mode::takes_global_locks;
+use crate::modes::{self, Locking};
+use crate::transaction::statuses;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
@@ -47,7 +48,7 @@ pub struct TxRow {
     /// Why it rolled back.
     pub rollback_reason: Option<RollbackReason>,
     /// Timeout in ms.
-    pub timeout_ms: i64,
+    pub timeout_ms: u64,
     /// Creation time (database clock).
     pub created_at: DateTime<Utc>,
     /// Deadline (database clock).
@@ -59,11 +60,11 @@ pub struct TxRow {
     /// Lease holder.
     pub owner: Option<String>,
     /// Phase-2 passes that ended unknown.
-    pub attempts: i32,
+    pub attempts: u32,
     /// Optimistic-concurrency version (bumped by registrations and reports).
     pub version: i32,
     /// Branches registered so far.
-    pub branch_count: i32,
+    pub branch_count: u32,
     /// `deadline <= now()` when the row was read.
     pub expired: bool,
     /// Phase timeouts of a `3pc` transaction.
@@ -90,16 +91,25 @@ pub struct BranchRow {
     /// Global lock keys.
     pub lock_keys: Vec<String>,
     /// Callback attempts.
-    pub attempts: i32,
+    pub attempts: u32,
     /// Last callback error.
     pub last_error: Option<String>,
-    /// Whether the lock keys were taken as global locks, where the statement
-    /// that read the row says so (registration with lock keys); else unknown.
-    pub locked: Option<bool>,
 }
 
 fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
     sqlx::Error::ColumnDecode { index: col.to_owned(), source: Box::new(e) }
+}
+
+/// A non-negative integer column, refused loudly if the database holds
+/// something the type cannot (a bug or a hand edit), never defaulted.
+fn unsigned<T, U>(row: &PgRow, col: &str) -> Result<U, sqlx::Error>
+where
+    T: for<'a> sqlx::Decode<'a, sqlx::Postgres> + sqlx::Type<sqlx::Postgres>,
+    U: TryFrom<T>,
+    <U as TryFrom<T>>::Error: std::error::Error + Send + Sync + 'static,
+{
+    let v: T = row.try_get(col)?;
+    U::try_from(v).map_err(|e| decode_err(col, e))
 }
 
 pub(super) fn parsed<T>(row: &PgRow, col: &str) -> Result<T, sqlx::Error>
@@ -128,31 +138,43 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
             name: row.try_get("name")?,
             status: parsed(row, "status")?,
             rollback_reason: parsed_opt(row, "rollback_reason")?,
-            timeout_ms: row.try_get("timeout_ms")?,
+            timeout_ms: unsigned::<i64, u64>(row, "timeout_ms")?,
             created_at: row.try_get("created_at")?,
             deadline: row.try_get("deadline")?,
             decided_at: row.try_get("decided_at")?,
             finished_at: row.try_get("finished_at")?,
             owner: row.try_get("owner")?,
-            attempts: row.try_get("attempts")?,
+            attempts: unsigned::<i32, u32>(row, "attempts")?,
             version: row.try_get("version")?,
-            branch_count: row.try_get("branch_count")?,
+            branch_count: unsigned::<i32, u32>(row, "branch_count")?,
             expired: row.try_get("expired")?,
-            three_phase: match (
-                row.try_get::<Option<i64>, _>("can_commit_timeout_ms")?,
-                row.try_get::<Option<i64>, _>("pre_commit_timeout_ms")?,
-                row.try_get::<Option<i64>, _>("do_commit_timeout_ms")?,
-            ) {
-                (Some(c), Some(p), Some(d)) => Some(ThreePhaseTimeouts {
-                    can_commit_timeout_ms: u64::try_from(c).unwrap_or(0),
-                    pre_commit_timeout_ms: u64::try_from(p).unwrap_or(0),
-                    do_commit_timeout_ms: u64::try_from(d).unwrap_or(0),
-                }),
-                _ => None,
-            },
+            three_phase: three_phase_timeouts(row)?,
         })
     }
 }
+
+/// The phase timeouts of a `3pc` row: all three, or none for other modes;
+/// anything else is a row this coordinator did not write.
+fn three_phase_timeouts(row: &PgRow) -> Result<Option<ThreePhaseTimeouts>, sqlx::Error> {
+    let col = |name: &str| -> Result<Option<u64>, sqlx::Error> {
+        row.try_get::<Option<i64>, _>(name)?.map(|v| u64::try_from(v).map_err(|e| decode_err(name, e))).transpose()
+    };
+    let mode: Mode = parsed(row, "mode")?;
+    match (mode, col("can_commit_timeout_ms")?, col("pre_commit_timeout_ms")?, col("do_commit_timeout_ms")?) {
+        (Mode::ThreePc, Some(can), Some(pre), Some(done)) => Ok(Some(ThreePhaseTimeouts {
+            can_commit_timeout_ms: can,
+            pre_commit_timeout_ms: pre,
+            do_commit_timeout_ms: done,
+        })),
+        (_, None, None, None) if mode != Mode::ThreePc => Ok(None),
+        _ => Err(decode_err("can_commit_timeout_ms", MissingTimeouts)),
+    }
+}
+
+/// A `3pc` row without all three phase timeouts, or another mode's row with some.
+#[derive(Debug, thiserror::Error)]
+#[error("phase timeouts must be set for every 3pc transaction and for no other")]
+struct MissingTimeouts;
 
 impl<'r> FromRow<'r, PgRow> for BranchRow {
     fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
@@ -173,21 +195,46 @@ impl BranchRow {
             status: parsed(row, &c("status"))?,
             payload: row.try_get(c("payload").as_str())?,
             lock_keys: row.try_get(c("lock_keys").as_str())?,
-            attempts: row.try_get(c("attempts").as_str())?,
+            attempts: unsigned::<i32, u32>(row, &c("attempts"))?,
             last_error: row.try_get(c("last_error").as_str())?,
-            // Only the locking registration returns `locked` (an int, NULL when no lock was taken).
-            locked: match row.try_get::<Option<i32>, _>(c("locked").as_str()) {
-                Ok(v) => Some(v.is_some()),
-                Err(sqlx::Error::ColumnNotFound(_)) => None,
-                Err(e) => return Err(e),
-            },
         })
     }
 }
 
-impl BranchRow {
+/// A branch with its transaction's mode, which its wire form depends on
+/// (statements that return one branch select the mode with it).
+#[derive(Debug, Clone)]
+pub struct BranchWithMode {
+    /// The transaction's mode.
+    pub mode: Mode,
+    /// The branch.
+    pub row: BranchRow,
+}
+
+impl<'r> FromRow<'r, PgRow> for BranchWithMode {
+    fn from_row(row: &'r PgRow) -> Result<Self, sqlx::Error> {
+        Ok(BranchWithMode { mode: parsed(row, "tx_mode")?, row: BranchRow::from_prefixed(row, "")? })
+    }
+}
+
+impl BranchWithMode {
     /// The wire form.
     pub fn to_wire(&self) -> Branch {
+        self.row.to_wire(self.mode)
+    }
+}
+
+/// Whether a branch of a `mode` transaction holds global locks now: the
+/// mode takes them, the branch named keys, and its phase 2 has not released
+/// them. The one place the API's `global_locks` comes from.
+pub fn holds_global_locks(mode: Mode, branch: &BranchRow) -> bool {
+    let locking = modes::protocol(mode).map(|p| p.locking()).unwrap_or(Locking::None);
+    locking == Locking::RowLocks && !branch.lock_keys.is_empty() && !statuses::RELEASING.contains(&branch.status)
+}
+
+impl BranchRow {
+    /// The wire form, for a branch of a `mode` transaction.
+    pub fn to_wire(&self, mode: Mode) -> Branch {
         Branch {
             branch_id: self.branch_id.clone(),
             resource: self.resource.clone(),
@@ -195,8 +242,8 @@ impl BranchRow {
             status: self.status,
             payload: self.payload.clone(),
             lock_keys: self.lock_keys.clone(),
-            global_locks: self.locked,
-            attempts: u32::try_from(self.attempts).unwrap_or(0),
+            global_locks: Some(holds_global_locks(mode, self)),
+            attempts: self.attempts,
             last_error: self.last_error.clone(),
         }
     }
@@ -211,21 +258,13 @@ impl TxRow {
             name: self.name.clone(),
             status: self.status,
             rollback_reason: self.rollback_reason,
-            timeout_ms: u64::try_from(self.timeout_ms).unwrap_or(0),
+            timeout_ms: self.timeout_ms,
             created_at: self.created_at,
             deadline: self.deadline,
             decided_at: self.decided_at,
             finished_at: self.finished_at,
             three_phase: self.three_phase,
-            branches: branches
-                .iter()
-                .map(|b| {
-                    let mut w = b.to_wire();
-                    let held = !matches!(b.status, BranchStatus::Committed | BranchStatus::RolledBack);
-                    w.global_locks = Some(takes_global_locks(self.mode) && !b.lock_keys.is_empty() && held);
-                    w
-                })
-                .collect(),
+            branches: branches.iter().map(|b| b.to_wire(self.mode)).collect(),
         }
     }
 }

@@ -1,7 +1,7 @@
 //! The global transaction as a concept: its state machine ([`state`]), the
-//! per-mode policies ([`mode`]), and the operations the API exposes
-//! ([`service`]: begin, register, report, decide).
+//! status sets its statements select on ([`statuses`]), and the operations
+//! the API exposes ([`service`]: begin, register, report, decide).
 
-pub mod mode;
 pub mod service;
 pub mod state;
+pub mod statuses;

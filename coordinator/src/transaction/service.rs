@@ -1,14 +1,14 @@
 //! The coordinator's operations, as the API exposes them. Each reads and
 //! writes through the store and asks the pure state machine what is allowed.
 
-use super::mode;
 use super::state::{self, Decision, DecisionInput, DecisionOutcome, RegisterRefusal, ReportRefusal};
 use crate::callbacks::CallbackClient;
 use crate::config::Timing;
+use crate::driver::{Job, Outcome};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
-use crate::phase2::{Phase2Job, Phase2Outcome};
-use crate::store::{LockedRegistration, NewBranch, NewTransaction, ReportResult, Store};
+use crate::modes::{self, OptionLimits, Protocol, Resumed};
+use crate::store::{LockedRegistration, NewBranch, NewTransaction, ReportResult, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_wire::{
@@ -58,6 +58,21 @@ pub enum DecideReply {
     Finished(Box<Transaction>),
     /// Decided durably, phase 2 still running (202).
     InProgress(Box<Transaction>),
+}
+
+/// Whether a commit request was answered with a rollback at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Overridden {
+    /// Decided as asked.
+    No,
+    /// Asked to commit, decided to roll back (a branch failed, or the deadline passed).
+    Yes,
+}
+
+/// The protocol of a stored transaction's mode. A row of a mode this build
+/// does not serve was written by no begin of it: a bug, answered 500.
+fn served(mode: Mode) -> Result<&'static dyn Protocol, StoreError> {
+    modes::protocol(mode).ok_or_else(|| StoreError::Internal(format!("no protocol serves mode {mode}")))
 }
 
 /// Filters of `GET /v1/transactions`.
@@ -139,9 +154,9 @@ impl Coordinator {
         req: BeginRequest,
         idempotency_key: Option<String>,
     ) -> Result<(Transaction, bool), CoordinatorError> {
-        if !mode::is_supported(req.mode) {
+        let Some(protocol) = modes::protocol(req.mode) else {
             return Err(CoordinatorError::ModeNotSupported(req.mode));
-        }
+        };
         if req.name.as_ref().is_some_and(|n| n.len() > MAX_NAME_LEN) {
             return Err(CoordinatorError::Validation(format!("name is longer than {MAX_NAME_LEN} bytes")));
         }
@@ -160,21 +175,11 @@ impl Coordinator {
             }
             Some(ms) => Duration::from_millis(ms),
         };
-        let three_phase = match (req.mode, req.three_phase) {
-            (Mode::ThreePc, options) => Some(
-                options
-                    .unwrap_or_default()
-                    .resolve(
-                        u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX),
-                        u64::try_from((timing.lease + timing.recovery_interval).as_millis()).unwrap_or(u64::MAX),
-                    )
-                    .map_err(CoordinatorError::Validation)?,
-            ),
-            (_, None) => None,
-            (other, Some(_)) => {
-                return Err(CoordinatorError::Validation(format!("three_phase is only for mode 3pc, not {other}")))
-            }
+        let limits = OptionLimits {
+            max_ms: u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX),
+            takeover_ms: u64::try_from((timing.lease + timing.recovery_interval).as_millis()).unwrap_or(u64::MAX),
         };
+        let options = protocol.begin_options(&req, limits)?;
         if let Some(key) = &idempotency_key {
             if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_LEN || !key.bytes().all(|b| b.is_ascii_graphic()) {
                 return Err(CoordinatorError::Validation(format!(
@@ -186,9 +191,9 @@ impl Coordinator {
             xid: Xid::generate(),
             mode: req.mode,
             name: req.name,
-            timeout_ms: i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             idempotency_key,
-            three_phase,
+            three_phase: options.three_phase,
         };
         if let Some(row) = self.store().insert_transaction(&new).await? {
             self.metrics().begun.with_label_values(&[row.mode.as_str()]).inc();
@@ -200,7 +205,7 @@ impl Coordinator {
         let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
             // The key's holder vanished between our insert and this read (a
             // concurrent begin that failed): transient, the client retries.
-            return Err(CoordinatorError::Store(crate::store::StoreError::Contended));
+            return Err(CoordinatorError::Store(StoreError::Contended));
         };
         if row.mode != new.mode
             || row.name != new.name
@@ -250,7 +255,7 @@ impl Coordinator {
             return self.register_locking(&xid, &new).await;
         }
         if let Some(row) = self.store().insert_branch(&xid, &new).await? {
-            tracing::debug!(branch_id = %row.branch_id, resource = %row.resource, "branch registered");
+            tracing::debug!(branch_id = %row.row.branch_id, resource = %row.row.resource, "branch registered");
             return Ok(row.to_wire());
         }
         Err(self.register_refused(&xid).await)
@@ -261,7 +266,7 @@ impl Coordinator {
     async fn register_locking(&self, xid: &Xid, new: &NewBranch) -> Result<Branch, CoordinatorError> {
         match self.store().insert_branch_locking(xid, new).await? {
             LockedRegistration::Registered(row) => {
-                tracing::debug!(branch_id = %row.branch_id, locks = new.lock_keys.len(), "branch registered with locks");
+                tracing::debug!(branch_id = %row.row.branch_id, locks = new.lock_keys.len(), "branch registered with locks");
                 Ok(row.to_wire())
             }
             LockedRegistration::Conflict(holder) => {
@@ -343,42 +348,21 @@ impl Coordinator {
         let started = Instant::now();
         let timing = self.timing();
 
-        // Common case in one statement: the transaction is active, unexpired,
-        // with no failed branch and (where the mode needs it) all prepared.
-        let expected = DecisionInput {
-            status: GlobalStatus::Active,
-            expired: false,
-            any_phase1_failed: false,
-            all_prepared: true,
-            requires_prepared: true,
-            three_phase: false,
-        };
-        if let DecisionOutcome::Decide { status, reason, overridden: false, .. } = state::decide(requested, expected) {
-            // A rollback request's outcome depends on the status alone.
-            let strict = requested == Decision::Commit;
-            let decided =
-                self.store().decide_expected(&xid, (status, reason), strict, self.instance_id(), timing.lease).await?;
-            if let Some((tx, branches)) = decided {
-                let job = Phase2Job { tx, branches, leased_at: started };
-                return self.run_phase2(&xid, job, requested, false, wait, started).await;
-            }
+        // The common case in one statement (see `state::fast_decision`).
+        let fast = state::fast_decision(requested);
+        if let Some((tx, branches)) = self.store().decide_expected(&xid, fast, self.instance_id(), timing.lease).await?
+        {
+            let job = Job { tx, branches, leased_at: started, resumed: Resumed::Fresh };
+            return self.start_driving(&xid, job, requested, Overridden::No, wait, started).await;
         }
 
         // Anything else: read, ask the state machine, write if unchanged.
         let r = self
             .store()
             .decide(&xid, self.instance_id(), timing.lease, |tx, branches| {
-                state::decide(
-                    requested,
-                    DecisionInput {
-                        status: tx.status,
-                        expired: tx.expired,
-                        any_phase1_failed: branches.iter().any(|b| b.status == BranchStatus::Phase1Failed),
-                        all_prepared: branches.iter().all(|b| b.status == BranchStatus::Prepared),
-                        requires_prepared: mode::requires_prepared(tx.mode),
-                        three_phase: mode::three_phase(tx.mode),
-                    },
-                )
+                let protocol = served(tx.mode)?;
+                let statuses = branches.iter().map(|b| b.status);
+                Ok(state::decide(requested, DecisionInput::new(tx.status, tx.expired, statuses, protocol)))
             })
             .await?;
         let Some(r) = r else {
@@ -386,8 +370,9 @@ impl Coordinator {
         };
         match r.outcome {
             DecisionOutcome::Decide { overridden, .. } => {
-                let job = Phase2Job { tx: r.tx, branches: r.branches, leased_at: started };
-                self.run_phase2(&xid, job, requested, overridden, wait, started).await
+                let job = Job { tx: r.tx, branches: r.branches, leased_at: started, resumed: Resumed::Fresh };
+                let overridden = if overridden { Overridden::Yes } else { Overridden::No };
+                self.start_driving(&xid, job, requested, overridden, wait, started).await
             }
             DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
             DecisionOutcome::Conflict => {
@@ -401,44 +386,39 @@ impl Coordinator {
         }
     }
 
-    /// Runs phase 2 of a just-decided transaction (or, for 3PC, its phases
-    /// first) and waits for it until `wait` (counted from `started`) has
-    /// passed. `overridden`: the client asked for commit and got a rollback,
-    /// answered 409 with the state; so is a 3PC commit that ends in an abort.
-    async fn run_phase2(
+    /// Drives a transaction this request just moved (decided, or started the
+    /// phases before the decision) and waits for it until `wait` (counted
+    /// from `started`) has passed. A commit request answered with a rollback
+    /// (`overridden`, or phases that ended in an abort) is answered 409 with
+    /// the state.
+    async fn start_driving(
         &self,
         xid: &Xid,
-        job: Phase2Job,
+        job: Job,
         requested: Decision,
-        overridden: bool,
+        overridden: Overridden,
         wait: Duration,
         started: Instant,
     ) -> Result<DecideReply, CoordinatorError> {
         tracing::debug!(status = %job.tx.status, "decision recorded");
-        let handle = self.spawn_driver(job, false, None);
+        let protocol = served(job.tx.mode)?;
+        let handle = self.spawn_driver(job, None);
         let remaining = wait.saturating_sub(started.elapsed());
         let reply = match tokio::time::timeout(remaining, handle).await {
-            Ok(Ok(Phase2Outcome::Finished(t))) => DecideReply::Finished(t),
+            Ok(Ok(Outcome::Finished(t))) => DecideReply::Finished(t),
             _ => self.wait_terminal(xid, wait.saturating_sub(started.elapsed())).await?,
         };
         let status = match &reply {
             DecideReply::Finished(t) | DecideReply::InProgress(t) => t.status,
         };
         let aborted = requested == Decision::Commit && Decision::of_status(status) == Some(Decision::Rollback);
-        if !overridden && !aborted {
+        if overridden == Overridden::No && !aborted {
             return Ok(reply);
         }
         let t = match reply {
             DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
         };
-        let why = match (t.mode, t.rollback_reason) {
-            (Mode::ThreePc, Some(tandem_wire::RollbackReason::Timeout)) => {
-                "a participant did not answer CanCommit or PreCommit in time"
-            }
-            (Mode::ThreePc, _) => "a participant voted no or failed PreCommit",
-            (_, Some(tandem_wire::RollbackReason::Timeout)) => "its deadline had passed",
-            _ => "a branch failed phase 1",
-        };
+        let why = protocol.commit_refused_because(t.rollback_reason);
         Err(invalid(format!("commit refused: the transaction was rolled back because {why}"), Some(*t)))
     }
 

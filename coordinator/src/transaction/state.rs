@@ -2,6 +2,7 @@
 //! coordinator must do next. No I/O here; the service and the phase-2 driver
 //! read rows, ask these functions, and write what they answer.
 
+use crate::modes::CommitRequires;
 use tandem_wire::{BranchStatus, CallbackAction, ErrorCode, GlobalStatus, Problem, ReportStatus, RollbackReason};
 
 /// What a client asked for.
@@ -55,11 +56,31 @@ pub struct DecisionInput {
     pub any_phase1_failed: bool,
     /// Every branch has reported `prepared` (vacuously true without branches).
     pub all_prepared: bool,
-    /// The mode requires every branch to report `prepared` before commit (XA).
-    pub requires_prepared: bool,
-    /// The mode commits in three phases (3PC): a commit request starts
-    /// CanCommit instead of deciding.
-    pub three_phase: bool,
+    /// What the mode's commit needs from phase 1.
+    pub requires: CommitRequires,
+    /// The status the mode's commit request writes: `committing`, or the
+    /// first of the phases before the decision (3PC: `can_commit`).
+    pub commit_status: GlobalStatus,
+}
+
+impl DecisionInput {
+    /// The input for a transaction in `status` (`expired` by the database
+    /// clock) with `branches`, under its mode's `protocol`.
+    pub fn new(
+        status: GlobalStatus,
+        expired: bool,
+        branches: impl IntoIterator<Item = BranchStatus> + Clone,
+        protocol: &dyn crate::modes::Protocol,
+    ) -> DecisionInput {
+        DecisionInput {
+            status,
+            expired,
+            any_phase1_failed: branches.clone().into_iter().any(|b| b == BranchStatus::Phase1Failed),
+            all_prepared: branches.into_iter().all(|b| b == BranchStatus::Prepared),
+            requires: protocol.commit_requires(),
+            commit_status: protocol.commit_status(),
+        }
+    }
 }
 
 /// What to do with a decision request.
@@ -69,7 +90,8 @@ pub enum DecisionOutcome {
     Decide {
         /// The decision to record.
         decision: Decision,
-        /// The status to write: the decision's, or `can_commit` for a 3PC commit.
+        /// The status to write: the decision's, or the first of the mode's
+        /// phases before it (3PC: `can_commit`).
         status: GlobalStatus,
         /// Set when the decision is a rollback.
         reason: Option<RollbackReason>,
@@ -84,47 +106,89 @@ pub enum DecisionOutcome {
 
 /// Decides what a commit or rollback request does to a transaction.
 pub fn decide(requested: Decision, input: DecisionInput) -> DecisionOutcome {
-    if input.status.is_three_phase_pending() {
-        // The commit asked for earlier is running its phases: a repeated commit
-        // waits for it; a rollback would race the driver and is refused.
-        return match requested {
-            Decision::Commit => DecisionOutcome::AlreadyDecided,
-            Decision::Rollback => DecisionOutcome::Conflict,
-        };
+    match (input.status, Decision::of_status(input.status)) {
+        (GlobalStatus::Active, _) => {}
+        (_, Some(existing)) if existing == requested => return DecisionOutcome::AlreadyDecided,
+        (_, Some(_)) => return DecisionOutcome::Conflict,
+        // A commit asked for earlier is running its phases (3PC): a repeated
+        // commit waits for it; a rollback would race the driver and is refused.
+        (_, None) => {
+            return match requested {
+                Decision::Commit => DecisionOutcome::AlreadyDecided,
+                Decision::Rollback => DecisionOutcome::Conflict,
+            }
+        }
     }
-    match Decision::of_status(input.status) {
-        Some(existing) if existing == requested => DecisionOutcome::AlreadyDecided,
-        Some(_) => DecisionOutcome::Conflict,
-        None => match requested {
-            Decision::Rollback => DecisionOutcome::Decide {
+    let reason = match requested {
+        Decision::Rollback => {
+            return DecisionOutcome::Decide {
                 decision: Decision::Rollback,
                 status: GlobalStatus::RollingBack,
                 reason: Some(RollbackReason::Requested),
                 overridden: false,
-            },
-            Decision::Commit => {
-                let reason = if input.any_phase1_failed || (input.requires_prepared && !input.all_prepared) {
-                    Some(RollbackReason::BranchFailed)
-                } else if input.expired {
-                    Some(RollbackReason::Timeout)
-                } else {
-                    None
-                };
-                match reason {
-                    None => DecisionOutcome::Decide {
-                        decision: Decision::Commit,
-                        status: if input.three_phase { GlobalStatus::CanCommit } else { GlobalStatus::Committing },
-                        reason: None,
-                        overridden: false,
-                    },
-                    Some(reason) => DecisionOutcome::Decide {
-                        decision: Decision::Rollback,
-                        status: GlobalStatus::RollingBack,
-                        reason: Some(reason),
-                        overridden: true,
-                    },
-                }
             }
+        }
+        Decision::Commit => {
+            let unprepared = input.requires == CommitRequires::EveryBranchPrepared && !input.all_prepared;
+            if input.any_phase1_failed || unprepared {
+                Some(RollbackReason::BranchFailed)
+            } else if input.expired {
+                Some(RollbackReason::Timeout)
+            } else {
+                None
+            }
+        }
+    };
+    match reason {
+        None => DecisionOutcome::Decide {
+            decision: Decision::Commit,
+            status: input.commit_status,
+            reason: None,
+            overridden: false,
+        },
+        Some(reason) => DecisionOutcome::Decide {
+            decision: Decision::Rollback,
+            status: GlobalStatus::RollingBack,
+            reason: Some(reason),
+            overridden: true,
+        },
+    }
+}
+
+/// What the one-statement decision (the common case) writes for a request,
+/// and what it checks of the row first. It writes only where [`decide`]
+/// answers the same; a property test holds the two together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FastDecision {
+    /// The move it writes.
+    pub transition: Transition,
+    /// Set for a rollback.
+    pub reason: Option<RollbackReason>,
+    /// What the row must satisfy besides being `active`.
+    pub checks: FastChecks,
+}
+
+/// The conditions of [`FastDecision`] beyond the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastChecks {
+    /// None: a rollback request is granted to any active transaction.
+    StatusOnly,
+    /// A commit: before the deadline, no branch failed phase 1, every branch
+    /// prepared where the mode requires it, and the mode's commit is the
+    /// decision itself (not phases before it).
+    CommitReady,
+}
+
+/// The one-statement decision for `requested`.
+pub fn fast_decision(requested: Decision) -> FastDecision {
+    match requested {
+        Decision::Commit => {
+            FastDecision { transition: Transition::COMMIT, reason: None, checks: FastChecks::CommitReady }
+        }
+        Decision::Rollback => FastDecision {
+            transition: Transition::ROLLBACK,
+            reason: Some(RollbackReason::Requested),
+            checks: FastChecks::StatusOnly,
         },
     }
 }
@@ -238,9 +302,10 @@ pub fn phase2_outcome(decision: Decision, branches: &[BranchStatus]) -> Option<G
     })
 }
 
-/// Whether `to` may follow `from` for a global transaction. The service and the
-/// driver only write transitions this allows; the tests enumerate it.
-pub fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> bool {
+/// Whether `to` may follow `from` for a global transaction. Every status
+/// write goes through a [`Transition`], which only this allows; the tests
+/// enumerate it.
+pub const fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> bool {
     use GlobalStatus::*;
     matches!(
         (from, to),
@@ -259,72 +324,64 @@ pub fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> bool {
     )
 }
 
-/// Where a 3PC phase (CanCommit or PreCommit) goes once every branch has answered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PhaseVerdict {
-    /// Every branch answered 2xx: go to the next phase.
-    Proceed,
-    /// Abort, for `reason`; `failed` lists the branches (by index) that did
-    /// not say yes, with what they answered.
-    Abort {
-        /// `branch_failed` for a no (409), `timeout` for no answer in time.
-        reason: RollbackReason,
-        /// Index and error of each branch that did not answer 2xx.
-        failed: Vec<(usize, String)>,
-    },
+/// A move of a global transaction from one status to another that
+/// [`global_transition_allowed`] allows. The store's writes of a status take
+/// one, and are conditional on the row still being in `from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The status the writer saw.
+    from: GlobalStatus,
+    /// The status it writes.
+    to: GlobalStatus,
 }
 
-/// Judges the answers of one 3PC phase (`results[i]` from branch `i`): all
-/// yes → proceed; any no → abort `branch_failed`; otherwise (no answer, or an
-/// error) → abort `timeout`. 3PC phase 1 and 2 answers are not retried: a
-/// missing vote or acknowledgement is itself the signal to abort.
-pub fn phase_verdict(results: &[CallbackResult]) -> PhaseVerdict {
-    let mut failed = Vec::new();
-    let mut refused = false;
-    for (i, r) in results.iter().enumerate() {
-        match r {
-            CallbackResult::Done => {}
-            CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
-                refused = true;
-                failed.push((i, e.clone()));
-            }
-            CallbackResult::Unknown(e) => failed.push((i, e.clone())),
+/// A transition [`global_transition_allowed`] refuses (a bug in a protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no transition from {from} to {to}")]
+pub struct TransitionError {
+    /// The status the writer saw.
+    pub from: GlobalStatus,
+    /// The status it meant to write.
+    pub to: GlobalStatus,
+}
+
+impl Transition {
+    /// A commit request's decision.
+    pub const COMMIT: Transition = Transition::checked(GlobalStatus::Active, GlobalStatus::Committing);
+    /// A rollback, requested or on timeout, of an active transaction.
+    pub const ROLLBACK: Transition = Transition::checked(GlobalStatus::Active, GlobalStatus::RollingBack);
+
+    /// `from` → `to`, if allowed.
+    pub const fn new(from: GlobalStatus, to: GlobalStatus) -> Result<Transition, TransitionError> {
+        if global_transition_allowed(from, to) {
+            Ok(Transition { from, to })
+        } else {
+            Err(TransitionError { from, to })
         }
     }
-    if failed.is_empty() {
-        return PhaseVerdict::Proceed;
+
+    /// For constants: refuses to compile a transition that is not allowed.
+    const fn checked(from: GlobalStatus, to: GlobalStatus) -> Transition {
+        match Transition::new(from, to) {
+            Ok(t) => t,
+            Err(_) => panic!("transition not allowed"),
+        }
     }
-    let reason = if refused { RollbackReason::BranchFailed } else { RollbackReason::Timeout };
-    PhaseVerdict::Abort { reason, failed }
-}
 
-/// What a coordinator does with a 3PC transaction it finds in `status`
-/// (its own fresh commit request, or one taken over from a dead coordinator).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ThreePhaseStep {
-    /// Send CanCommit to every branch.
-    AskVotes,
-    /// Send PreCommit to every branch not yet acknowledged (`prepared`).
-    PreCommit,
-    /// Abort: the votes of a dead coordinator are lost, and a yes-voter aborts
-    /// on its own timeout anyway.
-    AbortLostVotes,
-    /// Nothing for the 3PC driver (decided or finished): phase 2 as usual.
-    Phase2,
-}
+    /// The status the writer saw.
+    pub fn from(self) -> GlobalStatus {
+        self.from
+    }
 
-/// The next 3PC step for `status`; `resumed` is true when recovery took the
-/// transaction over from a coordinator whose lease expired.
-pub fn three_phase_step(status: GlobalStatus, resumed: bool) -> ThreePhaseStep {
-    match (status, resumed) {
-        (GlobalStatus::CanCommit, false) => ThreePhaseStep::AskVotes,
-        (GlobalStatus::CanCommit, true) => ThreePhaseStep::AbortLostVotes,
-        // Re-sending PreCommit is safe: a participant already pre-committed
-        // (or committed on its timeout) acknowledges again; one that aborted
-        // says no. All yes → commit, which is what every participant would
-        // otherwise do on its own timeout.
-        (GlobalStatus::PreCommitted, _) => ThreePhaseStep::PreCommit,
-        _ => ThreePhaseStep::Phase2,
+    /// The status written.
+    pub fn to(self) -> GlobalStatus {
+        self.to
+    }
+
+    /// Whether the move records the decision (sets `decided_at`): into
+    /// `committing` or `rolling_back`.
+    pub fn records_decision(self) -> bool {
+        !self.to.is_terminal() && Decision::of_status(self.to).is_some()
     }
 }
 
@@ -338,8 +395,8 @@ mod tests {
             expired: false,
             any_phase1_failed: false,
             all_prepared: true,
-            requires_prepared: false,
-            three_phase: false,
+            requires: CommitRequires::NoFailedBranch,
+            commit_status: GlobalStatus::Committing,
         }
     }
 
@@ -399,7 +456,7 @@ mod tests {
     #[test]
     fn prepared_modes_need_every_branch_prepared() {
         let mut i = input(GlobalStatus::Active);
-        i.requires_prepared = true;
+        i.requires = CommitRequires::EveryBranchPrepared;
         i.all_prepared = false;
         assert!(matches!(
             decide(Decision::Commit, i),
@@ -480,7 +537,7 @@ mod tests {
     #[test]
     fn three_phase_commit_starts_with_can_commit_and_cannot_be_raced() {
         let mut i = input(GlobalStatus::Active);
-        i.three_phase = true;
+        i.commit_status = GlobalStatus::CanCommit;
         assert!(matches!(
             decide(Decision::Commit, i),
             DecisionOutcome::Decide { decision: Decision::Commit, status: GlobalStatus::CanCommit, .. }
@@ -505,23 +562,36 @@ mod tests {
     }
 
     #[test]
-    fn three_phase_verdicts_and_steps() {
-        let done = CallbackResult::Done;
-        assert_eq!(phase_verdict(&[done.clone(), done.clone()]), PhaseVerdict::Proceed);
-        assert_eq!(phase_verdict(&[]), PhaseVerdict::Proceed);
+    fn transitions_are_checked_and_say_whether_they_decide() {
+        assert!(Transition::new(GlobalStatus::Committed, GlobalStatus::RollingBack).is_err());
+        assert!(Transition::new(GlobalStatus::CanCommit, GlobalStatus::Committing).is_err());
+        let pre = Transition::new(GlobalStatus::CanCommit, GlobalStatus::PreCommitted).expect("allowed");
+        assert!(!pre.records_decision());
+        let begin3 = Transition::new(GlobalStatus::Active, GlobalStatus::CanCommit).expect("allowed");
+        assert!(!begin3.records_decision());
+        assert!(Transition::COMMIT.records_decision() && Transition::ROLLBACK.records_decision());
+        let done = Transition::new(GlobalStatus::Committing, GlobalStatus::Committed).expect("allowed");
+        assert!(!done.records_decision());
         assert_eq!(
-            phase_verdict(&[done.clone(), CallbackResult::Unknown("timeout".into())]),
-            PhaseVerdict::Abort { reason: RollbackReason::Timeout, failed: vec![(1, "timeout".into())] }
+            Transition::new(GlobalStatus::PreCommitted, GlobalStatus::Committing).map(|t| t.to()),
+            Ok(GlobalStatus::Committing)
         );
-        // A no anywhere makes the abort a branch failure, even beside a timeout.
-        assert!(matches!(
-            phase_verdict(&[CallbackResult::Unknown("t".into()), CallbackResult::Refused("no".into())]),
-            PhaseVerdict::Abort { reason: RollbackReason::BranchFailed, ref failed } if failed.len() == 2
-        ));
-        assert_eq!(three_phase_step(GlobalStatus::CanCommit, false), ThreePhaseStep::AskVotes);
-        assert_eq!(three_phase_step(GlobalStatus::CanCommit, true), ThreePhaseStep::AbortLostVotes);
-        assert_eq!(three_phase_step(GlobalStatus::PreCommitted, true), ThreePhaseStep::PreCommit);
-        assert_eq!(three_phase_step(GlobalStatus::Committing, true), ThreePhaseStep::Phase2);
+    }
+
+    #[test]
+    fn the_fast_decision_is_what_decide_answers_in_the_common_case() {
+        for requested in [Decision::Commit, Decision::Rollback] {
+            let fast = fast_decision(requested);
+            let DecisionOutcome::Decide { status, reason, overridden: false, .. } =
+                decide(requested, input(GlobalStatus::Active))
+            else {
+                panic!("the common case decides");
+            };
+            assert_eq!(
+                (fast.transition.from(), fast.transition.to(), fast.reason),
+                (GlobalStatus::Active, status, reason)
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,389 @@
+//! The one driver: performs a leased transaction's protocol steps
+//! ([`crate::modes`]) with I/O, for every mode, from a decision (or the
+//! first status of phases before it) to the end.
+//!
+//! A step is one of: send callbacks (phase 2, or a phase before the
+//! decision), write a new status durably, write the terminal status. In
+//! phase 2 a branch answered 2xx or 409 gets its final status; a branch whose
+//! outcome is unknown ends the pass, which records the progress and
+//! schedules the next pass after an exponential, jittered delay, with the
+//! lease released, so that any coordinator (this one's recovery worker
+//! included) may take it then. A phase before the decision sends to every
+//! branch at once and keeps the lease alive while it waits; the protocol
+//! judges the answers together. Every status write is conditional on the
+//! lease and on the status the driver saw, so a driver that lost its lease
+//! changes nothing.
+
+use crate::modes::{self, Advance, Resumed, Send, Step, Then, View};
+use crate::store::{BranchRow, BranchUpdate, PhaseStep, StoreError, TxRow};
+use crate::transaction::state::{self, CallbackResult, Decision, Transition};
+use crate::Coordinator;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use std::time::{Duration, Instant};
+use tandem_wire::{GlobalStatus, Transaction};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+/// A transaction whose lease this process holds.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The transaction row (a leased status).
+    pub tx: TxRow,
+    /// Its branches in registration order.
+    pub branches: Vec<BranchRow>,
+    /// Taken before the statement that granted the lease: the lease lasts at
+    /// least until `leased_at + lease` (a later instant would overestimate it).
+    pub leased_at: Instant,
+    /// Whether this driver took the transaction over from another.
+    pub resumed: Resumed,
+}
+
+/// How a drive ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Every branch is final; the terminal state.
+    Finished(Box<Transaction>),
+    /// Not finished: a retry is scheduled, the lease was lost, or the process is stopping.
+    Pending,
+}
+
+/// Delay before phase-2 pass number `attempts + 1`: exponential from
+/// `base` to `max`, with jitter so that retries of many transactions spread out.
+pub fn retry_delay(base: Duration, max: Duration, attempts: u32) -> Duration {
+    let n = attempts.min(40) as usize;
+    ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
+        .nth(n)
+        .unwrap_or(max)
+}
+
+/// A driver's failure: the database, or a row no protocol can drive (a bug
+/// or a mode this build does not serve).
+#[derive(Debug, thiserror::Error)]
+enum DriveError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Coordinator {
+    /// Drives a leased transaction in a tracked task. `permit` bounds
+    /// recovery's concurrency.
+    pub(crate) fn spawn_driver(&self, job: Job, permit: Option<OwnedSemaphorePermit>) -> JoinHandle<Outcome> {
+        let this = self.clone();
+        let span = tracing::info_span!("drive", xid = %job.tx.xid, status = %job.tx.status, resumed = ?job.resumed);
+        self.tasks().spawn(
+            async move {
+                let _permit = permit;
+                let xid = job.tx.xid.clone();
+                match this.drive(job).await {
+                    Ok(outcome) => outcome,
+                    // Handled here: the lease expires and recovery takes the transaction again.
+                    Err(DriveError::Store(e)) => {
+                        tracing::warn!(%xid, error = %e, "driver failed on the database; recovery will retry");
+                        Outcome::Pending
+                    }
+                    Err(DriveError::Internal(e)) => {
+                        tracing::error!(%xid, error = %e, "driver cannot drive this transaction");
+                        Outcome::Pending
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    /// Performs the protocol's steps until the end, a retry or a lost lease.
+    async fn drive(&self, job: Job) -> Result<Outcome, DriveError> {
+        let Job { mut tx, mut branches, leased_at, resumed } = job;
+        let protocol = modes::protocol(tx.mode)
+            .ok_or_else(|| DriveError::Internal(format!("no protocol serves mode {}", tx.mode)))?;
+        let timing = self.timing();
+        let owner = self.instance_id();
+        let mut lease_until = leased_at + timing.lease;
+        // Phase-2 progress of this pass, recorded with its end.
+        let mut updates: Vec<BranchUpdate> = Vec::new();
+        loop {
+            let statuses: Vec<_> = branches.iter().map(|b| b.status).collect();
+            let view = View { status: tx.status, branches: &statuses, resumed, three_phase: tx.three_phase };
+            match protocol.next_step(&view) {
+                Step::Stop => return Ok(Outcome::Pending),
+                Step::Finish(terminal) => return self.finish(&tx, &branches, terminal, &updates).await,
+                Step::Advance(advance) => {
+                    let started = Instant::now();
+                    if !self.advance(&mut tx, &mut branches, advance).await? {
+                        return Ok(Outcome::Pending);
+                    }
+                    lease_until = started + timing.lease;
+                }
+                Step::Send(send) => match send.then {
+                    Then::Record(decision) => {
+                        let pass = self.deliver(&tx, &mut branches, &send, decision, &mut lease_until, &mut updates);
+                        if let Some(ended) = pass.await? {
+                            let delay = match ended {
+                                PassEnd::Unknown(error) => {
+                                    let mut delay = retry_delay(timing.retry_base, timing.retry_max, tx.attempts);
+                                    if let Some(cap) = protocol.retry_cap(&view) {
+                                        delay = delay.min(cap.max(timing.retry_base));
+                                    }
+                                    tracing::info!(xid = %tx.xid, %error, retry_in_ms = delay.as_millis() as u64,
+                                        "callback outcome unknown; will retry");
+                                    delay
+                                }
+                                PassEnd::Stopping => Duration::ZERO,
+                                PassEnd::LeaseLost => return Ok(Outcome::Pending),
+                            };
+                            self.store().schedule_retry(&tx.xid, owner, &updates, delay).await?;
+                            return Ok(Outcome::Pending);
+                        }
+                    }
+                    Then::Judge(phase) => {
+                        let asked = send.rounds.concat();
+                        let Some(results) = self.ask(&tx, &branches, &send, &asked).await? else {
+                            return Ok(Outcome::Pending);
+                        };
+                        let advance = protocol.after_phase(phase, &asked, &results, &view);
+                        if advance.to == GlobalStatus::RollingBack {
+                            tracing::info!(action = send.action.as_str(), reason = ?advance.reason,
+                                "phase failed; aborting");
+                        }
+                        let started = Instant::now();
+                        if !self.advance(&mut tx, &mut branches, advance).await? {
+                            return Ok(Outcome::Pending);
+                        }
+                        lease_until = started + timing.lease;
+                    }
+                },
+            }
+        }
+    }
+
+    /// Phase 2: sends `send`'s rounds one after another, recording each
+    /// answer; `None` when every branch answered, else why the pass ended.
+    async fn deliver(
+        &self,
+        tx: &TxRow,
+        branches: &mut [BranchRow],
+        send: &Send,
+        decision: Decision,
+        lease_until: &mut Instant,
+        updates: &mut Vec<BranchUpdate>,
+    ) -> Result<Option<PassEnd>, DriveError> {
+        let timing = self.timing();
+        let store = self.store();
+        for round in &send.rounds {
+            if self.shutdown_token().is_cancelled() {
+                return Ok(Some(PassEnd::Stopping));
+            }
+            if lease_until.saturating_duration_since(Instant::now()) < timing.callback_timeout * 2 {
+                if !store.renew_lease(&tx.xid, self.instance_id(), timing.lease).await? {
+                    tracing::info!(xid = %tx.xid, "lease lost; another coordinator drives this transaction");
+                    return Ok(Some(PassEnd::LeaseLost));
+                }
+                *lease_until = Instant::now() + timing.lease;
+            }
+            let results = futures::future::join_all(round.iter().map(|&i| {
+                let branch = &branches[i];
+                self.callbacks()
+                    .send_within(tx, branch, send.action, send.wait)
+                    .instrument(tracing::debug_span!("callback", branch_id = %branch.branch_id))
+            }))
+            .await;
+            let mut unknown = None;
+            for (&i, result) in round.iter().zip(results) {
+                if let Some(error) = record(tx, decision, &mut branches[i], &result, updates) {
+                    unknown = Some(error);
+                }
+            }
+            if let Some(error) = unknown {
+                return Ok(Some(PassEnd::Unknown(error)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A phase before the decision: sends to the branches `asked` at once and
+    /// waits for every answer, renewing the lease meanwhile (it stays short,
+    /// so that a dead coordinator is taken over within one lease, however
+    /// long the phase may wait). `None`: the lease was lost.
+    async fn ask(
+        &self,
+        tx: &TxRow,
+        branches: &[BranchRow],
+        send: &Send,
+        asked: &[usize],
+    ) -> Result<Option<Vec<CallbackResult>>, DriveError> {
+        let lease = self.timing().lease;
+        let phase = futures::future::join_all(asked.iter().map(|&i| {
+            let b = &branches[i];
+            self.callbacks().send_within(tx, b, send.action, send.wait).instrument(tracing::debug_span!(
+                "callback",
+                branch_id = %b.branch_id,
+                action = send.action.as_str()
+            ))
+        }));
+        tokio::pin!(phase);
+        let period = (lease / 3).max(Duration::from_millis(10));
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        loop {
+            tokio::select! {
+                results = &mut phase => return Ok(Some(results)),
+                _ = beat.tick() => {
+                    if !self.store().renew_lease(&tx.xid, self.instance_id(), lease).await? {
+                        tracing::info!("lease lost; another coordinator drives this transaction");
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `advance` durably; on success updates `tx` and the branches in
+    /// memory. `false`: the lease was lost.
+    async fn advance(&self, tx: &mut TxRow, branches: &mut [BranchRow], advance: Advance) -> Result<bool, DriveError> {
+        let transition = Transition::new(tx.status, advance.to).map_err(|e| DriveError::Internal(e.to_string()))?;
+        let mut marks = Vec::with_capacity(advance.marks.len());
+        for (i, status, error) in advance.marks {
+            let b = branches
+                .get(i)
+                .ok_or_else(|| DriveError::Internal(format!("a step names branch {i} of {}", branches.len())))?;
+            marks.push(BranchUpdate {
+                branch_id: b.branch_id.clone(),
+                status: Some(status),
+                attempts_added: 0,
+                last_error: error,
+            });
+        }
+        let step = PhaseStep { transition, reason: advance.reason, hold: self.timing().lease, branches: marks };
+        let Some(row) = self.store().advance(&tx.xid, self.instance_id(), &step).await? else {
+            tracing::info!(from = %tx.status, to = %step.transition.to(),
+                "lease lost; another coordinator drives this transaction");
+            return Ok(false);
+        };
+        for u in &step.branches {
+            if let Some(b) = branches.iter_mut().find(|b| b.branch_id == u.branch_id) {
+                if let Some(status) = u.status {
+                    b.status = status;
+                }
+                if u.last_error.is_some() {
+                    b.last_error = u.last_error.clone();
+                }
+            }
+        }
+        tracing::debug!(status = %row.status, "step recorded");
+        *tx = row;
+        Ok(true)
+    }
+
+    /// Writes the terminal status with the pass's branch progress.
+    async fn finish(
+        &self,
+        tx: &TxRow,
+        branches: &[BranchRow],
+        terminal: GlobalStatus,
+        updates: &[BranchUpdate],
+    ) -> Result<Outcome, DriveError> {
+        let transition = Transition::new(tx.status, terminal).map_err(|e| DriveError::Internal(e.to_string()))?;
+        let Some(finished_at) = self.store().finish(&tx.xid, transition, updates).await? else {
+            // Someone else finished it first (after our lease expired).
+            return Ok(Outcome::Pending);
+        };
+        self.count_terminal(tx, terminal);
+        let mut done = tx.to_wire(branches);
+        done.status = terminal;
+        done.finished_at = Some(finished_at);
+        tracing::debug!(xid = %tx.xid, status = %terminal, "phase 2 finished");
+        Ok(Outcome::Finished(Box::new(done)))
+    }
+
+    fn count_terminal(&self, tx: &TxRow, terminal: GlobalStatus) {
+        let m = self.metrics();
+        let mode = tx.mode.as_str();
+        match terminal {
+            GlobalStatus::Committed => m.committed.with_label_values(&[mode]).inc(),
+            GlobalStatus::RolledBack => {
+                let reason = tx.rollback_reason.map(|r| r.as_str()).unwrap_or("requested");
+                m.rolled_back.with_label_values(&[mode, reason]).inc()
+            }
+            GlobalStatus::HeuristicMixed => {
+                tracing::error!(xid = %tx.xid, "heuristic outcome: a participant committed on its own timeout \
+                    although the transaction was rolled back; an operator must look");
+                m.heuristic.with_label_values(&[mode]).inc();
+                m.failed.with_label_values(&[mode, terminal.as_str()]).inc()
+            }
+            other => m.failed.with_label_values(&[mode, other.as_str()]).inc(),
+        }
+    }
+}
+
+/// Why a phase-2 pass ended before every branch answered.
+enum PassEnd {
+    /// A branch's outcome is unknown (this error): retry later.
+    Unknown(String),
+    /// The process is stopping: hand the transaction back now.
+    Stopping,
+    /// Another coordinator drives it now.
+    LeaseLost,
+}
+
+/// Records a callback's result on `branch` and in `updates`; returns the
+/// error when the outcome is unknown (the branch stays as it was).
+fn record(
+    tx: &TxRow,
+    decision: Decision,
+    branch: &mut BranchRow,
+    result: &CallbackResult,
+    updates: &mut Vec<BranchUpdate>,
+) -> Option<String> {
+    let status = state::branch_after_callback(decision, result);
+    let error = match result {
+        CallbackResult::Done => None,
+        CallbackResult::Refused(e) | CallbackResult::HeuristicCommit(e) => {
+            tracing::warn!(xid = %tx.xid, branch_id = %branch.branch_id, error = %e,
+                "participant refused phase 2 permanently");
+            Some(e.clone())
+        }
+        CallbackResult::Unknown(e) => Some(e.clone()),
+    };
+    updates.push(BranchUpdate {
+        branch_id: branch.branch_id.clone(),
+        status,
+        attempts_added: 1,
+        last_error: error.clone(),
+    });
+    branch.attempts += 1;
+    if let Some(e) = &error {
+        branch.last_error = Some(e.clone());
+    }
+    match status {
+        Some(s) => {
+            branch.status = s;
+            None
+        }
+        None => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_grow_and_stay_bounded() {
+        let base = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        let first = retry_delay(base, max, 0);
+        assert!(first >= base && first <= base * 2, "{first:?}");
+        let later = retry_delay(base, max, 3);
+        assert!(later >= base * 8, "{later:?}");
+        for n in [10, 40, 1000, u32::MAX] {
+            assert!(retry_delay(base, max, n) <= max * 2, "attempt {n}");
+        }
+    }
+}
