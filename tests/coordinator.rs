@@ -204,3 +204,54 @@ async fn the_in_flight_gauge_reports_every_non_terminal_status() {
     }
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_locks_read_the_same_from_every_endpoint() {
+    use tandem_sdk::wire::{BeginRequest, Mode, RegisterBranchRequest, ReportRequest};
+    let db = TestDb::new("global_locks").await;
+    let app = support::InProcess::start(support::fast_settings(&db.url)).await;
+    let client = &app.client;
+    // (mode, lock keys, whether its branch holds global locks)
+    let cases = [
+        (Mode::At, vec!["stock:1".to_owned()], true),
+        (Mode::At, vec![], false),
+        (Mode::Tcc, vec!["stock:1".to_owned()], false),
+        (Mode::Xa, vec![], false),
+    ];
+    for (mode, keys, holds) in cases {
+        let tx =
+            client.begin(&BeginRequest { mode, name: None, timeout_ms: None, three_phase: None }).await.expect("begin");
+        let req = RegisterBranchRequest {
+            resource: format!("r-{mode}-{}", keys.len()),
+            callback_url: support::ok_participant().await,
+            payload: None,
+            lock_keys: Some(keys.clone()),
+        };
+        let registered = client.register(&tx.xid, &req).await.expect("register");
+        let reported = client
+            .report(&tx.xid, &registered.branch_id, &ReportRequest { status: ReportStatus::Prepared, detail: None })
+            .await
+            .expect("report");
+        let read = client.get(&tx.xid).await.expect("get");
+        let listed = client
+            .list(&tandem_sdk::client::ListQuery { mode: Some(mode), ..Default::default() })
+            .await
+            .expect("list")
+            .transactions
+            .into_iter()
+            .find(|t| t.xid == tx.xid)
+            .expect("listed");
+        let answers = [
+            registered.global_locks,
+            reported.global_locks,
+            read.branches[0].global_locks,
+            listed.branches[0].global_locks,
+        ];
+        assert_eq!(answers, [Some(holds); 4], "{mode} with {keys:?}");
+        // Phase 2 completed: the locks are gone, and every endpoint says so.
+        client.commit(&tx.xid, Some(Duration::from_secs(10))).await.expect("commit");
+        let done = support::wait_status(client, &tx.xid, "committed", Duration::from_secs(30)).await;
+        assert_eq!(done.branches[0].global_locks, Some(false));
+    }
+    app.stop().await;
+}
