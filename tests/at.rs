@@ -23,7 +23,8 @@ use sqlx::{MySqlPool, PgPool};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{eventually, fast_settings, wait_status, InProcess, Process, TestDb, TestMariaDb, FAST_FLAGS};
+use support::{eventually, fast_settings, spawn_coordinator, wait_status, Process, TestDb, TestMariaDb, FAST_FLAGS};
+use tandem_coordinator::RunningCoordinator;
 use tandem_sdk::at::{
     AtBackend, AtError, AtParam, AtResource, AtResourceBuilder, LockRetry, MySqlDb, Pg, CALLBACK_PATH,
 };
@@ -106,17 +107,19 @@ fn patient() -> LockRetry {
 
 /// A coordinator in this process on a fresh database.
 struct Coordinator {
-    c: InProcess,
+    c: RunningCoordinator,
+    client: TandemClient,
     _db: TestDb,
 }
 
 impl Coordinator {
     async fn start(tag: &str) -> Coordinator {
         let db = TestDb::new(tag).await;
-        Coordinator { c: InProcess::start(fast_settings(&db.url)).await, _db: db }
+        let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
+        Coordinator { c, client, _db: db }
     }
     fn client(&self) -> &TandemClient {
-        &self.c.client
+        &self.client
     }
     async fn begin(&self) -> Xid {
         let req =

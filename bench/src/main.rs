@@ -16,7 +16,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_coordinator::{Application, Settings};
+use tandem_coordinator::{Application, RunningCoordinator, Settings};
 use tandem_sdk::at::{AtResource, Pg};
 use tandem_sdk::three_phase::{BoxError, ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
@@ -245,14 +245,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
     settings.db_relaxed_connections = args.db_relaxed_connections;
-    let app = Application::build(&settings).await.context("start coordinator")?;
-    let base = format!("http://{}", app.local_addr()?);
-    let metrics = app.coordinator().metrics().clone();
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run());
+    let coordinator = Application::spawn(&settings).await.context("start coordinator")?;
 
     let calls = Arc::new(AtomicU64::new(0));
-    let client = TandemClient::new(&base)?;
+    let client = TandemClient::new(&coordinator.url)?;
     let work = match args.mode.as_str() {
         "tcc" => {
             let mut callbacks = Vec::new();
@@ -297,18 +293,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Workload::Xa(participants)
         }
     };
-    bench(args, client, work, calls, metrics, shutdown, server).await
+    bench(args, client, work, calls, coordinator).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn bench(
     args: Args,
     client: TandemClient,
     work: Workload,
     calls: Arc<AtomicU64>,
-    metrics: tandem_coordinator::metrics::Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-    server: tokio::task::JoinHandle<Result<(), tandem_coordinator::startup::StartupError>>,
+    coordinator: RunningCoordinator,
 ) -> anyhow::Result<()> {
     let work = Arc::new(work);
 
@@ -381,8 +374,8 @@ async fn bench(
             eprintln!("error (one of {e} in a client): {last}");
         }
     }
-    shutdown.cancel();
-    server.await??;
+    let metrics = coordinator.coordinator().metrics().clone();
+    coordinator.stop().await?;
 
     // Where the time went: every database call of the coordinator, by statement.
     eprintln!("database calls (count, mean ms):");

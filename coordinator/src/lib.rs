@@ -30,5 +30,5 @@ pub mod three_phase;
 pub mod transaction;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use startup::{Application, RunningCoordinator};
 pub use transaction::service::Coordinator;

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
-use tandem_examples::DemoCoordinator;
+use tandem_examples::{finish, start_coordinator, AfterDemo};
 use tandem_sdk::at::{AtError, AtResource, AtTransaction, Pg, CALLBACK_PATH};
 use tandem_sdk::wire::{BeginRequest, Mode, Xid};
 use tandem_sdk::{in_transaction, GlobalError, GlobalXid, RequestBuilderExt, TandemClient};
@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo_at", "").await?.close().await;
-    let demo = DemoCoordinator::start(format!("{server}/tandem_demo_at"), args.listen).await?;
+    let demo = start_coordinator(format!("{server}/tandem_demo_at"), args.listen).await?;
     let coordinator = demo.url.clone();
     println!("coordinator: {coordinator}");
 
@@ -207,5 +207,5 @@ async fn main() -> anyhow::Result<()> {
     }
     show(&orders_db, &inventory_db, "after rollback").await?;
 
-    demo.finish(args.serve).await
+    finish(demo, if args.serve { AfterDemo::Serve } else { AfterDemo::Stop }).await
 }
