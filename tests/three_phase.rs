@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tandem_sdk::three_phase::{BoxError, LocalState, ThreePhaseParticipant, ThreePhaseWork};
+use tandem_sdk::three_phase::{LocalState, ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{
     BeginRequest, BranchStatus, CallbackRequest, ErrorCode, GlobalStatus, Mode, RollbackReason, ThreePhaseOptions,
     Transaction, Xid,
 };
+use tandem_sdk::BoxError;
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
 
@@ -146,7 +147,7 @@ impl Shop {
         vote: &Arc<AtomicBool>,
     ) -> ThreePhaseParticipant {
         let client = TandemClient::new(coordinator).expect("client");
-        ThreePhaseParticipant::new(pool.clone(), client, tag, url, Ledger { vote: vote.clone() })
+        ThreePhaseParticipant::builder(pool.clone(), client, tag, url, Ledger { vote: vote.clone() }).build()
     }
 
     async fn join(&self, xid: &Xid, amount: i64) {

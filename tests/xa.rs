@@ -11,7 +11,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool, PgPool};
 use std::time::Duration;
 use support::*;
 use tandem_sdk::wire::{BeginRequest, BranchStatus, ErrorCode, GlobalStatus, Mode, Xid};
-use tandem_sdk::xa::{MySqlXa, XaError, XaParticipant, CALLBACK_PATH, MYSQL_FORMAT_ID};
+use tandem_sdk::xa::{MySqlXa, PgXa, XaError, XaParticipant, CALLBACK_PATH, MYSQL_FORMAT_ID};
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
 
@@ -40,7 +40,9 @@ impl Service {
             .expect("schema");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let participant = XaParticipant::new(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        let participant =
+            XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(coordinator).expect("client"), tag, &url)
+                .build();
         participant.check().await.expect("XA available");
         let app = participant.router();
         tokio::spawn(async move {
@@ -230,7 +232,9 @@ async fn recovery_settles_prepared_branches_with_the_coordinator() {
 
     // A branch prepared and reported; then its service is unreachable for phase 2.
     let down = format!("http://127.0.0.1:{}", free_port().await);
-    let offline = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &down);
+    let offline =
+        XaParticipant::builder(PgXa::new(s.pool.clone()), TandemClient::new(&c.url).expect("client"), "xa_rc", &down)
+            .build();
     let tx = client.begin(&xa()).await.expect("begin");
     offline
         .run(&tx.xid, |c| {
@@ -255,7 +259,9 @@ async fn recovery_settles_prepared_branches_with_the_coordinator() {
     assert_eq!(s.prepared().await, 2);
 
     // The service "restarts": its recovery asks the coordinator about each prepared branch.
-    let restarted = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &s.url);
+    let restarted =
+        XaParticipant::builder(PgXa::new(s.pool.clone()), TandemClient::new(&c.url).expect("client"), "xa_rc", &s.url)
+            .build();
     let young = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
     assert_eq!((young.committed, young.rolled_back, young.pending), (1, 0, 1), "orphan kept while young");
     let old = restarted.recover(Duration::ZERO).await.expect("recover");
@@ -276,7 +282,13 @@ async fn the_startup_check_names_the_setting_to_change() {
         // Someone enabled it on this server: nothing to check here.
         return;
     }
-    let p = XaParticipant::new(pool, TandemClient::new("http://127.0.0.1:9").expect("client"), "r", "http://x");
+    let p = XaParticipant::builder(
+        PgXa::new(pool),
+        TandemClient::new("http://127.0.0.1:9").expect("client"),
+        "r",
+        "http://x",
+    )
+    .build();
     let err = p.check().await.expect_err("XA unavailable");
     assert!(matches!(err, XaError::Unavailable(_)));
     assert!(err.to_string().contains("max_prepared_transactions"), "{err}");
@@ -310,8 +322,13 @@ impl MariaService {
             .expect("schema");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let participant =
-            XaParticipant::mysql(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        let participant = XaParticipant::builder(
+            MySqlXa::new(pool.clone()),
+            TandemClient::new(coordinator).expect("client"),
+            tag,
+            &url,
+        )
+        .build();
         participant.check().await.expect("XA available");
         let app = participant.router();
         tokio::spawn(async move {
@@ -423,7 +440,13 @@ async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
 
     // Prepared and reported, but phase 2 cannot reach the service.
     let down = format!("http://127.0.0.1:{}", free_port().await);
-    let offline = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
+    let offline = XaParticipant::builder(
+        MySqlXa::new(m.pool.clone()),
+        TandemClient::new(&c.url).expect("client"),
+        "xa_mr",
+        &down,
+    )
+    .build();
     let tx = client.begin(&xa()).await.expect("begin");
     offline
         .run(&tx.xid, |c| {
@@ -439,7 +462,13 @@ async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
     assert_eq!(decided.transaction.status, GlobalStatus::Committing);
     assert_eq!(m.prepared(&tx.xid).await, 1);
 
-    let restarted = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
+    let restarted = XaParticipant::builder(
+        MySqlXa::new(m.pool.clone()),
+        TandemClient::new(&c.url).expect("client"),
+        "xa_mr",
+        &down,
+    )
+    .build();
     let r = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
     assert!(r.committed >= 1, "{r:?}");
     assert_eq!(m.qty(8).await, Some(80));
@@ -460,7 +489,8 @@ async fn xa_participant_child_process() {
         (var("CHILD_COORDINATOR"), var("CHILD_DB"), var("CHILD_XID"), var("CHILD_PORT"));
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db_url).await.expect("pool");
     let url = format!("http://127.0.0.1:{port}");
-    let p = XaParticipant::new(pool, TandemClient::new(&coordinator).expect("client"), "child", &url);
+    let p = XaParticipant::builder(PgXa::new(pool), TandemClient::new(&coordinator).expect("client"), "child", &url)
+        .build();
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
     let app = p.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -524,7 +554,8 @@ async fn a_participant_killed_after_prepare_is_committed_after_it_restarts() {
 
     // The participant restarts on the same address; its recovery runs at start.
     let url = format!("http://127.0.0.1:{port}");
-    let p = XaParticipant::new(pool.clone(), TandemClient::new(&c.url).expect("client"), "child", &url);
+    let p = XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(&c.url).expect("client"), "child", &url)
+        .build();
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("rebind");
     let app = p.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -550,7 +581,8 @@ async fn a_coordinator_killed_after_an_xa_decision_is_finished_by_its_restart() 
     sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)").execute(&pool).await.expect("schema");
     let port = free_port().await;
     let url = format!("http://127.0.0.1:{port}");
-    let part = XaParticipant::new(pool.clone(), TandemClient::new(&p.url).expect("client"), "svc", &url);
+    let part = XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(&p.url).expect("client"), "svc", &url)
+        .build();
 
     let tx = p.client.begin(&xa()).await.expect("begin");
     for id in [1, 2] {

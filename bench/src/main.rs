@@ -17,11 +17,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, RunningCoordinator, Settings};
-use tandem_sdk::at::{AtResource, Pg};
-use tandem_sdk::three_phase::{BoxError, ThreePhaseParticipant, ThreePhaseWork};
+use tandem_sdk::at::{AtParticipant, Pg};
+use tandem_sdk::three_phase::{ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
-use tandem_sdk::xa::XaParticipant;
-use tandem_sdk::TandemClient;
+use tandem_sdk::xa::{PgXa, XaParticipant};
+use tandem_sdk::{BoxError, TandemClient};
 
 /// The same allocator as the `tandem` binary.
 #[global_allocator]
@@ -103,7 +103,7 @@ enum Workload {
     /// The same UPDATEs in one local transaction on the first participant database.
     Local(PgPool),
     /// AT: one branch, one one-row UPDATE through the SDK, commit.
-    At(AtResource<Pg>),
+    At(AtParticipant<Pg>),
     /// The one UPDATE in a plain local transaction.
     Local1(PgPool),
     /// 3PC: join every participant with the row in the payload, commit.
@@ -260,20 +260,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "local" => Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
         "local1" => Workload::Local1(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
         "at" => {
-            let pool = participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}{}", listener.local_addr()?, tandem_sdk::at::CALLBACK_PATH);
-            let at = AtResource::<Pg>::new(pool, client.clone(), "bench", &url);
+            let (pool, listener, url) = participant_endpoint(&args, 0).await?;
+            let at = AtParticipant::<Pg>::builder(pool, client.clone(), "bench", &url).build();
             at.install().await?;
-            let app = at.router();
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            serve(listener, at.router());
             Workload::At(at)
         }
         "3pc" => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
-                let p = ThreePhaseParticipant::new(pool, client.clone(), &format!("p{i}"), &url, Accounts);
+                let p = ThreePhaseParticipant::builder(pool, client.clone(), &format!("p{i}"), &url, Accounts).build();
                 p.check().await?;
                 p.install().await?;
                 serve(listener, p.router());
@@ -285,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
-                let p = XaParticipant::new(pool, client.clone(), &format!("p{i}"), &url);
+                let p = XaParticipant::builder(PgXa::new(pool), client.clone(), &format!("p{i}"), &url).build();
                 p.check().await?;
                 serve(listener, p.router());
                 participants.push(p);

@@ -32,9 +32,9 @@ pub(crate) async fn gate_layer(State(g): State<Arc<Gate>>, req: Request, next: N
 
 /// An AT participant service: the SDK's callback router on a loopback port.
 pub(crate) struct Participant<B: AtBackend> {
-    pub(crate) at: AtResource<B>,
+    pub(crate) at: AtParticipant<B>,
     pub(crate) gate: Arc<Gate>,
-    /// Its callback URL.
+    /// Its base URL (the SDK appends the callback path).
     pub(crate) url: String,
 }
 
@@ -52,11 +52,12 @@ pub(crate) async fn participant_with<B: AtBackend>(
     pool: sqlx::Pool<B::Db>,
     coordinator: &str,
     resource: &str,
-    configure: impl FnOnce(AtResourceBuilder<B>) -> AtResourceBuilder<B>,
+    configure: impl FnOnce(AtParticipantBuilder<B>) -> AtParticipantBuilder<B>,
 ) -> Participant<B> {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}{CALLBACK_PATH}", listener.local_addr().unwrap());
-    let at = configure(AtResource::<B>::builder(pool, TandemClient::new(coordinator).unwrap(), resource, &url)).build();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let at =
+        configure(AtParticipant::<B>::builder(pool, TandemClient::new(coordinator).unwrap(), resource, &url)).build();
     let callback = url.clone();
     at.install().await.unwrap();
     let gate = Arc::new(Gate::default());

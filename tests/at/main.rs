@@ -39,9 +39,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::{eventually, fast_settings, spawn_coordinator, wait_status, Process, TestDb, TestMariaDb, FAST_FLAGS};
 use tandem_coordinator::RunningCoordinator;
-use tandem_sdk::at::{
-    AtBackend, AtError, AtParam, AtResource, AtResourceBuilder, LockRetry, MySqlDb, Pg, CALLBACK_PATH,
-};
+use tandem_sdk::at::{AtBackend, AtError, AtParam, AtParticipant, AtParticipantBuilder, LockRetry, MySqlDb, Pg};
 use tandem_sdk::wire::{BeginRequest, BranchStatus, GlobalStatus, LockCheckRequest, Mode, RegisterBranchRequest, Xid};
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;

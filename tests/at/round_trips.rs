@@ -319,7 +319,8 @@ async fn images_do_not_depend_on_the_sessions_date_style_or_time_zone() {
         participant::<Pg>(session("SQL, MDY", "America/New_York"), &c.c.url, "events", LockRetry::default()).await;
     // ...the one that runs phase 1 in DMY / Tokyo, under the same resource name.
     let client = TandemClient::new(&c.c.url).unwrap();
-    let writer = AtResource::<Pg>::new(session("SQL, DMY", "Asia/Tokyo"), client, "events", &rollbacker.url);
+    let writer =
+        AtParticipant::<Pg>::builder(session("SQL, DMY", "Asia/Tokyo"), client, "events", &rollbacker.url).build();
     let cols = ["d", "ts", "tz"];
     let original = d.snapshot("ev", &cols, "id").await;
     let xid = c.begin().await;

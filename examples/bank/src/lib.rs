@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
-use tandem_sdk::tcc::{BranchContext, StepError, TccError, TccParticipant, TccResource};
+use tandem_sdk::tcc::{BranchContext, StepError, TccError, TccParticipant, TccSteps};
 use tandem_sdk::{GlobalXid, TandemClient};
 
 /// Resource name of the account legs.
@@ -121,12 +121,12 @@ fn leg(payload: &serde_json::Value) -> Result<Leg, StepError> {
     Ok(leg)
 }
 
-/// The TCC resource of account legs.
+/// The TCC steps of account legs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AccountResource;
+pub struct AccountSteps;
 
 #[async_trait]
-impl TccResource for AccountResource {
+impl TccSteps for AccountSteps {
     fn name(&self) -> &str {
         RESOURCE
     }
@@ -198,9 +198,9 @@ async fn phase2_step(
     Ok(())
 }
 
-/// A participant serving [`AccountResource`], reachable at `public_base_url`.
+/// A participant serving [`AccountSteps`], reachable at `public_base_url`.
 pub fn participant(pool: PgPool, coordinator: TandemClient, public_base_url: &str) -> TccParticipant {
-    TccParticipant::builder(pool, coordinator, public_base_url).resource(AccountResource).build()
+    TccParticipant::builder(pool, coordinator, public_base_url).resource(AccountSteps).build()
 }
 
 /// Answer of `POST /legs`.
