@@ -55,11 +55,11 @@ struct Bank {
 
 async fn start_bank(server: &str, db: &str, coordinator: &str, account: &str, balance: i64) -> anyhow::Result<Bank> {
     let pool = database(server, db).await?;
-    tandem_example_bank::setup(&pool).await?;
-    tandem_example_bank::open_account(&pool, account, balance).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let participant = tandem_example_bank::participant(pool.clone(), TandemClient::new(coordinator)?, &url);
+    tandem_example_bank::setup(&participant).await?;
+    tandem_example_bank::open_account(&pool, account, balance).await?;
     let app = tandem_example_bank::router(participant);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Bank { url, pool })

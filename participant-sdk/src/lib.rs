@@ -9,6 +9,8 @@
 //!   `Ok`, rollback on `Err`).
 //! - [`tcc`]: the TCC participant: try / confirm / cancel in the participant's
 //!   own sqlx transaction, guarded by the fence table, and the callback router.
+//! - [`migrations`]: the participants' tables, as the SQL files shipped in
+//!   `participant-sdk/migrations/`.
 //! - `callback`: the callback contract every participant answers by: the
 //!   request read, the work in its own task, the reply and the problems.
 //! - [`at`]: AT mode: INSERT / UPDATE / DELETE imaged into an undo log, global
@@ -23,7 +25,8 @@
 //!
 //! Every participant is built the same way: `Participant::builder(database,
 //! client, …, public_base_url)` (the SDK appends its mode's callback path),
-//! options, `.build()`; then `router()` serves its callbacks.
+//! options, `.build()`; then `install()` creates its tables (XA has none),
+//! and `router()` serves its callbacks.
 //!
 //! Wire types are re-exported from `tandem-wire` as [`wire`].
 
@@ -31,6 +34,7 @@ pub mod at;
 mod callback;
 pub mod client;
 pub mod global;
+pub mod migrations;
 pub mod propagation;
 pub mod tcc;
 pub mod three_phase;

@@ -350,8 +350,9 @@ impl Bank {
     /// Starts a bank on `db` (schema created) talking to `coordinator_url`.
     pub async fn start(name: &str, db: &TestDb, coordinator_url: &str, log: CallLog) -> Bank {
         let pool = db.pool().await;
-        tandem_example_bank::setup(&pool).await.expect("bank schema");
-        Bank::serve(name, pool, coordinator_url, log, Arc::new(Faults::default()), "127.0.0.1:0").await
+        let bank = Bank::serve(name, pool, coordinator_url, log, Arc::new(Faults::default()), "127.0.0.1:0").await;
+        tandem_example_bank::setup(&bank.participant).await.expect("bank schema");
+        bank
     }
 
     async fn serve(

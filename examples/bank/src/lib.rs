@@ -54,8 +54,9 @@ pub struct Balance {
     pub incoming: i64,
 }
 
-/// Creates the bank's tables and the SDK's fence table.
-pub async fn setup(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Creates the bank's tables in `participant`'s database, and the SDK's
+/// fence table ([`TccParticipant::install`]).
+pub async fn setup(participant: &TccParticipant) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS accounts (
             id text PRIMARY KEY,
@@ -67,9 +68,9 @@ pub async fn setup(pool: &PgPool) -> Result<(), sqlx::Error> {
             xid text NOT NULL, branch_id text NOT NULL, step text NOT NULL,
             at timestamptz NOT NULL DEFAULT now());",
     )
-    .execute(pool)
+    .execute(participant.pool())
     .await?;
-    tandem_sdk::tcc::install_fence(pool).await
+    participant.install().await
 }
 
 /// Opens (or resets) an account with `balance`.

@@ -289,11 +289,10 @@ impl<B: AtBackend> AtParticipant<B> {
         }
     }
 
-    /// Creates `tandem_undo_log` if it does not exist.
+    /// Creates `tandem_undo_log` ([`AtBackend::UNDO_DDL`]: the file of
+    /// `participant-sdk/migrations/` for this database) if it does not exist.
     pub async fn install(&self) -> Result<(), sqlx::Error> {
-        let mut conn = self.inner.pool.acquire().await?;
-        B::execute(&mut conn, B::UNDO_DDL, &[], &[]).await?;
-        Ok(())
+        B::install(&self.inner.pool).await
     }
 
     /// Deletes undo rows no rollback can need any more, older than `age`:

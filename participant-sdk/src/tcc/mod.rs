@@ -17,7 +17,7 @@ pub mod fence;
 mod router;
 
 pub use crate::BoxError;
-pub use fence::{FenceStatus, FENCE_MIGRATION};
+pub use fence::FenceStatus;
 pub use router::CALLBACK_PATH;
 
 use crate::client::{ClientError, TandemClient};
@@ -131,14 +131,6 @@ pub enum TccError {
     Database(#[from] sqlx::Error),
 }
 
-/// Creates the fence table if missing (serialized across processes).
-pub async fn install_fence(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7419253001)").execute(&mut *tx).await?;
-    sqlx::raw_sql(FENCE_MIGRATION).execute(&mut *tx).await?;
-    tx.commit().await
-}
-
 /// The participant: registers branches, runs tries, serves callbacks. Cheap to clone.
 #[derive(Clone)]
 pub struct TccParticipant {
@@ -199,6 +191,13 @@ impl TccParticipant {
             callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
             resources: HashMap::new(),
         }
+    }
+
+    /// Creates the fence table (`tandem_tcc_fence`,
+    /// [`crate::migrations::TCC_FENCE`]) if it is missing; serialized across
+    /// processes.
+    pub async fn install(&self) -> Result<(), sqlx::Error> {
+        crate::migrations::install_postgres(&self.inner.pool, crate::migrations::TCC_FENCE).await
     }
 
     /// The participant's database pool.

@@ -58,23 +58,6 @@ type BranchLocks = HashMap<(Xid, BranchId), Weak<tokio::sync::Mutex<()>>>;
 /// Above this many entries, the branch-lock map drops the entries nobody holds.
 const LOCKS_PRUNE_AT: usize = 1024;
 
-/// The participant's table: one row per branch it voted on.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tandem_three_phase (
-    xid          text        NOT NULL,
-    branch_id    text        NOT NULL,
-    -- The participant's resource: recover() re-arms only its own branches.
-    resource     text        NOT NULL,
-    -- voted | aborted | committed. Pre-committed is a prepared transaction whose
-    -- own update turns 'voted' into 'committed' when it commits.
-    state        text        NOT NULL,
-    -- Voted: when the branch aborts on its own without PreCommit (Unix ms).
-    deadline_ms  bigint,
-    -- Why it aborted, or how it committed (DoCommit or its own timeout).
-    detail       text,
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (xid, branch_id)
-)";
-
 /// Errors of the 3PC participant.
 #[derive(Debug, thiserror::Error)]
 pub enum ThreePhaseError {
@@ -211,9 +194,11 @@ impl ThreePhaseParticipant {
         }
     }
 
-    /// Creates the participant's table if it is missing.
+    /// Creates the participant's table (`tandem_three_phase`,
+    /// [`crate::migrations::THREE_PHASE`]) if it is missing; serialized
+    /// across processes.
     pub async fn install(&self) -> Result<(), sqlx::Error> {
-        self.inner.pool.execute(SCHEMA).await.map(|_| ())
+        crate::migrations::install_postgres(&self.inner.pool, crate::migrations::THREE_PHASE).await
     }
 
     /// The resource name registered with each branch.
