@@ -196,21 +196,21 @@ async fn live_partial_indexes_match_the_status_sets_and_recovery_uses_them() {
 #[tokio::test]
 async fn the_in_flight_gauge_reports_every_non_terminal_status() {
     let db = TestDb::new("gauge").await;
-    let app = support::InProcess::start(support::fast_settings(&db.url)).await;
+    let (app, _) = support::spawn_coordinator(support::fast_settings(&db.url)).await;
     let body = reqwest::get(format!("{}/metrics", app.url)).await.expect("metrics").text().await.expect("body");
     for s in IN_FLIGHT.iter() {
         let line = format!("tandem_transactions_in_flight{{status=\"{}\"}} 0", s.as_str());
         assert!(body.contains(&line), "missing {line:?} in\n{body}");
     }
-    app.stop().await;
+    app.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_locks_read_the_same_from_every_endpoint() {
     use tandem_sdk::wire::{BeginRequest, Mode, RegisterBranchRequest, ReportRequest};
     let db = TestDb::new("global_locks").await;
-    let app = support::InProcess::start(support::fast_settings(&db.url)).await;
-    let client = &app.client;
+    let (app, client) = support::spawn_coordinator(support::fast_settings(&db.url)).await;
+    let client = &client;
     // (mode, lock keys, whether its branch holds global locks)
     let cases = [
         (Mode::At, vec!["stock:1".to_owned()], true),
@@ -253,5 +253,5 @@ async fn global_locks_read_the_same_from_every_endpoint() {
         let done = support::wait_status(client, &tx.xid, "committed", Duration::from_secs(30)).await;
         assert_eq!(done.branches[0].global_locks, Some(false));
     }
-    app.stop().await;
+    app.stop().await.expect("coordinator stops");
 }

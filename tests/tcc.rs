@@ -18,14 +18,14 @@ fn tcc() -> BeginRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn happy_path_commits_both_legs_in_reverse_order() {
     let w = World::new("happy").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 1_000).await;
 
-    let (xid, branch_a, branch_b) = begin_transfer(&c.client, &a, &b, 300).await;
+    let (xid, branch_a, branch_b) = begin_transfer(&client, &a, &b, 300).await;
     assert_eq!(a.balance("alice").await, (1_000, 300, 0), "try froze the debit");
     assert_eq!(b.balance("bob").await, (0, 0, 300), "try recorded the credit");
 
-    let decided = c.client.commit(&xid, None).await.expect("commit");
+    let decided = client.commit(&xid, None).await.expect("commit");
     assert!(decided.finished);
     let t = decided.transaction;
     assert_eq!(t.status, GlobalStatus::Committed);
@@ -42,36 +42,36 @@ async fn happy_path_commits_both_legs_in_reverse_order() {
     assert_eq!(seen, vec![branch_b.clone(), branch_a.clone()]);
 
     // The stored state says the same.
-    let stored = c.client.get(&xid).await.expect("get");
+    let stored = client.get(&xid).await.expect("get");
     assert_eq!(stored.status, GlobalStatus::Committed);
     assert_eq!(stored.branches.len(), 2);
 
     // Commit is idempotent.
-    let again = c.client.commit(&xid, None).await.expect("commit again");
+    let again = client.commit(&xid, None).await.expect("commit again");
     assert!(again.finished);
     assert_eq!(again.transaction.status, GlobalStatus::Committed);
     assert_eq!(a.steps(&branch_a, "confirm").await, 1);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_try_cancels_everywhere_and_commit_is_refused() {
     let w = World::new("failtry").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 100).await;
 
-    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let tx = client.begin(&tcc()).await.expect("begin");
     let branch_b = b.leg(&tx.xid, "bob", 500, "credit").await.expect("credit leg tried");
     assert_eq!(a.leg(&tx.xid, "alice", 500, "debit").await, Err(409), "insufficient funds");
-    let t = c.client.get(&tx.xid).await.expect("get");
+    let t = client.get(&tx.xid).await.expect("get");
     assert_eq!(t.branches[1].status, BranchStatus::Phase1Failed, "the failed try was reported");
     let branch_a = t.branches[1].branch_id.to_string();
 
     // Commit with a failed branch: rolled back instead, answered 409 with the final state.
-    let err = c.client.commit(&tx.xid, None).await.expect_err("commit refused");
+    let err = client.commit(&tx.xid, None).await.expect_err("commit refused");
     assert_eq!(err.code(), Some(ErrorCode::InvalidState));
     assert_eq!(err.status(), Some(409));
-    let t = wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    let t = wait_status(&client, &tx.xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::BranchFailed));
     assert!(t.branches.iter().all(|b| b.status == BranchStatus::RolledBack));
 
@@ -79,23 +79,23 @@ async fn failed_try_cancels_everywhere_and_commit_is_refused() {
     assert_eq!(a.steps(&branch_a, "cancel").await, 0, "alice's failed try: empty rollback");
     assert_eq!(a.balance("alice").await, (100, 0, 0));
     assert_eq!(b.balance("bob").await, (0, 0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirm_is_retried_through_503s_and_downtime_and_applied_once() {
     let w = World::new("retry").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 1_000).await;
-    let (xid, branch_a, branch_b) = begin_transfer(&c.client, &a, &b, 250).await;
+    let (xid, branch_a, branch_b) = begin_transfer(&client, &a, &b, 250).await;
 
     // Bank B is down when phase 2 starts.
     b.stop().await;
-    let decided = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit decided");
+    let decided = client.commit(&xid, Some(Duration::ZERO)).await.expect("commit decided");
     assert!(!decided.finished, "202 while bank B is down");
     assert_eq!(decided.transaction.status, GlobalStatus::Committing);
     eventually("two failed attempts on bank B", WAIT, || async {
-        let t = c.client.get(&xid).await.ok()?;
+        let t = client.get(&xid).await.ok()?;
         let bb = t.branches.iter().find(|x| x.branch_id.as_str() == branch_b)?;
         (bb.attempts >= 2 && bb.last_error.is_some()).then_some(())
     })
@@ -104,7 +104,7 @@ async fn confirm_is_retried_through_503s_and_downtime_and_applied_once() {
     // It comes back, but answers 503 twice more.
     b.faults.fail_next.store(2, Ordering::SeqCst);
     let b = b.restart().await;
-    let t = wait_status(&c.client, &xid, "committed", WAIT).await;
+    let t = wait_status(&client, &xid, "committed", WAIT).await;
     let bb = t.branches.iter().find(|x| x.branch_id.as_str() == branch_b).expect("branch b");
     assert!(bb.attempts >= 4, "down twice, 503 twice, then done: {} attempts", bb.attempts);
     assert_eq!(b.faults.fail_next.load(Ordering::SeqCst), 0, "both 503s were served");
@@ -113,20 +113,20 @@ async fn confirm_is_retried_through_503s_and_downtime_and_applied_once() {
     assert_eq!(a.steps(&branch_a, "confirm").await, 1);
     assert_eq!(a.balance("alice").await, (750, 0, 0));
     assert_eq!(b.balance("bob").await, (250, 0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_confirm_and_cancel_are_applied_once() {
     let w = World::new("dup").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 1_000).await;
     let http = reqwest::Client::new();
     let callback = |bank: &Bank| format!("{}{}", bank.url, tandem_sdk::tcc::CALLBACK_PATH);
 
     // A committed transfer; then the coordinator's confirm delivered twice more.
-    let (xid, branch_a, _) = begin_transfer(&c.client, &a, &b, 100).await;
-    let committed = c.client.commit(&xid, None).await.expect("commit").transaction;
+    let (xid, branch_a, _) = begin_transfer(&client, &a, &b, 100).await;
+    let committed = client.commit(&xid, None).await.expect("commit").transaction;
     let leg_a = committed.branches.iter().find(|x| x.branch_id.as_str() == branch_a).expect("a").clone();
     for _ in 0..2 {
         let body = serde_json::json!({"xid": xid, "branch_id": branch_a, "mode": "tcc", "action": "commit",
@@ -144,8 +144,8 @@ async fn duplicate_confirm_and_cancel_are_applied_once() {
     assert_eq!(http.post(callback(&a)).json(&body).send().await.expect("post").status(), 409);
 
     // A rolled-back transfer; then cancel delivered twice more.
-    let (xid, branch_a, _) = begin_transfer(&c.client, &a, &b, 100).await;
-    let rolled = c.client.rollback(&xid, None).await.expect("rollback").transaction;
+    let (xid, branch_a, _) = begin_transfer(&client, &a, &b, 100).await;
+    let rolled = client.rollback(&xid, None).await.expect("rollback").transaction;
     assert_eq!(rolled.status, GlobalStatus::RolledBack);
     let leg_a = rolled.branches.iter().find(|x| x.branch_id.as_str() == branch_a).expect("a").clone();
     for _ in 0..2 {
@@ -156,20 +156,20 @@ async fn duplicate_confirm_and_cancel_are_applied_once() {
     }
     assert_eq!(a.steps(&branch_a, "cancel").await, 1);
     assert_eq!(a.balance("alice").await, (900, 0, 0), "the cancelled debit left the balance alone");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_without_try_is_an_empty_rollback() {
     let w = World::new("empty").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, _b) = w.banks(&c.url, 1_000).await;
 
-    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let tx = client.begin(&tcc()).await.expect("begin");
     let payload = serde_json::json!({"account": "alice", "amount": 40, "direction": "debit"});
     // Registered, but the try never runs (say the service crashed in between).
     let ctx = a.participant.register(&tx.xid, "account", &payload).await.expect("register");
-    let t = c.client.rollback(&tx.xid, None).await.expect("rollback").transaction;
+    let t = client.rollback(&tx.xid, None).await.expect("rollback").transaction;
     assert_eq!(t.status, GlobalStatus::RolledBack);
     assert_eq!(t.branches[0].status, BranchStatus::RolledBack);
 
@@ -182,43 +182,42 @@ async fn cancel_without_try_is_an_empty_rollback() {
         .expect("fence row");
     assert_eq!(fence, "suspended");
     assert_eq!(a.balance("alice").await, (1_000, 0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_try_after_cancel_is_refused() {
     let w = World::new("suspend").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, _b) = w.banks(&c.url, 1_000).await;
 
-    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let tx = client.begin(&tcc()).await.expect("begin");
     let payload = serde_json::json!({"account": "alice", "amount": 40, "direction": "debit"});
     let ctx = a.participant.register(&tx.xid, "account", &payload).await.expect("register");
-    c.client.rollback(&tx.xid, None).await.expect("rollback");
+    client.rollback(&tx.xid, None).await.expect("rollback");
 
     // The delayed try finally arrives.
     let late = a.participant.execute_try(&ctx, &payload).await;
     assert!(matches!(late, Err(TccError::Suspended(_))), "{late:?}");
     assert_eq!(a.steps(ctx.branch_id.as_str(), "try").await, 0);
     assert_eq!(a.balance("alice").await, (1_000, 0, 0), "nothing frozen by the late try");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn undecided_transaction_is_rolled_back_at_its_deadline() {
     let w = World::new("timeout").await;
-    let c = InProcess::start(fast_settings(&w.db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&w.db.url)).await;
     let (a, b) = w.banks(&c.url, 1_000).await;
 
-    let tx = c
-        .client
+    let tx = client
         .begin(&BeginRequest { mode: Mode::Tcc, name: None, timeout_ms: Some(400), three_phase: None })
         .await
         .expect("begin");
     let branch_a = a.leg(&tx.xid, "alice", 10, "debit").await.expect("leg a");
     let branch_b = b.leg(&tx.xid, "bob", 10, "credit").await.expect("leg b");
     // Nobody commits.
-    let t = wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    let t = wait_status(&client, &tx.xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::Timeout));
     assert_eq!(a.steps(&branch_a, "cancel").await, 1);
     assert_eq!(b.steps(&branch_b, "cancel").await, 1);
@@ -226,11 +225,11 @@ async fn undecided_transaction_is_rolled_back_at_its_deadline() {
     assert_eq!(b.balance("bob").await, (0, 0, 0));
 
     // Too late for anything else.
-    let err = c.client.commit(&tx.xid, None).await.expect_err("commit after timeout");
+    let err = client.commit(&tx.xid, None).await.expect_err("commit after timeout");
     assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
     let late = a.leg(&tx.xid, "alice", 10, "debit").await;
     assert_eq!(late, Err(502), "registration refused by the coordinator (409) → bank answers 502");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,18 +314,18 @@ async fn sigterm_shuts_down_gracefully() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotent_begin_returns_the_same_transaction() {
     let db = TestDb::new("idem").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let req =
         BeginRequest { mode: Mode::Tcc, name: Some("order-7".into()), timeout_ms: Some(30_000), three_phase: None };
-    let first = c.client.begin_idempotent(&req, "order-7-attempt").await.expect("first");
-    let second = c.client.begin_idempotent(&req, "order-7-attempt").await.expect("second");
+    let first = client.begin_idempotent(&req, "order-7-attempt").await.expect("first");
+    let second = client.begin_idempotent(&req, "order-7-attempt").await.expect("second");
     assert_eq!(first.xid, second.xid);
     let other = BeginRequest { timeout_ms: Some(10_000), ..req };
-    let err = c.client.begin_idempotent(&other, "order-7-attempt").await.expect_err("different request");
+    let err = client.begin_idempotent(&other, "order-7-attempt").await.expect_err("different request");
     assert_eq!(err.code(), Some(ErrorCode::IdempotencyKeyReused));
-    let list = c.client.list(&Default::default()).await.expect("list");
+    let list = client.list(&Default::default()).await.expect("list");
     assert_eq!(list.transactions.len(), 1);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 /// Sends a raw request; returns status, content type and the JSON body.
@@ -346,14 +345,13 @@ async fn raw(method: reqwest::Method, url: String, body: Option<(&str, Vec<u8>)>
 async fn bad_input_is_refused_with_problems_and_changes_nothing() {
     use reqwest::Method;
     let db = TestDb::new("badinput").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let json = "application/json";
-    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let tx = client.begin(&tcc()).await.expect("begin");
     let x = tx.xid.to_string();
     let reg = serde_json::json!({"resource": "r", "callback_url": ok_participant().await});
-    let branch =
-        c.client.register(&tx.xid, &serde_json::from_value(reg.clone()).expect("req")).await.expect("register");
-    let before = c.client.get(&tx.xid).await.expect("get");
+    let branch = client.register(&tx.xid, &serde_json::from_value(reg.clone()).expect("req")).await.expect("register");
+    let before = client.get(&tx.xid).await.expect("get");
 
     let u = |p: &str| format!("{}{p}", c.url);
     // (method, url, (content type, body), expected status, expected code)
@@ -458,31 +456,31 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
         assert_eq!(v["status"], status, "{what}");
         assert!(v["title"].is_string() && v["detail"].is_string() && v["type"].is_string(), "{what}: {v}");
     }
-    assert_eq!(c.client.get(&tx.xid).await.expect("get"), before, "nothing changed");
-    assert_eq!(c.client.list(&Default::default()).await.expect("list").transactions.len(), 1, "no transaction begun");
+    assert_eq!(client.get(&tx.xid).await.expect("get"), before, "nothing changed");
+    assert_eq!(client.list(&Default::default()).await.expect("list").transactions.len(), 1, "no transaction begun");
 
     // Wrong states: 409, with nothing changed.
-    c.client.rollback(&tx.xid, Some(Duration::ZERO)).await.expect("rollback");
-    let after_rollback = wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    client.rollback(&tx.xid, Some(Duration::ZERO)).await.expect("rollback");
+    let after_rollback = wait_status(&client, &tx.xid, "rolled_back", WAIT).await;
     let reg_req = serde_json::from_value(reg).expect("req");
-    let err = c.client.register(&tx.xid, &reg_req).await.expect_err("register on rolled back");
+    let err = client.register(&tx.xid, &reg_req).await.expect_err("register on rolled back");
     assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
-    let err = c.client.commit(&tx.xid, None).await.expect_err("commit after rollback");
+    let err = client.commit(&tx.xid, None).await.expect_err("commit after rollback");
     assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
-    assert_eq!(c.client.get(&tx.xid).await.expect("get"), after_rollback);
+    assert_eq!(client.get(&tx.xid).await.expect("get"), after_rollback);
 
-    let done = c.client.begin(&tcc()).await.expect("begin");
-    c.client.commit(&done.xid, None).await.expect("commit empty");
-    let err = c.client.rollback(&done.xid, None).await.expect_err("rollback after commit");
+    let done = client.begin(&tcc()).await.expect("begin");
+    client.commit(&done.xid, None).await.expect("commit empty");
+    let err = client.rollback(&done.xid, None).await.expect_err("rollback after commit");
     assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
-    assert_eq!(c.client.get(&done.xid).await.expect("get").status, GlobalStatus::Committed);
-    c.stop().await;
+    assert_eq!(client.get(&done.xid).await.expect("get").status, GlobalStatus::Committed);
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serves_openapi_health_and_metrics() {
     let db = TestDb::new("ops").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let doc: serde_json::Value =
         reqwest::get(format!("{}/openapi.json", c.url)).await.expect("get").json().await.expect("json");
     for path in [
@@ -512,38 +510,38 @@ async fn serves_openapi_health_and_metrics() {
     assert!(doc["components"]["schemas"]["ThreePhaseOptions"]["properties"]["do_commit_timeout_ms"].is_object());
     assert_eq!(reqwest::get(format!("{}/healthz", c.url)).await.expect("h").status(), 200);
     assert_eq!(reqwest::get(format!("{}/readyz", c.url)).await.expect("r").status(), 200);
-    let tx = c.client.begin(&tcc()).await.expect("begin");
-    c.client.commit(&tx.xid, None).await.expect("commit");
+    let tx = client.begin(&tcc()).await.expect("begin");
+    client.commit(&tx.xid, None).await.expect("commit");
     let m = reqwest::get(format!("{}/metrics", c.url)).await.expect("m").text().await.expect("t");
     assert!(m.contains("tandem_transactions_begun_total{mode=\"tcc\"} 1"), "{m}");
     assert!(m.contains("tandem_transactions_committed_total{mode=\"tcc\"} 1"), "{m}");
     assert!(m.contains("tandem_transactions_in_flight"), "{m}");
     assert!(m.contains("tandem_db_query_duration_seconds_bucket"), "{m}");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registrations_racing_a_commit_are_either_in_the_decision_or_refused() {
     let db = TestDb::new("race").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (url, seen) = recording_participant().await;
-    let tx = c.client.begin(&tcc()).await.expect("begin");
+    let tx = client.begin(&tcc()).await.expect("begin");
     let req: tandem_sdk::wire::RegisterBranchRequest =
         serde_json::from_value(serde_json::json!({"resource": "r", "callback_url": url})).expect("req");
 
     let racers: Vec<_> = (0..60)
         .map(|_| {
-            let (client, xid, req) = (c.client.clone(), tx.xid.clone(), req.clone());
+            let (client, xid, req) = (client.clone(), tx.xid.clone(), req.clone());
             tokio::spawn(async move { client.register(&xid, &req).await })
         })
         .collect();
     // Commit while registrations are still arriving.
     eventually("some registrations landed", WAIT, || async {
-        let t = c.client.get(&tx.xid).await.ok()?;
+        let t = client.get(&tx.xid).await.ok()?;
         (t.branches.len() >= 5).then_some(())
     })
     .await;
-    let decided = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    let decided = client.commit(&tx.xid, None).await.expect("commit").transaction;
     assert_eq!(decided.status, GlobalStatus::Committed);
 
     let mut accepted = Vec::new();
@@ -561,5 +559,5 @@ async fn registrations_racing_a_commit_are_either_in_the_decision_or_refused() {
     let mut called = seen.lock().expect("lock").clone();
     called.sort();
     assert_eq!(called, sorted, "each committed exactly once");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }

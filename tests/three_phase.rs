@@ -20,11 +20,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
-use tandem_sdk::three_phase::{BoxError, LocalState, ThreePhaseParticipant, ThreePhaseWork};
+use tandem_sdk::three_phase::{LocalState, ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{
     BeginRequest, BranchStatus, CallbackRequest, ErrorCode, GlobalStatus, Mode, RollbackReason, ThreePhaseOptions,
     Transaction, Xid,
 };
+use tandem_sdk::BoxError;
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
 
@@ -146,7 +147,7 @@ impl Shop {
         vote: &Arc<AtomicBool>,
     ) -> ThreePhaseParticipant {
         let client = TandemClient::new(coordinator).expect("client");
-        ThreePhaseParticipant::new(pool.clone(), client, tag, url, Ledger { vote: vote.clone() })
+        ThreePhaseParticipant::builder(pool.clone(), client, tag, url, Ledger { vote: vote.clone() }).build()
     }
 
     async fn join(&self, xid: &Xid, amount: i64) {
@@ -237,11 +238,11 @@ async fn commit_refused(client: &TandemClient, xid: &Xid, wait: Duration) -> Tra
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_phases_commit_every_branch_in_order() {
     let db = TestDb::new("tpc_happy").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_happy_a", &c.url).await, Shop::start("tpc_happy_b", &c.url).await);
-    let xid = begin(&c.client, &three_pc(2_000, 3_000, 20_000), &a, &b).await;
+    let xid = begin(&client, &three_pc(2_000, 3_000, 20_000), &a, &b).await;
 
-    let done = c.client.commit(&xid, Some(Duration::from_secs(10))).await.expect("commit");
+    let done = client.commit(&xid, Some(Duration::from_secs(10))).await.expect("commit");
     assert!(done.finished);
     let t = done.transaction;
     assert_eq!(t.status, GlobalStatus::Committed);
@@ -258,24 +259,24 @@ async fn three_phases_commit_every_branch_in_order() {
         shop.assert_nothing_prepared().await;
     }
     // A repeated commit answers the same final state.
-    let again = c.client.commit(&xid, None).await.expect("commit again");
+    let again = client.commit(&xid, None).await.expect("commit again");
     assert_eq!(again.transaction.status, GlobalStatus::Committed);
     // The transaction ended at the coordinator: its rows may go.
     assert_eq!(a.participant.purge(Duration::ZERO).await.expect("purge"), 1);
     assert_eq!(a.state(&t).await, (LocalState::Unknown, None));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_vote_aborts_before_anything_executes() {
     let db = TestDb::new("tpc_no").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_no_a", &c.url).await, Shop::start("tpc_no_b", &c.url).await);
     b.vote.store(false, Ordering::SeqCst);
-    let xid = begin(&c.client, &three_pc(2_000, 3_000, 20_000), &a, &b).await;
+    let xid = begin(&client, &three_pc(2_000, 3_000, 20_000), &a, &b).await;
 
-    let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
-    let t = wait_status(&c.client, &t.xid, "rolled_back", WAIT).await;
+    let t = commit_refused(&client, &xid, Duration::from_secs(10)).await;
+    let t = wait_status(&client, &t.xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::BranchFailed));
     let no = t.branches.iter().find(|br| br.resource == b.resource).expect("b");
     assert_eq!(no.status, BranchStatus::RolledBack);
@@ -286,19 +287,19 @@ async fn a_no_vote_aborts_before_anything_executes() {
         assert_eq!(shop.amount(&xid).await, None);
         shop.assert_nothing_prepared().await;
     }
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_can_commit_timeout_aborts() {
     let db = TestDb::new("tpc_cto").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_cto_a", &c.url).await, Shop::start("tpc_cto_b", &c.url).await);
     b.gate.delay.lock().expect("gate").insert("can_commit".into(), Duration::from_millis(1_500));
-    let xid = begin(&c.client, &three_pc(300, 3_000, 20_000), &a, &b).await;
+    let xid = begin(&client, &three_pc(300, 3_000, 20_000), &a, &b).await;
 
-    let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
-    let t = wait_status(&c.client, &t.xid, "rolled_back", WAIT).await;
+    let t = commit_refused(&client, &xid, Duration::from_secs(10)).await;
+    let t = wait_status(&client, &t.xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::Timeout));
     for shop in [&a, &b] {
         assert!(!shop.gate.seen().contains(&"pre_commit".to_owned()));
@@ -307,19 +308,19 @@ async fn a_can_commit_timeout_aborts() {
         assert_eq!(shop.amount(&xid).await, None);
         shop.assert_nothing_prepared().await;
     }
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pre_commit_acknowledgement_timeout_aborts_and_undoes_the_late_prepare() {
     let db = TestDb::new("tpc_pto").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_pto_a", &c.url).await, Shop::start("tpc_pto_b", &c.url).await);
     b.gate.delay.lock().expect("gate").insert("pre_commit".into(), Duration::from_millis(1_500));
-    let xid = begin(&c.client, &three_pc(300, 600, 20_000), &a, &b).await;
+    let xid = begin(&client, &three_pc(300, 600, 20_000), &a, &b).await;
 
-    let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
-    let t = wait_status(&c.client, &t.xid, "rolled_back", WAIT).await;
+    let t = commit_refused(&client, &xid, Duration::from_secs(10)).await;
+    let t = wait_status(&client, &t.xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::Timeout));
     let late = t.branches.iter().find(|br| br.resource == b.resource).expect("b");
     assert!(late.last_error.as_deref().is_some_and(|e| e.contains("PreCommit")), "{:?}", late.last_error);
@@ -331,7 +332,7 @@ async fn a_pre_commit_acknowledgement_timeout_aborts_and_undoes_the_late_prepare
         shop.assert_nothing_prepared().await;
         assert_eq!(shop.amount(&xid).await, None);
     }
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -439,15 +440,15 @@ async fn a_coordinator_killed_during_do_commit_finishes_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_shows_it() {
     let db = TestDb::new("tpc_split").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_split_a", &c.url).await, Shop::start("tpc_split_b", &c.url).await);
     // B is cut off from PreCommit, so the coordinator aborts; A, pre-committed,
     // is cut off from the abort, so it commits on its own timeout.
     b.gate.set(&b.gate.fail, "pre_commit", true);
     a.gate.set(&a.gate.fail, "rollback", true);
-    let xid = begin(&c.client, &three_pc(300, 500, 6_000), &a, &b).await;
+    let xid = begin(&client, &three_pc(300, 500, 6_000), &a, &b).await;
 
-    let t = commit_refused(&c.client, &xid, Duration::from_secs(1)).await;
+    let t = commit_refused(&client, &xid, Duration::from_secs(1)).await;
     assert_eq!(t.status, GlobalStatus::RollingBack);
     a.wait_state(&t, LocalState::Committed).await;
     b.wait_state(&t, LocalState::Aborted).await;
@@ -460,7 +461,7 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
 
     // The partition heals: the abort reaches A, which answers that it committed.
     a.gate.set(&a.gate.fail, "rollback", false);
-    let t = wait_status(&c.client, &xid, "heuristic_mixed", WAIT).await;
+    let t = wait_status(&client, &xid, "heuristic_mixed", WAIT).await;
     let status = |shop: &Shop| t.branches.iter().find(|br| br.resource == shop.resource).map(|br| br.status);
     assert_eq!(status(&a), Some(BranchStatus::HeuristicCommitted));
     assert_eq!(status(&b), Some(BranchStatus::RolledBack));
@@ -470,8 +471,7 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
         "metrics:\n{}",
         metrics.lines().filter(|l| l.contains("heuristic")).collect::<Vec<_>>().join("\n")
     );
-    let listed = c
-        .client
+    let listed = client
         .list(&tandem_sdk::client::ListQuery { status: Some(GlobalStatus::HeuristicMixed), ..Default::default() })
         .await
         .expect("list");
@@ -480,30 +480,30 @@ async fn a_partition_after_pre_commit_splits_the_outcome_and_the_coordinator_sho
         shop.assert_nothing_prepared().await;
         assert_eq!(shop.participant.purge(Duration::ZERO).await.expect("purge"), 1, "{}", shop.resource);
     }
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn votes_in_progress_are_visible_and_refuse_a_rollback() {
     let db = TestDb::new("tpc_vis").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_vis_a", &c.url).await, Shop::start("tpc_vis_b", &c.url).await);
     b.gate.set(&b.gate.hold, "can_commit", true);
-    let xid = begin(&c.client, &three_pc(1_000, 3_000, 20_000), &a, &b).await;
-    let accepted = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
+    let xid = begin(&client, &three_pc(1_000, 3_000, 20_000), &a, &b).await;
+    let accepted = client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
     assert!(!accepted.finished);
     eventually("B's vote withheld", WAIT, || async { (b.gate.held.load(Ordering::SeqCst) == 1).then_some(()) }).await;
-    assert_eq!(c.client.get(&xid).await.expect("get").status, GlobalStatus::CanCommit);
-    let refused = c.client.rollback(&xid, None).await.expect_err("rollback while voting");
+    assert_eq!(client.get(&xid).await.expect("get").status, GlobalStatus::CanCommit);
+    let refused = client.rollback(&xid, None).await.expect_err("rollback while voting");
     assert_eq!((refused.status(), refused.code()), (Some(409), Some(ErrorCode::InvalidState)));
     // The withheld vote counts as no answer: abort on the CanCommit timeout.
-    let t = wait_status(&c.client, &xid, "rolled_back", WAIT).await;
+    let t = wait_status(&client, &xid, "rolled_back", WAIT).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::Timeout));
     for shop in [&a, &b] {
         shop.wait_state(&t, LocalState::Aborted).await;
         shop.assert_nothing_prepared().await;
     }
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 /// The statuses of the branches, by shop.
@@ -521,50 +521,50 @@ async fn branch_statuses(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn branch_states_say_where_each_branch_is_in_the_protocol() {
     let db = TestDb::new("tpc_names").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (a, b) = (Shop::start("tpc_names_a", &c.url).await, Shop::start("tpc_names_b", &c.url).await);
     // B acknowledges PreCommit late, then its DoCommit answer is lost until released.
     b.gate.delay.lock().expect("gate").insert("pre_commit".into(), Duration::from_millis(1_500));
     b.gate.set(&b.gate.hold, "commit", true);
-    let xid = begin(&c.client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
-    let _ = c.client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
+    let xid = begin(&client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
+    let _ = client.commit(&xid, Some(Duration::ZERO)).await.expect("commit accepted");
     let voted = eventually("both voted yes, PreCommit outstanding", WAIT, || async {
-        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        let s = branch_statuses(&client, &xid, &a, &b).await;
         (s.0 == GlobalStatus::PreCommitted).then_some(s)
     })
     .await;
     assert_eq!(voted, (GlobalStatus::PreCommitted, BranchStatus::VotedYes, BranchStatus::VotedYes));
     let acked = eventually("A committed, B acknowledged PreCommit and awaits DoCommit", WAIT, || async {
-        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        let s = branch_statuses(&client, &xid, &a, &b).await;
         (s.1 == BranchStatus::Committed).then_some(s)
     })
     .await;
     assert_eq!(acked, (GlobalStatus::Committing, BranchStatus::Committed, BranchStatus::PreCommitted));
     b.gate.set(&b.gate.hold, "commit", false);
-    let t = wait_status(&c.client, &xid, "committed", WAIT).await;
+    let t = wait_status(&client, &xid, "committed", WAIT).await;
     assert!(t.branches.iter().all(|br| br.status == BranchStatus::Committed), "{:?}", t.branches);
 
     // A no vote is told apart from a missing one, until the rollback reaches it.
     b.vote.store(false, Ordering::SeqCst);
     b.gate.set(&b.gate.hold, "rollback", true);
-    let xid = begin(&c.client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
-    let t = commit_refused(&c.client, &xid, Duration::from_secs(10)).await;
+    let xid = begin(&client, &three_pc(1_000, 5_000, 60_000), &a, &b).await;
+    let t = commit_refused(&client, &xid, Duration::from_secs(10)).await;
     assert_eq!(t.rollback_reason, Some(RollbackReason::BranchFailed));
     let no = eventually("A rolled back, B's rollback answer lost", WAIT, || async {
-        let s = branch_statuses(&c.client, &xid, &a, &b).await;
+        let s = branch_statuses(&client, &xid, &a, &b).await;
         (s.1 == BranchStatus::RolledBack).then_some(s)
     })
     .await;
     assert_eq!(no, (GlobalStatus::RollingBack, BranchStatus::RolledBack, BranchStatus::VotedNo));
     b.gate.set(&b.gate.hold, "rollback", false);
-    wait_status(&c.client, &xid, "rolled_back", WAIT).await;
-    c.stop().await;
+    wait_status(&client, &xid, "rolled_back", WAIT).await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_three_phase_options_are_refused() {
     let db = TestDb::new("tpc_bad").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let mut tcc = three_pc(1_000, 2_000, 5_000);
     tcc.mode = Mode::Tcc;
     // A participant that could commit on its own while a coordinator may still abort.
@@ -580,21 +580,20 @@ async fn bad_three_phase_options_are_refused() {
         (&zero, "can_commit_timeout_ms"),
     ];
     for (req, says) in cases {
-        let e = c.client.begin(req).await.expect_err("refused");
+        let e = client.begin(req).await.expect_err("refused");
         assert_eq!((e.status(), e.code()), (Some(422), Some(ErrorCode::ValidationFailed)), "{e}");
         assert!(e.to_string().contains(says), "{e}");
     }
     // Defaults when none are given.
-    let t = c
-        .client
+    let t = client
         .begin(&BeginRequest { mode: Mode::ThreePc, name: None, timeout_ms: None, three_phase: None })
         .await
         .expect("begin");
     let d = t.three_phase.expect("defaults");
     assert_eq!((d.can_commit_timeout_ms, d.pre_commit_timeout_ms, d.do_commit_timeout_ms), (3_000, 5_000, 40_000));
-    let listed = c.client.list(&Default::default()).await.expect("list");
+    let listed = client.list(&Default::default()).await.expect("list");
     assert_eq!(listed.transactions.len(), 1, "refused begins wrote nothing");
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 /// The participant process of

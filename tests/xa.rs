@@ -11,7 +11,7 @@ use sqlx::{Connection, MySqlConnection, MySqlPool, PgPool};
 use std::time::Duration;
 use support::*;
 use tandem_sdk::wire::{BeginRequest, BranchStatus, ErrorCode, GlobalStatus, Mode, Xid};
-use tandem_sdk::xa::{MySqlXa, XaError, XaParticipant, CALLBACK_PATH, MYSQL_FORMAT_ID};
+use tandem_sdk::xa::{MySqlXa, PgXa, XaError, XaParticipant, CALLBACK_PATH, MYSQL_FORMAT_ID};
 use tandem_sdk::TandemClient;
 use tokio::net::TcpListener;
 
@@ -40,7 +40,9 @@ impl Service {
             .expect("schema");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let participant = XaParticipant::new(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        let participant =
+            XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(coordinator).expect("client"), tag, &url)
+                .build();
         participant.check().await.expect("XA available");
         let app = participant.router();
         tokio::spawn(async move {
@@ -81,31 +83,31 @@ impl Service {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_across_two_postgres_databases() {
     let db = TestDb::new("xa_commit").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (s1, s2) = (Service::start("xa_a", &c.url).await, Service::start("xa_b", &c.url).await);
 
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     s1.insert(&tx.xid, 1, 10).await.expect("prepare 1");
     s2.insert(&tx.xid, 2, 20).await.expect("prepare 2");
     assert_eq!((s1.prepared().await, s2.prepared().await), (1, 1), "both prepared, holding their changes");
     assert_eq!(s1.qty(1).await, None, "prepared, not yet visible");
-    let t = c.client.get(&tx.xid).await.expect("get");
+    let t = client.get(&tx.xid).await.expect("get");
     assert!(t.branches.iter().all(|b| b.status == BranchStatus::Prepared));
 
-    let done = c.client.commit(&tx.xid, None).await.expect("commit");
+    let done = client.commit(&tx.xid, None).await.expect("commit");
     assert_eq!(done.transaction.status, GlobalStatus::Committed);
     assert_eq!((s1.qty(1).await, s2.qty(2).await), (Some(10), Some(20)));
     assert_eq!((s1.prepared().await, s2.prepared().await), (0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_prepare_rolls_every_branch_back() {
     let db = TestDb::new("xa_fail").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (s1, s2) = (Service::start("xa_f1", &c.url).await, Service::start("xa_f2", &c.url).await);
 
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     s1.insert(&tx.xid, 1, 10).await.expect("prepare 1");
     // The second branch's statement fails (duplicate key in the same branch).
     let r = s2
@@ -121,21 +123,21 @@ async fn a_failed_prepare_rolls_every_branch_back() {
         .await;
     assert!(matches!(r, Err(XaError::Phase1(_))), "{r:?}");
 
-    let err = c.client.commit(&tx.xid, None).await.expect_err("commit refused");
+    let err = client.commit(&tx.xid, None).await.expect_err("commit refused");
     assert_eq!((err.status(), err.code()), (Some(409), Some(ErrorCode::InvalidState)));
-    let t = wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    let t = wait_status(&client, &tx.xid, "rolled_back", WAIT).await;
     assert!(t.branches.iter().all(|b| b.status == BranchStatus::RolledBack));
     assert_eq!((s1.qty(1).await, s2.qty(7).await), (None, None));
     assert_eq!((s1.prepared().await, s2.prepared().await), (0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prepare_inside_an_aborted_block_is_caught() {
     let db = TestDb::new("xa_aborted").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let s = Service::start("xa_ab", &c.url).await;
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     // A statement fails but the business code swallows the error: the block is aborted,
     // and PREPARE TRANSACTION then answers ROLLBACK without an error.
     let r = s
@@ -149,20 +151,20 @@ async fn a_prepare_inside_an_aborted_block_is_caught() {
         })
         .await;
     assert!(matches!(r, Err(XaError::PrepareLost(_))), "{r:?}");
-    let t = c.client.get(&tx.xid).await.expect("get");
+    let t = client.get(&tx.xid).await.expect("get");
     assert_eq!(t.branches[0].status, BranchStatus::Phase1Failed);
     assert_eq!(s.prepared().await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn phase_2_delivered_twice_is_harmless() {
     let db = TestDb::new("xa_twice").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let s = Service::start("xa_tw", &c.url).await;
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     s.insert(&tx.xid, 1, 5).await.expect("prepare");
-    let t = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    let t = client.commit(&tx.xid, None).await.expect("commit").transaction;
     let branch = &t.branches[0];
     for _ in 0..2 {
         let body = serde_json::json!({"xid": tx.xid, "branch_id": branch.branch_id, "mode": "xa",
@@ -176,17 +178,17 @@ async fn phase_2_delivered_twice_is_harmless() {
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM items").fetch_one(&s.pool).await.expect("count");
     assert_eq!(rows, 1);
     assert_eq!(s.prepared().await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_writer_blocked_by_an_in_doubt_branch_proceeds_once_it_is_resolved() {
     let db = TestDb::new("xa_block").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let s = Service::start("xa_bl", &c.url).await;
     sqlx::query("INSERT INTO items VALUES (1, 10)").execute(&s.pool).await.expect("seed");
 
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     s.participant
         .run(&tx.xid, |c| {
             async move {
@@ -215,23 +217,25 @@ async fn a_writer_blocked_by_an_in_doubt_branch_proceeds_once_it_is_resolved() {
     .await;
     assert!(!writer.is_finished());
 
-    c.client.commit(&tx.xid, None).await.expect("commit");
+    client.commit(&tx.xid, None).await.expect("commit");
     tokio::time::timeout(WAIT, writer).await.expect("writer proceeds").expect("join").expect("update");
     assert_eq!(s.qty(1).await, Some(109));
     assert_eq!(s.prepared().await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_settles_prepared_branches_with_the_coordinator() {
     let db = TestDb::new("xa_recover").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let s = Service::start("xa_rc", &c.url).await;
 
     // A branch prepared and reported; then its service is unreachable for phase 2.
     let down = format!("http://127.0.0.1:{}", free_port().await);
-    let offline = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &down);
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let offline =
+        XaParticipant::builder(PgXa::new(s.pool.clone()), TandemClient::new(&c.url).expect("client"), "xa_rc", &down)
+            .build();
+    let tx = client.begin(&xa()).await.expect("begin");
     offline
         .run(&tx.xid, |c| {
             async move {
@@ -242,7 +246,7 @@ async fn recovery_settles_prepared_branches_with_the_coordinator() {
         })
         .await
         .expect("prepare");
-    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("commit decided");
+    let decided = client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("commit decided");
     assert_eq!(decided.transaction.status, GlobalStatus::Committing, "phase 2 cannot reach the service");
     assert_eq!(s.prepared().await, 1, "the prepared branch survives its service");
 
@@ -255,14 +259,16 @@ async fn recovery_settles_prepared_branches_with_the_coordinator() {
     assert_eq!(s.prepared().await, 2);
 
     // The service "restarts": its recovery asks the coordinator about each prepared branch.
-    let restarted = XaParticipant::new(s.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_rc", &s.url);
+    let restarted =
+        XaParticipant::builder(PgXa::new(s.pool.clone()), TandemClient::new(&c.url).expect("client"), "xa_rc", &s.url)
+            .build();
     let young = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
     assert_eq!((young.committed, young.rolled_back, young.pending), (1, 0, 1), "orphan kept while young");
     let old = restarted.recover(Duration::ZERO).await.expect("recover");
     assert_eq!((old.committed, old.rolled_back, old.pending), (0, 1, 0), "orphan presumed aborted");
     assert_eq!((s.qty(3).await, s.qty(4).await), (Some(30), None));
     assert_eq!(s.prepared().await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
     drop(s.db);
 }
 
@@ -276,7 +282,13 @@ async fn the_startup_check_names_the_setting_to_change() {
         // Someone enabled it on this server: nothing to check here.
         return;
     }
-    let p = XaParticipant::new(pool, TandemClient::new("http://127.0.0.1:9").expect("client"), "r", "http://x");
+    let p = XaParticipant::builder(
+        PgXa::new(pool),
+        TandemClient::new("http://127.0.0.1:9").expect("client"),
+        "r",
+        "http://x",
+    )
+    .build();
     let err = p.check().await.expect_err("XA unavailable");
     assert!(matches!(err, XaError::Unavailable(_)));
     assert!(err.to_string().contains("max_prepared_transactions"), "{err}");
@@ -310,8 +322,13 @@ impl MariaService {
             .expect("schema");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let participant =
-            XaParticipant::mysql(pool.clone(), TandemClient::new(coordinator).expect("client"), tag, &url);
+        let participant = XaParticipant::builder(
+            MySqlXa::new(pool.clone()),
+            TandemClient::new(coordinator).expect("client"),
+            tag,
+            &url,
+        )
+        .build();
         participant.check().await.expect("XA available");
         let app = participant.router();
         tokio::spawn(async move {
@@ -364,34 +381,34 @@ impl MariaService {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_across_two_postgres_databases_and_one_mariadb_database() {
     let db = TestDb::new("xa_three").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let (p1, p2) = (Service::start("xa_p1", &c.url).await, Service::start("xa_p2", &c.url).await);
     let m = MariaService::start("xa_m", &c.url).await;
 
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     p1.insert(&tx.xid, 1, 10).await.expect("prepare pg 1");
     p2.insert(&tx.xid, 2, 20).await.expect("prepare pg 2");
     m.insert(&tx.xid, 3, 30).await.expect("prepare mariadb");
     assert_eq!(m.prepared(&tx.xid).await, 1, "MariaDB holds the prepared branch");
     assert_eq!(m.qty(3).await, None, "not visible before commit");
 
-    let done = c.client.commit(&tx.xid, None).await.expect("commit").transaction;
+    let done = client.commit(&tx.xid, None).await.expect("commit").transaction;
     assert_eq!(done.status, GlobalStatus::Committed);
     assert_eq!(done.branches.len(), 3);
     assert_eq!((p1.qty(1).await, p2.qty(2).await, m.qty(3).await), (Some(10), Some(20), Some(30)));
     assert_eq!((p1.prepared().await, p2.prepared().await, m.prepared(&tx.xid).await), (0, 0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
     m.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_mariadb_branch_rolls_back_the_postgres_one() {
     let db = TestDb::new("xa_mfail").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let p = Service::start("xa_mf", &c.url).await;
     let m = MariaService::start("xa_mf", &c.url).await;
 
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
     p.insert(&tx.xid, 1, 10).await.expect("prepare pg");
     // A duplicate key inside the MariaDB branch: phase 1 fails, the branch is rolled back.
     let r = m
@@ -406,25 +423,31 @@ async fn a_failed_mariadb_branch_rolls_back_the_postgres_one() {
         })
         .await;
     assert!(matches!(r, Err(XaError::Phase1(_))), "{r:?}");
-    let err = c.client.commit(&tx.xid, None).await.expect_err("commit refused");
+    let err = client.commit(&tx.xid, None).await.expect_err("commit refused");
     assert_eq!(err.status(), Some(409));
-    wait_status(&c.client, &tx.xid, "rolled_back", WAIT).await;
+    wait_status(&client, &tx.xid, "rolled_back", WAIT).await;
     assert_eq!((p.qty(1).await, m.qty(5).await), (None, None));
     assert_eq!((p.prepared().await, m.prepared(&tx.xid).await), (0, 0));
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
     m.drop_db().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
     let db = TestDb::new("xa_mrec").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let m = MariaService::start("xa_mr", &c.url).await;
 
     // Prepared and reported, but phase 2 cannot reach the service.
     let down = format!("http://127.0.0.1:{}", free_port().await);
-    let offline = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let offline = XaParticipant::builder(
+        MySqlXa::new(m.pool.clone()),
+        TandemClient::new(&c.url).expect("client"),
+        "xa_mr",
+        &down,
+    )
+    .build();
+    let tx = client.begin(&xa()).await.expect("begin");
     offline
         .run(&tx.xid, |c| {
             async move {
@@ -435,16 +458,22 @@ async fn mariadb_recovery_settles_prepared_branches_with_the_coordinator() {
         })
         .await
         .expect("prepare");
-    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("decided");
+    let decided = client.commit(&tx.xid, Some(Duration::from_millis(300))).await.expect("decided");
     assert_eq!(decided.transaction.status, GlobalStatus::Committing);
     assert_eq!(m.prepared(&tx.xid).await, 1);
 
-    let restarted = XaParticipant::mysql(m.pool.clone(), TandemClient::new(&c.url).expect("client"), "xa_mr", &down);
+    let restarted = XaParticipant::builder(
+        MySqlXa::new(m.pool.clone()),
+        TandemClient::new(&c.url).expect("client"),
+        "xa_mr",
+        &down,
+    )
+    .build();
     let r = restarted.recover(Duration::from_secs(3600)).await.expect("recover");
     assert!(r.committed >= 1, "{r:?}");
     assert_eq!(m.qty(8).await, Some(80));
     assert_eq!(m.prepared(&tx.xid).await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
     m.drop_db().await;
 }
 
@@ -460,7 +489,8 @@ async fn xa_participant_child_process() {
         (var("CHILD_COORDINATOR"), var("CHILD_DB"), var("CHILD_XID"), var("CHILD_PORT"));
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(&db_url).await.expect("pool");
     let url = format!("http://127.0.0.1:{port}");
-    let p = XaParticipant::new(pool, TandemClient::new(&coordinator).expect("client"), "child", &url);
+    let p = XaParticipant::builder(PgXa::new(pool), TandemClient::new(&coordinator).expect("client"), "child", &url)
+        .build();
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("bind");
     let app = p.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -482,12 +512,12 @@ async fn xa_participant_child_process() {
 async fn a_participant_killed_after_prepare_is_committed_after_it_restarts() {
     use tokio::io::{AsyncBufReadExt, BufReader};
     let db = TestDb::new("xa_pkill").await;
-    let c = InProcess::start(fast_settings(&db.url)).await;
+    let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let pdb = TestDb::new_on(&xa_pg_server(), "xa_pkill_p").await;
     let pool = pdb.pool().await;
     sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)").execute(&pool).await.expect("schema");
     let port = free_port().await;
-    let tx = c.client.begin(&xa()).await.expect("begin");
+    let tx = client.begin(&xa()).await.expect("begin");
 
     let mut child = tokio::process::Command::new(std::env::current_exe().expect("test binary"))
         .args(["xa_participant_child_process", "--exact", "--ignored", "--nocapture"])
@@ -519,25 +549,26 @@ async fn a_participant_killed_after_prepare_is_committed_after_it_restarts() {
             .expect("count")
     };
     assert_eq!(prepared().await, 1, "the prepared branch survives its process");
-    let decided = c.client.commit(&tx.xid, Some(Duration::from_millis(200))).await.expect("commit decided");
+    let decided = client.commit(&tx.xid, Some(Duration::from_millis(200))).await.expect("commit decided");
     assert_eq!(decided.transaction.status, GlobalStatus::Committing, "the participant is down");
 
     // The participant restarts on the same address; its recovery runs at start.
     let url = format!("http://127.0.0.1:{port}");
-    let p = XaParticipant::new(pool.clone(), TandemClient::new(&c.url).expect("client"), "child", &url);
+    let p = XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(&c.url).expect("client"), "child", &url)
+        .build();
     let listener = TcpListener::bind(format!("127.0.0.1:{port}")).await.expect("rebind");
     let app = p.router();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let r = p.recover(Duration::from_secs(3600)).await.expect("recover");
     assert_eq!(r.committed, 1, "{r:?}");
 
-    let t = wait_status(&c.client, &tx.xid, "committed", WAIT).await;
+    let t = wait_status(&client, &tx.xid, "committed", WAIT).await;
     assert_eq!(t.branches[0].status, BranchStatus::Committed);
     let qty: Option<i32> =
         sqlx::query_scalar("SELECT qty FROM items WHERE id = 9").fetch_optional(&pool).await.expect("qty");
     assert_eq!(qty, Some(90));
     assert_eq!(prepared().await, 0);
-    c.stop().await;
+    c.stop().await.expect("coordinator stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,7 +581,8 @@ async fn a_coordinator_killed_after_an_xa_decision_is_finished_by_its_restart() 
     sqlx::raw_sql("CREATE TABLE items (id int PRIMARY KEY, qty int NOT NULL)").execute(&pool).await.expect("schema");
     let port = free_port().await;
     let url = format!("http://127.0.0.1:{port}");
-    let part = XaParticipant::new(pool.clone(), TandemClient::new(&p.url).expect("client"), "svc", &url);
+    let part = XaParticipant::builder(PgXa::new(pool.clone()), TandemClient::new(&p.url).expect("client"), "svc", &url)
+        .build();
 
     let tx = p.client.begin(&xa()).await.expect("begin");
     for id in [1, 2] {

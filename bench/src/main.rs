@@ -16,12 +16,12 @@ use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tandem_coordinator::{Application, Settings};
-use tandem_sdk::at::{AtResource, Pg};
-use tandem_sdk::three_phase::{BoxError, ThreePhaseParticipant, ThreePhaseWork};
+use tandem_coordinator::{Application, RunningCoordinator, Settings};
+use tandem_sdk::at::{AtParticipant, Pg};
+use tandem_sdk::three_phase::{ThreePhaseParticipant, ThreePhaseWork};
 use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
-use tandem_sdk::xa::XaParticipant;
-use tandem_sdk::TandemClient;
+use tandem_sdk::xa::{PgXa, XaParticipant};
+use tandem_sdk::{BoxError, TandemClient};
 
 /// The same allocator as the `tandem` binary.
 #[global_allocator]
@@ -103,7 +103,7 @@ enum Workload {
     /// The same UPDATEs in one local transaction on the first participant database.
     Local(PgPool),
     /// AT: one branch, one one-row UPDATE through the SDK, commit.
-    At(AtResource<Pg>),
+    At(AtParticipant<Pg>),
     /// The one UPDATE in a plain local transaction.
     Local1(PgPool),
     /// 3PC: join every participant with the row in the payload, commit.
@@ -245,14 +245,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
     settings.db_relaxed_connections = args.db_relaxed_connections;
-    let app = Application::build(&settings).await.context("start coordinator")?;
-    let base = format!("http://{}", app.local_addr()?);
-    let metrics = app.coordinator().metrics().clone();
-    let shutdown = app.shutdown_token();
-    let server = tokio::spawn(app.run());
+    let coordinator = Application::spawn(&settings).await.context("start coordinator")?;
 
     let calls = Arc::new(AtomicU64::new(0));
-    let client = TandemClient::new(&base)?;
+    let client = TandemClient::new(&coordinator.url)?;
     let work = match args.mode.as_str() {
         "tcc" => {
             let mut callbacks = Vec::new();
@@ -264,20 +260,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "local" => Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
         "local1" => Workload::Local1(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
         "at" => {
-            let pool = participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?;
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}{}", listener.local_addr()?, tandem_sdk::at::CALLBACK_PATH);
-            let at = AtResource::<Pg>::new(pool, client.clone(), "bench", &url);
+            let (pool, listener, url) = participant_endpoint(&args, 0).await?;
+            let at = AtParticipant::<Pg>::builder(pool, client.clone(), "bench", &url).build();
             at.install().await?;
-            let app = at.router();
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            serve(listener, at.router());
             Workload::At(at)
         }
         "3pc" => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
-                let p = ThreePhaseParticipant::new(pool, client.clone(), &format!("p{i}"), &url, Accounts);
+                let p = ThreePhaseParticipant::builder(pool, client.clone(), &format!("p{i}"), &url, Accounts).build();
                 p.check().await?;
                 p.install().await?;
                 serve(listener, p.router());
@@ -289,7 +282,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
-                let p = XaParticipant::new(pool, client.clone(), &format!("p{i}"), &url);
+                let p = XaParticipant::builder(PgXa::new(pool), client.clone(), &format!("p{i}"), &url).build();
                 p.check().await?;
                 serve(listener, p.router());
                 participants.push(p);
@@ -297,18 +290,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Workload::Xa(participants)
         }
     };
-    bench(args, client, work, calls, metrics, shutdown, server).await
+    bench(args, client, work, calls, coordinator).await
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn bench(
     args: Args,
     client: TandemClient,
     work: Workload,
     calls: Arc<AtomicU64>,
-    metrics: tandem_coordinator::metrics::Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-    server: tokio::task::JoinHandle<Result<(), tandem_coordinator::startup::StartupError>>,
+    coordinator: RunningCoordinator,
 ) -> anyhow::Result<()> {
     let work = Arc::new(work);
 
@@ -381,8 +371,8 @@ async fn bench(
             eprintln!("error (one of {e} in a client): {last}");
         }
     }
-    shutdown.cancel();
-    server.await??;
+    let metrics = coordinator.coordinator().metrics().clone();
+    coordinator.stop().await?;
 
     // Where the time went: every database call of the coordinator, by statement.
     eprintln!("database calls (count, mean ms):");

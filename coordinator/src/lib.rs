@@ -31,5 +31,5 @@ pub mod store;
 pub mod transaction;
 
 pub use config::Settings;
-pub use startup::Application;
+pub use startup::{Application, RunningCoordinator};
 pub use transaction::service::Coordinator;

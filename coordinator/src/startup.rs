@@ -1,5 +1,6 @@
 //! Building and running the coordinator process: database, migrations, HTTP
-//! server, recovery worker, graceful shutdown.
+//! server, recovery worker, graceful shutdown. [`Application::spawn`] runs
+//! one inside the caller's process (tests, examples, the benchmark).
 
 use crate::callbacks::CallbackClient;
 use crate::config::Settings;
@@ -9,6 +10,7 @@ use crate::{api, recovery, Coordinator};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Why the coordinator could not start or stopped abnormally.
@@ -30,9 +32,55 @@ pub enum StartupError {
 
 /// A built coordinator, listening, not yet serving.
 pub struct Application {
+    /// The bound socket, accepting once [`Application::run`] serves.
     listener: TcpListener,
+    /// The operations behind the API, shared with the recovery worker.
     coordinator: Coordinator,
+    /// The HTTP routes.
     router: axum::Router,
+}
+
+/// A coordinator serving in a task of the caller's process
+/// ([`Application::spawn`]).
+pub struct RunningCoordinator {
+    /// Its base URL (`http://127.0.0.1:port`).
+    pub url: String,
+    /// The bound address.
+    addr: SocketAddr,
+    /// The running coordinator (metrics, shutdown token).
+    coordinator: Coordinator,
+    /// The task serving it; ends after a graceful shutdown.
+    task: JoinHandle<Result<(), StartupError>>,
+}
+
+impl std::fmt::Debug for RunningCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningCoordinator").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+impl RunningCoordinator {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The coordinator (its metrics, its shutdown token).
+    pub fn coordinator(&self) -> &Coordinator {
+        &self.coordinator
+    }
+
+    /// Shuts it down gracefully (as on SIGTERM, see [`Application::run`]) and
+    /// waits until it stopped.
+    pub async fn stop(self) -> Result<(), StartupError> {
+        self.coordinator.shutdown_token().cancel();
+        match self.task.await {
+            Ok(served) => served,
+            // The task panicked or was aborted: re-raise the panic here.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(StartupError::Io(std::io::Error::other(e))),
+        }
+    }
 }
 
 impl Application {
@@ -60,6 +108,16 @@ impl Application {
         );
         let listener = TcpListener::bind(settings.listen).await?;
         Ok(Application { listener, coordinator, router })
+    }
+
+    /// Builds a coordinator with `settings` (port 0 picks a free port) and
+    /// serves it in a task of this process until [`RunningCoordinator::stop`].
+    pub async fn spawn(settings: &Settings) -> Result<RunningCoordinator, StartupError> {
+        let app = Application::build(settings).await?;
+        let addr = app.local_addr()?;
+        let coordinator = app.coordinator.clone();
+        let task = tokio::spawn(app.run());
+        Ok(RunningCoordinator { url: format!("http://{addr}"), addr, coordinator, task })
     }
 
     /// The bound address.

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
 use std::time::Duration;
-use tandem_examples::DemoCoordinator;
-use tandem_sdk::at::{AtError, AtResource, AtTransaction, Pg, CALLBACK_PATH};
+use tandem_examples::{finish, start_coordinator, AfterDemo};
+use tandem_sdk::at::{AtError, AtParticipant, AtTransaction, Pg};
 use tandem_sdk::wire::{BeginRequest, Mode, Xid};
 use tandem_sdk::{in_transaction, GlobalError, GlobalXid, RequestBuilderExt, TandemClient};
 
@@ -58,7 +58,7 @@ async fn database(server: &str, name: &str, schema: &str) -> anyhow::Result<PgPo
 async fn service(pool: PgPool, coordinator: &str, resource: &str, route: &str) -> anyhow::Result<String> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let at = AtResource::<Pg>::new(pool, TandemClient::new(coordinator)?, resource, &format!("{url}{CALLBACK_PATH}"));
+    let at = AtParticipant::<Pg>::builder(pool, TandemClient::new(coordinator)?, resource, &url).build();
     at.install().await?;
     let business = match route {
         "/orders" => Router::new().route(route, post(place_order)),
@@ -88,14 +88,14 @@ fn unavailable(e: AtError) -> Refusal {
 }
 
 /// The local transaction of this request's branch of its global transaction.
-async fn branch(at: &AtResource<Pg>, xid: Option<Xid>) -> Result<AtTransaction<Pg>, Refusal> {
+async fn branch(at: &AtParticipant<Pg>, xid: Option<Xid>) -> Result<AtTransaction<Pg>, Refusal> {
     let xid = xid.ok_or_else(|| refused(StatusCode::BAD_REQUEST, "no Tandem-Xid"))?;
     at.begin(&xid).await.map_err(unavailable)
 }
 
 /// `POST /orders` (order service): inserts the order row in AT mode.
 async fn place_order(
-    State(at): State<AtResource<Pg>>,
+    State(at): State<AtParticipant<Pg>>,
     GlobalXid(xid): GlobalXid,
     Json(l): Json<Line>,
 ) -> Result<String, Refusal> {
@@ -108,7 +108,7 @@ async fn place_order(
 
 /// `POST /reserve` (inventory service): takes the stock in AT mode, or refuses.
 async fn reserve(
-    State(at): State<AtResource<Pg>>,
+    State(at): State<AtParticipant<Pg>>,
     GlobalXid(xid): GlobalXid,
     Json(l): Json<Line>,
 ) -> Result<String, Refusal> {
@@ -163,7 +163,7 @@ async fn main() -> anyhow::Result<()> {
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo_at", "").await?.close().await;
-    let demo = DemoCoordinator::start(format!("{server}/tandem_demo_at"), args.listen).await?;
+    let demo = start_coordinator(format!("{server}/tandem_demo_at"), args.listen).await?;
     let coordinator = demo.url.clone();
     println!("coordinator: {coordinator}");
 
@@ -207,5 +207,5 @@ async fn main() -> anyhow::Result<()> {
     }
     show(&orders_db, &inventory_db, "after rollback").await?;
 
-    demo.finish(args.serve).await
+    finish(demo, if args.serve { AfterDemo::Serve } else { AfterDemo::Stop }).await
 }

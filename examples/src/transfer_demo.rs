@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
-use tandem_examples::DemoCoordinator;
+use tandem_examples::{finish, start_coordinator, AfterDemo};
 use tandem_sdk::wire::{BeginRequest, Mode, Xid};
 use tandem_sdk::{in_transaction, GlobalError, RequestBuilderExt, TandemClient};
 
@@ -55,11 +55,11 @@ struct Bank {
 
 async fn start_bank(server: &str, db: &str, coordinator: &str, account: &str, balance: i64) -> anyhow::Result<Bank> {
     let pool = database(server, db).await?;
-    tandem_example_bank::setup(&pool).await?;
-    tandem_example_bank::open_account(&pool, account, balance).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
     let participant = tandem_example_bank::participant(pool.clone(), TandemClient::new(coordinator)?, &url);
+    tandem_example_bank::setup(&participant).await?;
+    tandem_example_bank::open_account(&pool, account, balance).await?;
     let app = tandem_example_bank::router(participant);
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(Bank { url, pool })
@@ -107,7 +107,7 @@ async fn main() -> anyhow::Result<()> {
     let server = args.pg.trim_end_matches('/');
 
     database(server, "tandem_demo").await?.close().await;
-    let demo = DemoCoordinator::start(format!("{server}/tandem_demo"), args.listen).await?;
+    let demo = start_coordinator(format!("{server}/tandem_demo"), args.listen).await?;
     let coordinator = demo.url.clone();
     println!("coordinator: {coordinator} (OpenAPI at {coordinator}/openapi.json)");
 
@@ -137,5 +137,5 @@ async fn main() -> anyhow::Result<()> {
         println!("  {} {:<11} {}", t.xid, t.status.as_str(), branches.join(" "));
     }
 
-    demo.finish(args.serve).await
+    finish(demo, if args.serve { AfterDemo::Serve } else { AfterDemo::Stop }).await
 }

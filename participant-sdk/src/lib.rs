@@ -9,20 +9,32 @@
 //!   `Ok`, rollback on `Err`).
 //! - [`tcc`]: the TCC participant: try / confirm / cancel in the participant's
 //!   own sqlx transaction, guarded by the fence table, and the callback router.
+//! - [`migrations`]: the participants' tables, as the SQL files shipped in
+//!   `participant-sdk/migrations/`.
+//! - `callback`: the callback contract every participant answers by: the
+//!   request read, the work in its own task, the reply and the problems.
 //! - [`at`]: AT mode: INSERT / UPDATE / DELETE imaged into an undo log, global
 //!   row locks at the coordinator, automatic compensation on rollback
 //!   (PostgreSQL and MySQL/MariaDB).
 //! - [`three_phase`]: the 3PC participant: CanCommit vote, PreCommit as a
 //!   real PostgreSQL prepare, DoCommit / abort, and the timers that abort a
 //!   vote or commit a pre-committed branch when the coordinator goes quiet.
-//! - [`xa`]: XA branches on PostgreSQL prepared transactions: phase 1 with a
-//!   verified PREPARE, the phase-2 callback, and participant-side recovery.
+//! - [`xa`]: XA branches on real database prepares (PostgreSQL, MySQL/MariaDB):
+//!   phase 1 with a verified PREPARE, the phase-2 callback, and
+//!   participant-side recovery.
+//!
+//! Every participant is built the same way: `Participant::builder(database,
+//! client, …, public_base_url)` (the SDK appends its mode's callback path),
+//! options, `.build()`; then `install()` creates its tables (XA has none),
+//! and `router()` serves its callbacks.
 //!
 //! Wire types are re-exported from `tandem-wire` as [`wire`].
 
 pub mod at;
+mod callback;
 pub mod client;
 pub mod global;
+pub mod migrations;
 pub mod propagation;
 pub mod tcc;
 pub mod three_phase;
@@ -32,3 +44,7 @@ pub use client::{ClientError, Decided, TandemClient};
 pub use global::{in_transaction, GlobalError};
 pub use propagation::{current_xid, with_xid, GlobalXid, RequestBuilderExt};
 pub use tandem_wire as wire;
+
+/// The error of application code the SDK runs: a TCC step's cause, XA
+/// business statements, 3PC votes and work.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -102,7 +102,8 @@ async fn images_ignore_every_session_setting_on_postgres() {
     let rollbacker =
         participant::<Pg>(pg_session(d.url(), rollback_settings), &c.c.url, "events", LockRetry::default()).await;
     let client = TandemClient::new(&c.c.url).unwrap();
-    let writer = AtResource::<Pg>::new(pg_session(d.url(), writer_settings), client, "events", &rollbacker.url);
+    let writer =
+        AtParticipant::<Pg>::builder(pg_session(d.url(), writer_settings), client, "events", &rollbacker.url).build();
 
     let xid = c.begin().await;
     let mut t = writer.begin(&xid).await.unwrap();
@@ -161,7 +162,7 @@ async fn images_ignore_sql_mode_and_time_zone_on_mariadb() {
         LockRetry::default(),
     )
     .await;
-    let writer = AtResource::<MySqlDb>::new(
+    let writer = AtParticipant::<MySqlDb>::builder(
         maria_session(
             d.url(),
             "SET SESSION sql_mode = 'PAD_CHAR_TO_FULL_LENGTH,ALLOW_INVALID_DATES,NO_AUTO_VALUE_ON_ZERO', SESSION time_zone = '+09:00'",
@@ -169,7 +170,8 @@ async fn images_ignore_sql_mode_and_time_zone_on_mariadb() {
         TandemClient::new(&c.c.url).unwrap(),
         "events",
         &rollbacker.url,
-    );
+    )
+    .build();
     let xid = c.begin().await;
     let mut t = writer.begin(&xid).await.unwrap();
     t.sql("UPDATE ev SET note = 'x' WHERE id = ?").bind(1i32).execute().await.unwrap();
@@ -458,13 +460,14 @@ async fn lock_keys_do_not_depend_on_the_session_on_postgres() {
     let hex =
         participant::<Pg>(pg_session(d.url(), "SET bytea_output = 'hex'"), &c.c.url, "keys", LockRetry::default())
             .await;
-    let escape = AtResource::<Pg>::with_lock_retry(
+    let escape = AtParticipant::<Pg>::builder(
         pg_session(d.url(), "SET bytea_output = 'escape'"),
         TandemClient::new(&c.c.url).unwrap(),
         "keys",
         &hex.url,
-        LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) },
-    );
+    )
+    .lock_retry(LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) })
+    .build();
     let a = c.begin().await;
     let mut t = escape.begin(&a).await.unwrap();
     t.sql("UPDATE bk SET v = 1 WHERE k = '\\x0102'").execute().await.unwrap();
@@ -500,12 +503,13 @@ async fn lock_keys_do_not_depend_on_the_session_on_mariadb() {
         LockRetry { interval: Duration::from_millis(10), timeout: Duration::from_millis(100) },
     )
     .await;
-    let padded = AtResource::<MySqlDb>::new(
+    let padded = AtParticipant::<MySqlDb>::builder(
         maria_session(d.url(), "SET SESSION sql_mode = 'PAD_CHAR_TO_FULL_LENGTH', SESSION time_zone = '+09:00'"),
         TandemClient::new(&c.c.url).unwrap(),
         "keys",
         &plain.url,
-    );
+    )
+    .build();
     let a = c.begin().await;
     let mut t = padded.begin(&a).await.unwrap();
     t.sql("UPDATE ck SET v = 1 WHERE k = 'ab'").execute().await.unwrap();

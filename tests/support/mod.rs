@@ -1,6 +1,6 @@
-//! Test support: fresh databases, coordinators (in-process and as real
-//! processes that can be SIGKILLed), bank participants with fault injection,
-//! and polling with a deadline.
+//! Test support: fresh databases, coordinators (in-process, through
+//! `Application::spawn`, and as real processes that can be SIGKILLed), bank
+//! participants with fault injection, and polling with a deadline.
 #![allow(dead_code)]
 
 use axum::extract::{Request, State};
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tandem_coordinator::{Application, Settings};
+use tandem_coordinator::{Application, RunningCoordinator, Settings};
 use tandem_sdk::tcc::{TccParticipant, CALLBACK_PATH};
 use tandem_sdk::wire::{BeginRequest, Mode, Transaction, Xid};
 use tandem_sdk::{RequestBuilderExt, TandemClient};
@@ -167,33 +167,12 @@ pub const FAST_FLAGS: &[&str] = &[
     "500",
 ];
 
-/// A coordinator running inside the test process.
-pub struct InProcess {
-    /// Base URL.
-    pub url: String,
-    /// Client.
-    pub client: TandemClient,
-    token: CancellationToken,
-    handle: tokio::task::JoinHandle<()>,
-}
-
-impl InProcess {
-    /// Starts one with `settings` (port 0).
-    pub async fn start(settings: Settings) -> InProcess {
-        let app = Application::build(&settings).await.expect("build coordinator");
-        let url = format!("http://{}", app.local_addr().expect("addr"));
-        let token = app.shutdown_token();
-        let handle = tokio::spawn(async move {
-            app.run().await.expect("coordinator run");
-        });
-        InProcess { client: TandemClient::new(&url).expect("client"), url, token, handle }
-    }
-
-    /// Graceful shutdown, awaited.
-    pub async fn stop(self) {
-        self.token.cancel();
-        let _ = self.handle.await;
-    }
+/// Starts a coordinator inside the test process with `settings` (port 0),
+/// and the SDK's client of it.
+pub async fn spawn_coordinator(settings: Settings) -> (RunningCoordinator, TandemClient) {
+    let c = Application::spawn(&settings).await.expect("start coordinator");
+    let client = TandemClient::new(&c.url).expect("client");
+    (c, client)
 }
 
 /// A free loopback port (bound and released).
@@ -371,8 +350,9 @@ impl Bank {
     /// Starts a bank on `db` (schema created) talking to `coordinator_url`.
     pub async fn start(name: &str, db: &TestDb, coordinator_url: &str, log: CallLog) -> Bank {
         let pool = db.pool().await;
-        tandem_example_bank::setup(&pool).await.expect("bank schema");
-        Bank::serve(name, pool, coordinator_url, log, Arc::new(Faults::default()), "127.0.0.1:0").await
+        let bank = Bank::serve(name, pool, coordinator_url, log, Arc::new(Faults::default()), "127.0.0.1:0").await;
+        tandem_example_bank::setup(&bank.participant).await.expect("bank schema");
+        bank
     }
 
     async fn serve(

@@ -12,7 +12,7 @@ mod three_phase;
 
 pub use ids::{BranchId, IdError, Xid};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
-pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, UnknownValue};
+pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, TransactionOutcome, UnknownValue};
 pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts, TimeoutError};
 
 use chrono::{DateTime, Utc};
@@ -181,6 +181,41 @@ pub struct CallbackRequest {
     /// timers. Extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub three_phase: Option<ThreePhaseTimeouts>,
+}
+
+/// What a participant did with a callback, in its 2xx answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CallbackOutcome {
+    /// The action took effect now.
+    Applied,
+    /// It had taken effect before (a repeated delivery): nothing was done.
+    AlreadyDone,
+    /// A rollback of a branch whose phase 1 never ran here: nothing to undo,
+    /// and a marker refuses a phase 1 that arrives late (suspension).
+    EmptyRollback,
+    /// Done, without telling whether now or before: an AT commit, which
+    /// only schedules the delete of its undo row.
+    Done,
+}
+
+/// Body of a participant's 2xx answer to a callback. The coordinator reads
+/// only the status (2xx: done); the body tells a person what happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CallbackReply {
+    /// What the participant did.
+    pub outcome: CallbackOutcome,
+    /// 3PC: where the branch stands at the participant afterwards (`voted`,
+    /// `pre_committed`, `committed`, `aborted`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+impl CallbackReply {
+    /// A reply with `outcome` alone.
+    pub fn new(outcome: CallbackOutcome) -> CallbackReply {
+        CallbackReply { outcome, state: None }
+    }
 }
 
 /// `POST /v1/locks/check`: are these global locks free for `xid`? (AT mode,

@@ -181,6 +181,43 @@ impl BranchStatus {
     }
 }
 
+/// How a global transaction ends for its participants, as far as its status
+/// tells: what a participant finishing or cleaning up a branch on its own
+/// (XA recovery, an AT purge) may do with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TransactionOutcome {
+    /// Commit is decided: every branch commits (or already did).
+    Committed,
+    /// Rollback is decided: every branch rolls back (or already did).
+    RolledBack,
+    /// Nothing is decided yet: the branch must wait.
+    Undecided,
+}
+
+impl GlobalStatus {
+    /// How the transaction ends for its participants. A decision never
+    /// changes, so `Committed` and `RolledBack` hold from the decision on,
+    /// terminal or not (combine with [`GlobalStatus::is_terminal`] where
+    /// phase 2 must be over). `commit_failed` is a commit decision whose
+    /// phase 2 an operator finishes; `heuristic_mixed` a rollback decision
+    /// that a branch contradicted on its own.
+    pub fn outcome(self) -> TransactionOutcome {
+        // No wildcard: a new status must say how it ends.
+        match self {
+            GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => {
+                TransactionOutcome::Committed
+            }
+            GlobalStatus::RollingBack
+            | GlobalStatus::RolledBack
+            | GlobalStatus::RollbackFailed
+            | GlobalStatus::HeuristicMixed => TransactionOutcome::RolledBack,
+            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => {
+                TransactionOutcome::Undecided
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,5 +236,17 @@ mod tests {
         }
         assert!("nope".parse::<Mode>().is_err());
         assert_eq!("3pc".parse::<Mode>(), Ok(Mode::ThreePc));
+    }
+
+    #[test]
+    fn every_terminal_status_is_decided() {
+        for s in GlobalStatus::ALL {
+            if s.is_terminal() {
+                assert_ne!(s.outcome(), TransactionOutcome::Undecided, "{s}");
+            }
+        }
+        assert_eq!(GlobalStatus::Committing.outcome(), TransactionOutcome::Committed);
+        assert_eq!(GlobalStatus::HeuristicMixed.outcome(), TransactionOutcome::RolledBack);
+        assert_eq!(GlobalStatus::PreCommitted.outcome(), TransactionOutcome::Undecided);
     }
 }

@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
-use tandem_sdk::tcc::{BranchContext, StepError, TccError, TccParticipant, TccResource};
+use tandem_sdk::tcc::{BranchContext, StepError, TccError, TccParticipant, TccSteps};
 use tandem_sdk::{GlobalXid, TandemClient};
 
 /// Resource name of the account legs.
@@ -54,8 +54,9 @@ pub struct Balance {
     pub incoming: i64,
 }
 
-/// Creates the bank's tables and the SDK's fence table.
-pub async fn setup(pool: &PgPool) -> Result<(), sqlx::Error> {
+/// Creates the bank's tables in `participant`'s database, and the SDK's
+/// fence table ([`TccParticipant::install`]).
+pub async fn setup(participant: &TccParticipant) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS accounts (
             id text PRIMARY KEY,
@@ -67,9 +68,9 @@ pub async fn setup(pool: &PgPool) -> Result<(), sqlx::Error> {
             xid text NOT NULL, branch_id text NOT NULL, step text NOT NULL,
             at timestamptz NOT NULL DEFAULT now());",
     )
-    .execute(pool)
+    .execute(participant.pool())
     .await?;
-    tandem_sdk::tcc::install_fence(pool).await
+    participant.install().await
 }
 
 /// Opens (or resets) an account with `balance`.
@@ -121,12 +122,12 @@ fn leg(payload: &serde_json::Value) -> Result<Leg, StepError> {
     Ok(leg)
 }
 
-/// The TCC resource of account legs.
+/// The TCC steps of account legs.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct AccountResource;
+pub struct AccountSteps;
 
 #[async_trait]
-impl TccResource for AccountResource {
+impl TccSteps for AccountSteps {
     fn name(&self) -> &str {
         RESOURCE
     }
@@ -198,9 +199,9 @@ async fn phase2_step(
     Ok(())
 }
 
-/// A participant serving [`AccountResource`], reachable at `public_base_url`.
+/// A participant serving [`AccountSteps`], reachable at `public_base_url`.
 pub fn participant(pool: PgPool, coordinator: TandemClient, public_base_url: &str) -> TccParticipant {
-    TccParticipant::builder(pool, coordinator, public_base_url).resource(AccountResource).build()
+    TccParticipant::builder(pool, coordinator, public_base_url).resource(AccountSteps).build()
 }
 
 /// Answer of `POST /legs`.

@@ -16,7 +16,7 @@ use super::plan;
 use super::sql::{
     analyze, bind_plan, is_constant, parse_expr, set_target, with_returning, Analyzed, Change, SqlDialect, TableRef,
 };
-use super::{AtError, AtResource};
+use super::{AtError, AtParticipant};
 use crate::client::ClientError;
 use backon::{ConstantBuilder, Retryable};
 use sqlparser::ast::{BinaryOperator, Expr, OrderByExpr, OrderByOptions, Statement};
@@ -29,8 +29,8 @@ use tandem_wire::{BranchId, ErrorCode, GlobalStatus, LockCheckRequest, RegisterB
 /// One branch's local transaction in AT mode. Dropping it without
 /// [`commit`](AtTransaction::commit) rolls the local transaction back.
 pub struct AtTransaction<B: AtBackend> {
-    /// The resource (pool, coordinator, metadata cache).
-    resource: AtResource<B>,
+    /// The participant (pool, coordinator, metadata cache).
+    participant: AtParticipant<B>,
     /// The global transaction.
     xid: Xid,
     /// The local transaction.
@@ -236,9 +236,9 @@ fn key_order(d: SqlDialect, meta: &TableMeta, pk: &[usize], user: &[String]) -> 
 }
 
 impl<B: AtBackend> AtTransaction<B> {
-    pub(super) fn new(resource: AtResource<B>, xid: Xid, tx: sqlx::Transaction<'static, B::Db>) -> Self {
+    pub(super) fn new(participant: AtParticipant<B>, xid: Xid, tx: sqlx::Transaction<'static, B::Db>) -> Self {
         AtTransaction {
-            resource,
+            participant,
             xid,
             tx,
             statements: Vec::new(),
@@ -278,8 +278,8 @@ impl<B: AtBackend> AtTransaction<B> {
             self.scope = Some(B::scope(&mut self.tx).await?);
         }
         let scope = if table.schema.is_none() { self.scope.clone() } else { None };
-        let meta = self.resource.meta(&mut self.tx, table, scope.as_deref()).await?;
-        if let Some(why) = meta.refusal(&|t| self.resource.trigger_allowed(&meta, t)) {
+        let meta = self.participant.meta(&mut self.tx, table, scope.as_deref()).await?;
+        if let Some(why) = meta.refusal(&|t| self.participant.trigger_allowed(&meta, t)) {
             return Err(AtError::Unsupported(why));
         }
         // A session's temporary table can shadow the table the catalog
@@ -312,7 +312,7 @@ impl<B: AtBackend> AtTransaction<B> {
                 params.len()
             )));
         }
-        let server = self.resource.server(&mut self.tx).await?;
+        let server = self.participant.server(&mut self.tx).await?;
         if a.returning && B::DIALECT == SqlDialect::MySql {
             let ok = match a.change {
                 Change::Insert { .. } => server.insert_returning,
@@ -353,7 +353,7 @@ impl<B: AtBackend> AtTransaction<B> {
 
     /// Refuses a statement that would take the branch over its row limit.
     fn check_rows(&self, new_rows: usize) -> Result<(), AtError> {
-        let limit = self.resource.inner.max_rows;
+        let limit = self.participant.inner.max_rows;
         if self.lock_keys.len() + new_rows > limit {
             return Err(AtError::Unsupported(format!(
                 "the statement would bring the branch to {} rows, over its limit of {limit} rows (the global \
@@ -763,7 +763,7 @@ impl<B: AtBackend> AtTransaction<B> {
             None => (String::new(), qualified(d, meta)),
         };
         let mut g = Gen::<B>::new(params);
-        let remaining = self.resource.inner.max_rows.saturating_sub(self.lock_keys.len());
+        let remaining = self.participant.inner.max_rows.saturating_sub(self.lock_keys.len());
         let limit = g.text(Some(remaining.to_string()));
         let join = format!(
             "{target_ref}.tableoid = __tandem_b.__tandem_rel AND {target_ref}.ctid = __tandem_b.__tandem_ctid \
@@ -982,13 +982,13 @@ impl<B: AtBackend> AtTransaction<B> {
         let lock_keys = keys.iter().map(|k| lock_key_of::<B>(meta, pk, k)).collect::<Result<Vec<String>, _>>()?;
         if !lock_keys.is_empty() {
             let req = LockCheckRequest {
-                resource: self.resource.resource().to_owned(),
+                resource: self.participant.resource().to_owned(),
                 lock_keys,
                 xid: Some(self.xid.clone()),
             };
             let started = Instant::now();
             let check = {
-                let (client, req) = (self.resource.client().clone(), Arc::new(req));
+                let (client, req) = (self.participant.client().clone(), Arc::new(req));
                 move || {
                     let (client, req) = (client.clone(), req.clone());
                     async move {
@@ -1002,7 +1002,7 @@ impl<B: AtBackend> AtTransaction<B> {
                     }
                 }
             };
-            with_lock_retry(self.resource.inner.lock_retry, check).await?;
+            with_lock_retry(self.participant.inner.lock_retry, check).await?;
         }
         if keys.is_empty() {
             return Ok((0, Vec::new()));
@@ -1053,7 +1053,7 @@ impl<B: AtBackend> AtTransaction<B> {
     /// Returns the branch id, or `None` when nothing was written (no branch
     /// is registered then). On any error the local transaction is rolled back.
     pub async fn commit(self) -> Result<Option<BranchId>, AtError> {
-        let AtTransaction { resource, xid, mut tx, statements, lock_keys, poisoned, .. } = self;
+        let AtTransaction { participant, xid, mut tx, statements, lock_keys, poisoned, .. } = self;
         if let Some(cause) = poisoned {
             tx.rollback().await?;
             return Err(AtError::Poisoned(cause));
@@ -1066,14 +1066,14 @@ impl<B: AtBackend> AtTransaction<B> {
         // local commit waits for both.
         let key = BranchId::generate();
         let req = RegisterBranchRequest {
-            resource: resource.resource().to_owned(),
-            callback_url: resource.inner.callback_url.clone(),
+            resource: participant.resource().to_owned(),
+            callback_url: participant.inner.callback_url.clone(),
             payload: Some(serde_json::json!({ super::UNDO_KEY: key.as_str() })),
             lock_keys: Some(lock_keys.into_iter().collect()),
         };
         let info = serde_json::to_string(&UndoLog { version: UNDO_VERSION, statements })
             .map_err(|e| AtError::Internal(e.to_string()))?;
-        let client = resource.client().clone();
+        let client = participant.client().clone();
         let started = Instant::now();
         // Each attempt owns its inputs: a future that borrows across the
         // retry loop would not be `Send` for every lifetime (spawned callers).
@@ -1094,8 +1094,8 @@ impl<B: AtBackend> AtTransaction<B> {
                 }
             }
         };
-        let registering = with_lock_retry(resource.inner.lock_retry, register);
-        let undo_table = resource.undo_table().await?;
+        let registering = with_lock_retry(participant.inner.lock_retry, register);
+        let undo_table = participant.undo_table().await?;
         let (registered, undo) =
             tokio::join!(registering, super::undo::insert::<B>(&mut tx, &undo_table, &xid, &key, info));
         let branch = registered?;

@@ -312,7 +312,7 @@ impl TableMeta {
 
     /// Why AT cannot write to this table at all, if it cannot; `allowed`
     /// says which triggers the service declared safe (see
-    /// [`super::AtResource::allow_trigger`]). Checked before anything runs.
+    /// [`super::AtParticipantBuilder::allow_trigger`]). Checked before anything runs.
     pub fn refusal(&self, allowed: &dyn Fn(&Trigger) -> bool) -> Option<String> {
         let t = self.qualified();
         let what = match self.kind {
@@ -348,7 +348,7 @@ impl TableMeta {
             return Some(format!(
                 "table {} has the trigger {} ({}); AT cannot undo what a trigger writes, and a restore would fire it \
                  again. If the trigger only changes the row it fires for and skips while tandem.at_restore is set, \
-                 declare it with AtResource::allow_trigger",
+                 declare it with AtParticipantBuilder::allow_trigger",
                 tr.table, tr.name, tr.timing
             ));
         }

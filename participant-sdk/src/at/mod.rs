@@ -37,18 +37,17 @@ pub use backend::{AtBackend, AtParam, MySqlDb, Param, Pg, ServerInfo};
 pub use executor::{AtQuery, AtTransaction};
 pub use image::Conflict;
 
+use crate::callback::{self, Callbacks, Refusal};
 use crate::client::{ClientError, TandemClient};
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use meta::{TableMeta, Trigger};
 use sql::TableRef;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tandem_wire::{BranchId, CallbackAction, CallbackRequest, ErrorCode, LockHolder, Problem, Xid};
+use tandem_wire::{
+    BranchId, CallbackAction, CallbackOutcome, CallbackReply, CallbackRequest, ErrorCode, LockHolder, Xid,
+};
 use tokio::sync::{mpsc, OnceCell};
 
 /// Path of the AT callback endpoint.
@@ -129,7 +128,7 @@ impl Default for LockRetry {
     }
 }
 
-/// What [`AtResource::purge`] deleted.
+/// What [`AtParticipant::purge`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
     /// Markers of rolled-back branches and empty rollbacks.
@@ -149,20 +148,20 @@ pub const MAX_ROWS_PER_BRANCH: usize = 10_000;
 /// The metadata cache's key: the scope an unqualified name resolved in, and the name.
 type MetaKey = (Option<String>, TableRef);
 
-/// One database of an AT participant. Cheap to clone.
-pub struct AtResource<B: AtBackend> {
+/// An AT participant: one resource on one database. Cheap to clone.
+pub struct AtParticipant<B: AtBackend> {
     inner: Arc<Inner<B>>,
 }
 
-impl<B: AtBackend> Clone for AtResource<B> {
+impl<B: AtBackend> Clone for AtParticipant<B> {
     fn clone(&self) -> Self {
-        AtResource { inner: self.inner.clone() }
+        AtParticipant { inner: self.inner.clone() }
     }
 }
 
-impl<B: AtBackend> std::fmt::Debug for AtResource<B> {
+impl<B: AtBackend> std::fmt::Debug for AtParticipant<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AtResource").field("resource", &self.inner.resource).finish_non_exhaustive()
+        f.debug_struct("AtParticipant").field("resource", &self.inner.resource).finish_non_exhaustive()
     }
 }
 
@@ -193,15 +192,15 @@ struct Inner<B: AtBackend> {
     cleanup: mpsc::Sender<(Xid, BranchId)>,
 }
 
-/// Builds an [`AtResource`] with options ([`AtResource::builder`]).
-pub struct AtResourceBuilder<B: AtBackend> {
+/// Builds an [`AtParticipant`] with options ([`AtParticipant::builder`]).
+pub struct AtParticipantBuilder<B: AtBackend> {
     /// The business database.
     pool: sqlx::Pool<B::Db>,
     /// The coordinator.
     client: TandemClient,
     /// Resource name.
     resource: String,
-    /// The callback URL.
+    /// Where the coordinator reaches this participant's [`CALLBACK_PATH`].
     callback_url: String,
     /// Global lock retry policy.
     lock_retry: LockRetry,
@@ -211,13 +210,13 @@ pub struct AtResourceBuilder<B: AtBackend> {
     max_rows: usize,
 }
 
-impl<B: AtBackend> std::fmt::Debug for AtResourceBuilder<B> {
+impl<B: AtBackend> std::fmt::Debug for AtParticipantBuilder<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AtResourceBuilder").field("resource", &self.resource).finish_non_exhaustive()
+        f.debug_struct("AtParticipantBuilder").field("resource", &self.resource).finish_non_exhaustive()
     }
 }
 
-impl<B: AtBackend> AtResourceBuilder<B> {
+impl<B: AtBackend> AtParticipantBuilder<B> {
     /// How long a branch waits for a global lock held by another transaction.
     pub fn lock_retry(mut self, retry: LockRetry) -> Self {
         self.lock_retry = retry;
@@ -245,9 +244,9 @@ impl<B: AtBackend> AtResourceBuilder<B> {
         self
     }
 
-    /// The resource. Starts the background task that deletes committed undo
-    /// rows; call it inside a tokio runtime.
-    pub fn build(self) -> AtResource<B> {
+    /// The participant. Starts the background task that deletes committed
+    /// undo rows; call it inside a tokio runtime.
+    pub fn build(self) -> AtParticipant<B> {
         let (tx, rx) = mpsc::channel(CLEANUP_QUEUE);
         let inner = Arc::new(Inner {
             pool: self.pool,
@@ -263,54 +262,37 @@ impl<B: AtBackend> AtResourceBuilder<B> {
             cleanup: tx,
         });
         tokio::spawn(undo::cleaner::<B>(inner.pool.clone(), inner.undo.clone(), rx));
-        AtResource { inner }
+        AtParticipant { inner }
     }
 }
 
-impl<B: AtBackend> AtResource<B> {
-    /// An AT resource on `pool`, registering branches as `resource` with
-    /// `callback_url` (the full URL of [`CALLBACK_PATH`] on this service).
-    /// Starts the background task that deletes committed undo rows; call it
-    /// inside a tokio runtime.
-    pub fn new(pool: sqlx::Pool<B::Db>, client: TandemClient, resource: &str, callback_url: &str) -> Self {
-        Self::builder(pool, client, resource, callback_url).build()
-    }
-
-    /// [`AtResource::new`] with a lock retry policy.
-    pub fn with_lock_retry(
-        pool: sqlx::Pool<B::Db>,
-        client: TandemClient,
-        resource: &str,
-        callback_url: &str,
-        lock_retry: LockRetry,
-    ) -> Self {
-        Self::builder(pool, client, resource, callback_url).lock_retry(lock_retry).build()
-    }
-
-    /// A builder for a resource with options (lock retries, declared
-    /// triggers, the row limit).
+impl<B: AtBackend> AtParticipant<B> {
+    /// A builder of a participant on `pool` ([`Pg`] or [`MySqlDb`]),
+    /// registering branches as `resource`. `public_base_url` is how the
+    /// coordinator reaches this service; callbacks go to
+    /// `{public_base_url}`[`CALLBACK_PATH`]. Options: lock retries, declared
+    /// triggers, the row limit.
     pub fn builder(
         pool: sqlx::Pool<B::Db>,
         client: TandemClient,
         resource: &str,
-        callback_url: &str,
-    ) -> AtResourceBuilder<B> {
-        AtResourceBuilder {
+        public_base_url: &str,
+    ) -> AtParticipantBuilder<B> {
+        AtParticipantBuilder {
             pool,
             client,
             resource: resource.to_owned(),
-            callback_url: callback_url.to_owned(),
+            callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
             lock_retry: LockRetry::default(),
             allowed_triggers: Vec::new(),
             max_rows: MAX_ROWS_PER_BRANCH,
         }
     }
 
-    /// Creates `tandem_undo_log` if it does not exist.
+    /// Creates `tandem_undo_log` ([`AtBackend::UNDO_DDL`]: the file of
+    /// `participant-sdk/migrations/` for this database) if it does not exist.
     pub async fn install(&self) -> Result<(), sqlx::Error> {
-        let mut conn = self.inner.pool.acquire().await?;
-        B::execute(&mut conn, B::UNDO_DDL, &[], &[]).await?;
-        Ok(())
+        B::install(&self.inner.pool).await
     }
 
     /// Deletes undo rows no rollback can need any more, older than `age`:
@@ -338,6 +320,11 @@ impl<B: AtBackend> AtResource<B> {
         &self.inner.client
     }
 
+    /// The callback URL registered with each branch.
+    pub fn callback_url(&self) -> &str {
+        &self.inner.callback_url
+    }
+
     /// Starts this service's branch of global transaction `xid`: a local
     /// transaction whose statements are imaged.
     pub async fn begin(&self, xid: &Xid) -> Result<AtTransaction<B>, AtError> {
@@ -348,8 +335,10 @@ impl<B: AtBackend> AtResource<B> {
         Ok(AtTransaction::new(self.clone(), xid.clone(), tx))
     }
 
-    /// Applies a phase-2 callback.
-    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<(), AtError> {
+    /// Applies a phase-2 callback. A commit answers [`CallbackOutcome::Done`]:
+    /// it only queues the delete of the undo row, whether or not that already
+    /// happened.
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<CallbackOutcome, AtError> {
         let key = undo_key(req);
         match req.action {
             CallbackAction::Commit => {
@@ -359,7 +348,7 @@ impl<B: AtBackend> AtResource<B> {
                 {
                     undo::delete_batch::<B>(&self.inner.pool, &self.undo_table().await?, &[item]).await?;
                 }
-                Ok(())
+                Ok(CallbackOutcome::Done)
             }
             CallbackAction::Rollback => undo::rollback::<B>(&self.inner.pool, self, &req.xid, &key).await,
             other => Err(AtError::Unsupported(format!("an AT branch does not take the action {}", other.as_str()))),
@@ -368,7 +357,7 @@ impl<B: AtBackend> AtResource<B> {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        Router::new().route(CALLBACK_PATH, post(callback::<B>)).with_state(self.clone())
+        callback::router(CALLBACK_PATH, self.clone())
     }
 
     /// What the server can do, read once.
@@ -444,49 +433,41 @@ fn undo_key(req: &CallbackRequest) -> BranchId {
 /// Payload field carrying a branch's undo-row key.
 const UNDO_KEY: &str = "undo_key";
 
-async fn callback<B: AtBackend>(State(r): State<AtResource<B>>, Json(req): Json<CallbackRequest>) -> Response {
-    if req.resource != r.inner.resource {
-        let detail = format!("this participant serves resource {:?}, not {:?}", r.inner.resource, req.resource);
-        return problem(StatusCode::NOT_FOUND, ErrorCode::NotFound, detail, None);
-    }
-    match r.handle_callback(&req).await {
-        Ok(()) => (StatusCode::OK, Json(serde_json::json!({ "outcome": "done" }))).into_response(),
-        Err(AtError::DirtyWrite(conflicts)) => {
-            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
-                "AT rollback found dirty writes; branch needs manual repair");
-            let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
-            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
-        }
-        Err(AtError::RestoreMismatch(conflicts)) => {
-            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
-                "AT rollback could not restore rows to their before images; branch needs manual repair");
-            let detail = format!(
-                "restore mismatch: {} row(s) differ from their before images once restored (a trigger, rule or \
-                 referential action changed them); nothing was rolled back",
-                conflicts.len()
-            );
-            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, detail, Some(conflicts))
-        }
-        Err(e @ AtError::Unsupported(_)) => problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None),
-        Err(e @ (AtError::CorruptUndo(_) | AtError::RestoreRefused(_))) => {
-            tracing::error!(xid = %req.xid, branch_id = %req.branch_id, error = %e,
-                "AT rollback cannot complete; branch needs manual repair");
-            problem(StatusCode::CONFLICT, ErrorCode::InvalidState, e.to_string(), None)
-        }
-        Err(e) => {
-            tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "AT callback failed; will be retried");
-            problem(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string(), None)
-        }
-    }
-}
+impl<B: AtBackend> Callbacks for AtParticipant<B> {
+    const MODE: &'static str = "AT";
 
-/// A problem answer; a dirty-write refusal lists the conflicting rows under
-/// `conflicts` (the coordinator keeps the body as the branch's `last_error`).
-fn problem(status: StatusCode, code: ErrorCode, detail: String, conflicts: Option<Vec<Conflict>>) -> Response {
-    let title = status.canonical_reason().unwrap_or("Error");
-    let mut body = serde_json::to_value(Problem::new(status.as_u16(), code, title, detail)).unwrap_or_default();
-    if let (Some(c), Some(obj)) = (conflicts, body.as_object_mut()) {
-        obj.insert("conflicts".into(), serde_json::to_value(c).unwrap_or_default());
+    async fn answer(self, req: CallbackRequest) -> Result<CallbackReply, Refusal> {
+        if req.resource != self.inner.resource {
+            let detail = format!("this participant serves resource {:?}, not {:?}", self.inner.resource, req.resource);
+            return Err(Refusal::unknown_resource(detail));
+        }
+        // A refusal that lists rows puts them under `conflicts` (the
+        // coordinator keeps the body as the branch's `last_error`).
+        match self.handle_callback(&req).await {
+            Ok(outcome) => Ok(CallbackReply::new(outcome)),
+            Err(AtError::DirtyWrite(conflicts)) => {
+                tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
+                    "AT rollback found dirty writes; branch needs manual repair");
+                let detail = format!("dirty write: {} row(s) changed outside the global transaction", conflicts.len());
+                Err(Refusal::permanent(ErrorCode::InvalidState, detail).with("conflicts", conflicts))
+            }
+            Err(AtError::RestoreMismatch(conflicts)) => {
+                tracing::error!(xid = %req.xid, branch_id = %req.branch_id, rows = conflicts.len(),
+                    "AT rollback could not restore rows to their before images; branch needs manual repair");
+                let detail = format!(
+                    "restore mismatch: {} row(s) differ from their before images once restored (a trigger, rule or \
+                     referential action changed them); nothing was rolled back",
+                    conflicts.len()
+                );
+                Err(Refusal::permanent(ErrorCode::InvalidState, detail).with("conflicts", conflicts))
+            }
+            Err(e @ AtError::Unsupported(_)) => Err(Refusal::permanent(ErrorCode::InvalidState, e.to_string())),
+            Err(e @ (AtError::CorruptUndo(_) | AtError::RestoreRefused(_))) => {
+                tracing::error!(xid = %req.xid, branch_id = %req.branch_id, error = %e,
+                    "AT rollback cannot complete; branch needs manual repair");
+                Err(Refusal::permanent(ErrorCode::InvalidState, e.to_string()))
+            }
+            Err(e) => Err(Refusal::retry(e.to_string())),
+        }
     }
-    (status, [(axum::http::header::CONTENT_TYPE, tandem_wire::PROBLEM_CONTENT_TYPE)], Json(body)).into_response()
 }

@@ -12,11 +12,11 @@ use super::image::{as_object, pick, Conflict, Row, UndoLog, UNDO_VERSION};
 use super::meta::{RelationKind, TableMeta};
 use super::plan::{self, Op, RowOp, RowUndo, Step, TableImages};
 use super::sql::{bind_plan, SqlDialect, TableRef};
-use super::{AtError, AtResource, CLEANUP_BATCH};
+use super::{AtError, AtParticipant, CLEANUP_BATCH};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tandem_wire::{BranchId, Xid};
+use tandem_wire::{BranchId, CallbackOutcome, TransactionOutcome, Xid};
 use tokio::sync::mpsc;
 use tokio::sync::OnceCell;
 
@@ -52,13 +52,13 @@ pub(super) async fn insert<B: AtBackend>(
 /// for its duration.
 pub(super) async fn rollback<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
-    resource: &AtResource<B>,
+    participant: &AtParticipant<B>,
     xid: &Xid,
     branch_key: &BranchId,
-) -> Result<(), AtError> {
-    let undo = resource.undo_table().await?;
+) -> Result<CallbackOutcome, AtError> {
+    let undo = participant.undo_table().await?;
     let mut conn = pool.acquire().await?;
-    let result = rollback_on::<B>(&mut conn, resource, &undo, xid, branch_key).await;
+    let result = rollback_on::<B>(&mut conn, participant, &undo, xid, branch_key).await;
     if let Err(e) = B::end_restore(&mut conn).await {
         // Do not hand a session with the rollback's settings to the pool.
         tracing::warn!(error = %e, "could not reset the session after an AT rollback; closing it");
@@ -69,11 +69,11 @@ pub(super) async fn rollback<B: AtBackend>(
 
 async fn rollback_on<B: AtBackend>(
     conn: &mut sqlx::pool::PoolConnection<B::Db>,
-    resource: &AtResource<B>,
+    participant: &AtParticipant<B>,
     undo: &str,
     xid: &Xid,
     branch_key: &BranchId,
-) -> Result<(), AtError> {
+) -> Result<CallbackOutcome, AtError> {
     let d = B::DIALECT;
     let key = [B::text(Some(xid.to_string())), B::text(Some(branch_key.to_string()))];
     let mut tx = sqlx::Connection::begin(&mut **conn).await?;
@@ -104,10 +104,10 @@ async fn rollback_on<B: AtBackend>(
         }
         tx.commit().await?;
         tracing::info!(%xid, %branch_key, "AT empty rollback: marker left");
-        return Ok(());
+        return Ok(CallbackOutcome::EmptyRollback);
     };
     if row.first().cloned().flatten().as_deref() == Some("1") {
-        return Ok(()); // already rolled back
+        return Ok(CallbackOutcome::AlreadyDone);
     }
     let info = row.get(1).cloned().flatten().ok_or_else(|| AtError::CorruptUndo("rollback_info is NULL".into()))?;
     let log: UndoLog = serde_json::from_str(&info).map_err(|e| AtError::CorruptUndo(e.to_string()))?;
@@ -118,7 +118,7 @@ async fn rollback_on<B: AtBackend>(
             log.version
         )));
     }
-    let restored = restore::<B>(&mut tx, resource, &log).await?;
+    let restored = restore::<B>(&mut tx, participant, &log).await?;
     let sql = format!(
         "UPDATE {undo} SET state = {STATE_ROLLED_BACK}, rollback_info = NULL WHERE xid = {} AND branch_key = {}",
         d.param(1),
@@ -135,7 +135,7 @@ async fn rollback_on<B: AtBackend>(
         }
     })?;
     tracing::info!(%xid, %branch_key, statements = log.statements.len(), rows = restored, "AT branch rolled back");
-    Ok(())
+    Ok(CallbackOutcome::Applied)
 }
 
 /// Most rows listed in a report (the coordinator keeps 8 KiB of the answer).
@@ -154,12 +154,16 @@ struct Now {
 
 /// Restores every row of the log, or changes nothing and says why. Returns
 /// the number of rows written.
-async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log: &UndoLog) -> Result<usize, AtError> {
+async fn restore<B: AtBackend>(
+    conn: &mut Conn<B>,
+    participant: &AtParticipant<B>,
+    log: &UndoLog,
+) -> Result<usize, AtError> {
     let tables = plan::histories(&log.statements).map_err(AtError::CorruptUndo)?;
     let mut now = Vec::with_capacity(tables.len());
     let mut current: Vec<HashMap<Row, Row>> = Vec::with_capacity(tables.len());
     for t in &tables {
-        let n = table_now::<B>(conn, resource, t).await?;
+        let n = table_now::<B>(conn, participant, t).await?;
         let keys: Vec<Row> = t.rows.iter().map(|r| r.key.clone()).collect();
         let rows = rows_by_pk::<B>(conn, &n.meta, &n.columns, &n.pk, &keys).await?;
         current.push(rows.into_iter().map(|r| (pick(&r, &t.pk), r)).collect());
@@ -181,7 +185,7 @@ async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log
         }
     }
     if conflicts.is_empty() {
-        conflicts = referencing_rows::<B>(conn, resource, &tables, &now, &ops).await?;
+        conflicts = referencing_rows::<B>(conn, participant, &tables, &now, &ops).await?;
     }
     if !conflicts.is_empty() {
         return Err(AtError::DirtyWrite(report::<B>(conn, conflicts).await?));
@@ -238,13 +242,13 @@ async fn restore<B: AtBackend>(conn: &mut Conn<B>, resource: &AtResource<B>, log
 /// description: the table may have changed since phase 1).
 async fn table_now<B: AtBackend>(
     conn: &mut Conn<B>,
-    resource: &AtResource<B>,
+    participant: &AtParticipant<B>,
     t: &TableImages,
 ) -> Result<Now, AtError> {
     let table = TableRef { schema: Some(t.table.schema.clone()), name: t.table.name.clone() };
     // A table that is gone cannot be restored (a person must look); a
     // database error reading the catalog is retried like any other.
-    let meta = resource.fresh_meta(conn, &table).await.map_err(|e| match e {
+    let meta = participant.fresh_meta(conn, &table).await.map_err(|e| match e {
         AtError::Unsupported(m) => AtError::CorruptUndo(m),
         other => other,
     })?;
@@ -277,7 +281,7 @@ async fn table_now<B: AtBackend>(
 /// nothing is restored.
 async fn referencing_rows<B: AtBackend>(
     conn: &mut Conn<B>,
-    resource: &AtResource<B>,
+    participant: &AtParticipant<B>,
     tables: &[TableImages],
     now: &[Now],
     ops: &[RowOp],
@@ -309,7 +313,7 @@ async fn referencing_rows<B: AtBackend>(
                 continue;
             }
             let child_ref = TableRef { schema: Some(fk.child.schema.clone()), name: fk.child.name.clone() };
-            let child = resource.fresh_meta(conn, &child_ref).await?;
+            let child = participant.fresh_meta(conn, &child_ref).await?;
             let Some(ccols) = fk.child_columns.iter().map(|c| child.index_of(c)).collect::<Option<Vec<usize>>>() else {
                 continue;
             };
@@ -595,7 +599,7 @@ pub(super) async fn resolve_undo<B: AtBackend>(
             let mut conn = pool.acquire().await?;
             match B::locate_undo(&mut conn).await? {
                 Some(name) => Ok(name),
-                None => Err(AtError::Setup("tandem_undo_log does not exist: call AtResource::install".into())),
+                None => Err(AtError::Setup("tandem_undo_log does not exist: call AtParticipant::install".into())),
             }
         })
         .await?;
@@ -605,7 +609,7 @@ pub(super) async fn resolve_undo<B: AtBackend>(
 /// Transactions whose old phase-1 rows one purge looks at.
 const PURGE_XIDS: usize = 500;
 
-/// See [`AtResource::purge`].
+/// See [`AtParticipant::purge`].
 pub(super) async fn purge<B: AtBackend>(
     pool: &sqlx::Pool<B::Db>,
     undo: &str,
@@ -628,12 +632,8 @@ pub(super) async fn purge<B: AtBackend>(
     for xid in old.into_iter().filter_map(|r| r.into_iter().next().flatten()) {
         let Ok(xid) = Xid::parse(xid) else { continue };
         match client.get(&xid).await {
-            Ok(t)
-                if matches!(
-                    t.status,
-                    tandem_wire::GlobalStatus::Committed | tandem_wire::GlobalStatus::CommitFailed
-                ) =>
-            {
+            // Terminal too: until phase 2 ended, the commit callback deletes the row itself.
+            Ok(t) if t.status.is_terminal() && t.status.outcome() == TransactionOutcome::Committed => {
                 let sql = format!("DELETE FROM {undo} WHERE state = {STATE_NORMAL} AND xid = {}", d.param(1));
                 let (sql, plan) = bind_plan(&sql, d)?;
                 committed += B::execute(&mut conn, &sql, &[B::text(Some(xid.to_string()))], &plan).await?;

@@ -1,12 +1,9 @@
 //! The TCC fence: every SQL statement on `tandem_tcc_fence`, run inside the
-//! participant's local transaction together with the business step.
+//! participant's local transaction together with the business step. The
+//! table is [`crate::migrations::TCC_FENCE`].
 
 use sqlx::PgConnection;
 use tandem_wire::{BranchId, Xid};
-
-/// The fence migration (idempotent DDL), also shipped as
-/// `participant-sdk/migrations/20261122000001_tandem_tcc_fence.sql`.
-pub const FENCE_MIGRATION: &str = include_str!("../../migrations/20261122000001_tandem_tcc_fence.sql");
 
 /// Fence status of a branch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,8 +1,8 @@
 //! The TCC participant.
 //!
-//! A [`TccResource`] supplies the three business steps. [`TccParticipant`]
-//! runs each inside the participant's own sqlx transaction together with its
-//! fence row (see [`fence`]), which makes
+//! The service implements [`TccSteps`]: a resource's three business steps.
+//! [`TccParticipant`] runs each inside the participant's own sqlx
+//! transaction together with its fence row (see [`fence`]), which makes
 //! - confirm and cancel idempotent (a repeat finds `committed` / `rolled_back`
 //!   and does nothing),
 //! - a cancel without a try an empty rollback (it writes `suspended` and skips
@@ -16,7 +16,8 @@
 pub mod fence;
 mod router;
 
-pub use fence::{FenceStatus, FENCE_MIGRATION};
+pub use crate::BoxError;
+pub use fence::FenceStatus;
 pub use router::CALLBACK_PATH;
 
 use crate::client::{ClientError, TandemClient};
@@ -24,10 +25,9 @@ use async_trait::async_trait;
 use sqlx::{PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::Arc;
-use tandem_wire::{BranchId, CallbackAction, CallbackRequest, RegisterBranchRequest, ReportRequest, ReportStatus, Xid};
-
-/// Boxed error of a business step.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+use tandem_wire::{
+    BranchId, CallbackAction, CallbackOutcome, CallbackRequest, RegisterBranchRequest, ReportRequest, ReportStatus, Xid,
+};
 
 /// Identity of the branch a step runs for.
 #[derive(Debug, Clone)]
@@ -65,10 +65,11 @@ impl From<sqlx::Error> for StepError {
     }
 }
 
-/// The three business steps of a TCC resource. Each receives the connection
-/// of the local transaction that also writes the fence row.
+/// What the service provides for one TCC resource: its name and its three
+/// business steps. Each step receives the connection of the local
+/// transaction that also writes the fence row.
 #[async_trait]
-pub trait TccResource: Send + Sync + 'static {
+pub trait TccSteps: Send + Sync + 'static {
     /// Resource name, as registered with the coordinator.
     fn name(&self) -> &str;
     /// Reserve (check and hold) what the business operation needs.
@@ -130,25 +131,6 @@ pub enum TccError {
     Database(#[from] sqlx::Error),
 }
 
-/// What a phase-2 callback did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase2Result {
-    /// The business confirm or cancel ran now.
-    Applied,
-    /// It had already run (duplicate delivery); nothing done.
-    AlreadyDone,
-    /// Cancel before any try: marker written, business cancel skipped.
-    EmptyRollback,
-}
-
-/// Creates the fence table if missing (serialized across processes).
-pub async fn install_fence(pool: &PgPool) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(7419253001)").execute(&mut *tx).await?;
-    sqlx::raw_sql(FENCE_MIGRATION).execute(&mut *tx).await?;
-    tx.commit().await
-}
-
 /// The participant: registers branches, runs tries, serves callbacks. Cheap to clone.
 #[derive(Clone)]
 pub struct TccParticipant {
@@ -162,21 +144,25 @@ struct Inner {
     client: TandemClient,
     /// Where the coordinator reaches [`TccParticipant::router`].
     callback_url: String,
-    /// Resources by name.
-    resources: HashMap<String, Arc<dyn TccResource>>,
+    /// The steps of each resource, by resource name.
+    resources: HashMap<String, Arc<dyn TccSteps>>,
 }
 
-/// Builder of [`TccParticipant`].
+/// Builder of [`TccParticipant`] ([`TccParticipant::builder`]).
 pub struct TccParticipantBuilder {
+    /// The participant's database.
     pool: PgPool,
+    /// Coordinator client.
     client: TandemClient,
+    /// Where the coordinator reaches the callback router.
     callback_url: String,
-    resources: HashMap<String, Arc<dyn TccResource>>,
+    /// The steps of each resource, by resource name.
+    resources: HashMap<String, Arc<dyn TccSteps>>,
 }
 
 impl TccParticipantBuilder {
-    /// Adds a resource.
-    pub fn resource(mut self, r: impl TccResource) -> Self {
+    /// Adds a resource: `steps` under the name [`TccSteps::name`] gives.
+    pub fn resource(mut self, r: impl TccSteps) -> Self {
         self.resources.insert(r.name().to_owned(), Arc::new(r));
         self
     }
@@ -194,8 +180,10 @@ impl TccParticipantBuilder {
 }
 
 impl TccParticipant {
-    /// `public_base_url` is how the coordinator reaches this service (for
-    /// example `http://inventory:8080`); callbacks go to `{public_base_url}`[`CALLBACK_PATH`].
+    /// A builder of a participant on `pool`. `public_base_url` is how the
+    /// coordinator reaches this service (for example `http://inventory:8080`);
+    /// callbacks go to `{public_base_url}`[`CALLBACK_PATH`]. Add its
+    /// resources with [`TccParticipantBuilder::resource`].
     pub fn builder(pool: PgPool, client: TandemClient, public_base_url: &str) -> TccParticipantBuilder {
         TccParticipantBuilder {
             pool,
@@ -203,6 +191,13 @@ impl TccParticipant {
             callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
             resources: HashMap::new(),
         }
+    }
+
+    /// Creates the fence table (`tandem_tcc_fence`,
+    /// [`crate::migrations::TCC_FENCE`]) if it is missing; serialized across
+    /// processes.
+    pub async fn install(&self) -> Result<(), sqlx::Error> {
+        crate::migrations::install_postgres(&self.inner.pool, crate::migrations::TCC_FENCE).await
     }
 
     /// The participant's database pool.
@@ -215,7 +210,7 @@ impl TccParticipant {
         &self.inner.callback_url
     }
 
-    fn resource(&self, name: &str) -> Result<Arc<dyn TccResource>, TccError> {
+    fn resource(&self, name: &str) -> Result<Arc<dyn TccSteps>, TccError> {
         self.inner.resources.get(name).cloned().ok_or_else(|| TccError::UnknownResource(name.to_owned()))
     }
 
@@ -286,7 +281,7 @@ impl TccParticipant {
 
     /// Handles one coordinator callback (confirm or cancel).
     #[tracing::instrument(skip_all, fields(xid = %req.xid, branch_id = %req.branch_id, action = req.action.as_str()))]
-    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Phase2Result, TccError> {
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<CallbackOutcome, TccError> {
         let resource = self.resource(&req.resource)?;
         let ctx =
             BranchContext { xid: req.xid.clone(), branch_id: req.branch_id.clone(), resource: req.resource.clone() };
@@ -300,13 +295,13 @@ impl TccParticipant {
 
     async fn confirm(
         &self,
-        resource: &dyn TccResource,
+        resource: &dyn TccSteps,
         ctx: &BranchContext,
         payload: &serde_json::Value,
-    ) -> Result<Phase2Result, TccError> {
+    ) -> Result<CallbackOutcome, TccError> {
         let mut tx = self.inner.pool.begin().await?;
         match fence::lock(&mut tx, &ctx.xid, &ctx.branch_id).await? {
-            Some(FenceStatus::Committed) => Ok(Phase2Result::AlreadyDone),
+            Some(FenceStatus::Committed) => Ok(CallbackOutcome::AlreadyDone),
             Some(FenceStatus::Tried) => {
                 resource
                     .confirm(&mut tx, ctx, payload)
@@ -314,7 +309,7 @@ impl TccParticipant {
                     .map_err(|error| TccError::StepFailed { action: "commit", error })?;
                 fence::set(&mut tx, &ctx.xid, &ctx.branch_id, FenceStatus::Committed).await?;
                 tx.commit().await?;
-                Ok(Phase2Result::Applied)
+                Ok(CallbackOutcome::Applied)
             }
             Some(FenceStatus::RolledBack | FenceStatus::Suspended) => {
                 Err(TccError::Conflict("confirm for a branch that was rolled back".into()))
@@ -327,18 +322,18 @@ impl TccParticipant {
 
     async fn cancel(
         &self,
-        resource: &dyn TccResource,
+        resource: &dyn TccSteps,
         ctx: &BranchContext,
         payload: &serde_json::Value,
-    ) -> Result<Phase2Result, TccError> {
+    ) -> Result<CallbackOutcome, TccError> {
         let mut tx = self.inner.pool.begin().await?;
         if fence::insert(&mut tx, &ctx.xid, &ctx.branch_id, &ctx.resource, FenceStatus::Suspended).await? {
             tx.commit().await?;
             tracing::info!("empty rollback: cancel before try; a late try will be refused");
-            return Ok(Phase2Result::EmptyRollback);
+            return Ok(CallbackOutcome::EmptyRollback);
         }
         match fence::lock(&mut tx, &ctx.xid, &ctx.branch_id).await? {
-            Some(FenceStatus::RolledBack | FenceStatus::Suspended) => Ok(Phase2Result::AlreadyDone),
+            Some(FenceStatus::RolledBack | FenceStatus::Suspended) => Ok(CallbackOutcome::AlreadyDone),
             Some(FenceStatus::Tried) => {
                 resource
                     .cancel(&mut tx, ctx, payload)
@@ -346,7 +341,7 @@ impl TccParticipant {
                     .map_err(|error| TccError::StepFailed { action: "rollback", error })?;
                 fence::set(&mut tx, &ctx.xid, &ctx.branch_id, FenceStatus::RolledBack).await?;
                 tx.commit().await?;
-                Ok(Phase2Result::Applied)
+                Ok(CallbackOutcome::Applied)
             }
             Some(FenceStatus::Committed) => Err(TccError::Conflict("cancel for a branch that was confirmed".into())),
             // The row existed at insert time and rows are only deleted by purge.

@@ -33,20 +33,19 @@ mod timer;
 pub use state::{Effect, Event, LocalState, Reply};
 pub use timer::now_ms;
 
+pub use crate::BoxError;
+
+use crate::callback::{self, Callbacks, Refusal};
 use crate::client::{ClientError, TandemClient};
 use crate::xa::{Gid, THREE_PHASE_GID_PREFIX};
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use sqlx::{Executor, PgConnection, PgPool};
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use tandem_wire::{
-    Branch, BranchId, CallbackAction, CallbackRequest, ErrorCode, Problem, RegisterBranchRequest, ThreePhaseTimeouts,
-    Xid, PROBLEM_CONTENT_TYPE,
+    Branch, BranchId, CallbackAction, CallbackOutcome, CallbackReply, CallbackRequest, ErrorCode,
+    RegisterBranchRequest, ThreePhaseTimeouts, Xid,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -58,26 +57,6 @@ type BranchLocks = HashMap<(Xid, BranchId), Weak<tokio::sync::Mutex<()>>>;
 
 /// Above this many entries, the branch-lock map drops the entries nobody holds.
 const LOCKS_PRUNE_AT: usize = 1024;
-
-/// Boxed error of the application's work.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// The participant's table: one row per branch it voted on.
-const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS tandem_three_phase (
-    xid          text        NOT NULL,
-    branch_id    text        NOT NULL,
-    -- The participant's resource: recover() re-arms only its own branches.
-    resource     text        NOT NULL,
-    -- voted | aborted | committed. Pre-committed is a prepared transaction whose
-    -- own update turns 'voted' into 'committed' when it commits.
-    state        text        NOT NULL,
-    -- Voted: when the branch aborts on its own without PreCommit (Unix ms).
-    deadline_ms  bigint,
-    -- Why it aborted, or how it committed (DoCommit or its own timeout).
-    detail       text,
-    updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (xid, branch_id)
-)";
 
 /// Errors of the 3PC participant.
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +101,8 @@ pub trait ThreePhaseWork: Send + Sync + 'static {
 pub struct Answer {
     /// What to answer the coordinator.
     pub reply: Reply,
+    /// For a yes: whether it took effect now or before (a repeated delivery).
+    pub outcome: CallbackOutcome,
     /// The branch's state afterwards.
     pub state: LocalState,
     /// Why, for a refusal.
@@ -162,32 +143,72 @@ struct Inner {
     stop: CancellationToken,
 }
 
-impl ThreePhaseParticipant {
-    /// `public_base_url` is how the coordinator reaches this service; callbacks
-    /// go to `{public_base_url}`[`CALLBACK_PATH`].
-    pub fn new(
-        pool: PgPool,
-        client: TandemClient,
-        resource: &str,
-        public_base_url: &str,
-        work: impl ThreePhaseWork,
-    ) -> Self {
+/// Builder of [`ThreePhaseParticipant`] ([`ThreePhaseParticipant::builder`]).
+pub struct ThreePhaseParticipantBuilder {
+    /// The participant's database.
+    pool: PgPool,
+    /// Coordinator client.
+    client: TandemClient,
+    /// Resource name registered with each branch.
+    resource: String,
+    /// Where the coordinator reaches the callback router.
+    callback_url: String,
+    /// The application's vote and work.
+    work: Arc<dyn ThreePhaseWork>,
+}
+
+impl ThreePhaseParticipantBuilder {
+    /// Finishes.
+    pub fn build(self) -> ThreePhaseParticipant {
         ThreePhaseParticipant {
             inner: Arc::new(Inner {
-                pool,
-                client,
-                resource: resource.to_owned(),
-                callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
-                work: Arc::new(work),
+                pool: self.pool,
+                client: self.client,
+                resource: self.resource,
+                callback_url: self.callback_url,
+                work: self.work,
                 locks: std::sync::Mutex::new(HashMap::new()),
                 stop: CancellationToken::new(),
             }),
         }
     }
+}
 
-    /// Creates the participant's table if it is missing.
+impl ThreePhaseParticipant {
+    /// A builder of a participant for `resource` on `pool`, whose vote and
+    /// work `work` provides. `public_base_url` is how the coordinator reaches
+    /// this service; callbacks go to `{public_base_url}`[`CALLBACK_PATH`].
+    pub fn builder(
+        pool: PgPool,
+        client: TandemClient,
+        resource: &str,
+        public_base_url: &str,
+        work: impl ThreePhaseWork,
+    ) -> ThreePhaseParticipantBuilder {
+        ThreePhaseParticipantBuilder {
+            pool,
+            client,
+            resource: resource.to_owned(),
+            callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
+            work: Arc::new(work),
+        }
+    }
+
+    /// Creates the participant's table (`tandem_three_phase`,
+    /// [`crate::migrations::THREE_PHASE`]) if it is missing; serialized
+    /// across processes.
     pub async fn install(&self) -> Result<(), sqlx::Error> {
-        self.inner.pool.execute(SCHEMA).await.map(|_| ())
+        crate::migrations::install_postgres(&self.inner.pool, crate::migrations::THREE_PHASE).await
+    }
+
+    /// The resource name registered with each branch.
+    pub fn resource(&self) -> &str {
+        &self.inner.resource
+    }
+
+    /// The callback URL registered with each branch.
+    pub fn callback_url(&self) -> &str {
+        &self.inner.callback_url
     }
 
     /// Startup check: PostgreSQL must allow prepared transactions.
@@ -263,6 +284,12 @@ impl ThreePhaseParticipant {
             CallbackAction::Rollback => Event::Abort,
         };
         let (effect, mut reply) = state::next(state, event);
+        let mut outcome = match effect {
+            Effect::Nothing => CallbackOutcome::AlreadyDone,
+            // An abort before any vote: the marker refuses a late PreCommit.
+            Effect::RecordAbort if state == LocalState::Unknown => CallbackOutcome::EmptyRollback,
+            _ => CallbackOutcome::Applied,
+        };
         let mut after = state;
         match effect {
             Effect::Nothing => {}
@@ -307,6 +334,7 @@ impl ThreePhaseParticipant {
                     // Finished meanwhile by someone else: answer from what it became.
                     let (now, _) = self.read(&req.xid, &req.branch_id).await?;
                     reply = state::next(now, event).1;
+                    outcome = CallbackOutcome::AlreadyDone;
                     after = now;
                 }
             }
@@ -318,7 +346,7 @@ impl ThreePhaseParticipant {
         if detail.is_none() && reply != Reply::Yes {
             detail = Some(format!("{} refused: the branch is {}", req.action.as_str(), state.as_str()));
         }
-        Ok(Answer { reply, state: after, detail })
+        Ok(Answer { reply, outcome, state: after, detail })
     }
 
     /// Re-arms the timers of this database's 3PC branches (call at startup):
@@ -408,7 +436,7 @@ impl ThreePhaseParticipant {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        Router::new().route(CALLBACK_PATH, post(callback)).with_state(self.clone())
+        callback::router(CALLBACK_PATH, self.clone())
     }
 
     async fn lock(&self, xid: &Xid, branch: &BranchId) -> tokio::sync::OwnedMutexGuard<()> {
@@ -614,40 +642,23 @@ fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-async fn callback(State(p): State<ThreePhaseParticipant>, Json(req): Json<CallbackRequest>) -> Response {
-    // In its own task: a coordinator that stops waiting closes the connection,
-    // which drops this handler, and a local transaction or a prepare must not
-    // be abandoned half way.
-    let work = {
-        let req = req.clone();
-        tokio::spawn(async move { p.handle_callback(&req).await })
-    };
-    let result = match work.await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(xid = %req.xid, error = %e, "3PC callback task failed");
-            let body = Problem::new(500, ErrorCode::Internal, "Internal Server Error", "callback task failed");
-            return (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response();
+impl Callbacks for ThreePhaseParticipant {
+    const MODE: &'static str = "3PC";
+
+    async fn answer(self, req: CallbackRequest) -> Result<CallbackReply, Refusal> {
+        match self.handle_callback(&req).await {
+            Ok(Answer { reply: Reply::Yes, outcome, state, .. }) => {
+                Ok(CallbackReply { outcome, state: Some(state.as_str().to_owned()) })
+            }
+            Ok(Answer { reply: Reply::HeuristicCommit, detail, .. }) => {
+                Err(Refusal::permanent(ErrorCode::HeuristicCommit, detail.unwrap_or_default()))
+            }
+            Ok(Answer { detail, .. }) => Err(Refusal::permanent(ErrorCode::InvalidState, detail.unwrap_or_default())),
+            Err(e @ ThreePhaseError::WrongResource { .. }) => Err(Refusal::unknown_resource(e.to_string())),
+            Err(e @ ThreePhaseError::MissingTimeouts(_)) => {
+                Err(Refusal::permanent(ErrorCode::ValidationFailed, e.to_string()))
+            }
+            Err(e) => Err(Refusal::retry(e.to_string())),
         }
-    };
-    let (status, code, detail) = match result {
-        Ok(Answer { reply: Reply::Yes, state, .. }) => {
-            return (StatusCode::OK, Json(serde_json::json!({ "state": state.as_str() }))).into_response();
-        }
-        Ok(Answer { reply: Reply::HeuristicCommit, detail, .. }) => {
-            (StatusCode::CONFLICT, ErrorCode::HeuristicCommit, detail.unwrap_or_default())
-        }
-        Ok(Answer { detail, .. }) => (StatusCode::CONFLICT, ErrorCode::InvalidState, detail.unwrap_or_default()),
-        Err(e @ ThreePhaseError::WrongResource { .. }) => (StatusCode::NOT_FOUND, ErrorCode::NotFound, e.to_string()),
-        Err(e @ ThreePhaseError::MissingTimeouts(_)) => {
-            (StatusCode::CONFLICT, ErrorCode::ValidationFailed, e.to_string())
-        }
-        Err(e) => {
-            tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "3PC callback failed");
-            (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, e.to_string())
-        }
-    };
-    let title = status.canonical_reason().unwrap_or("Error");
-    let body = Problem::new(status.as_u16(), code, title, detail);
-    (status, [(axum::http::header::CONTENT_TYPE, PROBLEM_CONTENT_TYPE)], Json(body)).into_response()
+    }
 }

@@ -16,6 +16,16 @@
 //! Tandem branches, asks the coordinator how each ended, and finishes them;
 //! one the coordinator has no record of is rolled back once older than the
 //! transaction timeout (presumed abort).
+//!
+//! XA needs no table of its own, so unlike the other participants this one
+//! has no `install`: a branch's state is the database's prepared
+//! transaction, named by its gid.
+//!
+//! ```ignore
+//! let xa = XaParticipant::builder(PgXa::new(pool), client, "orders", "http://orders:8080").build();
+//! xa.check().await?; // the server can prepare transactions
+//! let app = business_routes.merge(xa.router());
+//! ```
 
 pub mod gid;
 mod mysql;
@@ -25,28 +35,24 @@ pub use gid::{Gid, GID_PREFIX, MYSQL_FORMAT_ID, THREE_PHASE_GID_PREFIX};
 pub use mysql::MySqlXa;
 pub use postgres::PgXa;
 
+pub use crate::BoxError;
+
+use crate::callback::{self, Callbacks, Refusal};
 use crate::client::{ClientError, TandemClient};
 use async_trait::async_trait;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Router;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tandem_wire::{
-    CallbackAction, CallbackRequest, ErrorCode, GlobalStatus, Problem, RegisterBranchRequest, ReportRequest,
-    ReportStatus, Xid,
+    CallbackAction, CallbackOutcome, CallbackReply, CallbackRequest, ErrorCode, RegisterBranchRequest, ReportRequest,
+    ReportStatus, TransactionOutcome, Xid,
 };
 
 /// Path of the XA callback endpoint.
 pub const CALLBACK_PATH: &str = "/tandem/xa/callback";
-
-/// Boxed error of the business statements.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Errors of the XA participant.
 #[derive(Debug, thiserror::Error)]
@@ -74,15 +80,6 @@ pub enum XaError {
     /// an XA branch): answered 409.
     #[error("an XA branch does not take the action {0}")]
     WrongAction(&'static str),
-}
-
-/// What a phase-2 callback did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase2Result {
-    /// `COMMIT PREPARED` / `ROLLBACK PREPARED` ran now.
-    Applied,
-    /// The gid was unknown: already finished (or never prepared).
-    AlreadyDone,
 }
 
 /// What one recovery pass did.
@@ -114,8 +111,11 @@ pub trait XaBackend: Send + Sync + 'static {
     async fn abort(&self, conn: Self::Pooled, gid: &Gid);
     /// Prepares the branch; `Ok(false)` if the server answered but nothing is prepared.
     async fn prepare(&self, conn: Self::Pooled, gid: &Gid) -> Result<bool, sqlx::Error>;
-    /// Commits or rolls back a prepared branch from any connection.
-    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error>;
+    /// Commits or rolls back a prepared branch from any connection:
+    /// [`CallbackOutcome::Applied`] if it ran now,
+    /// [`CallbackOutcome::AlreadyDone`] if the gid was unknown (already
+    /// finished, or never prepared).
+    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<CallbackOutcome, sqlx::Error>;
     /// This database's prepared Tandem branches, with the time they were
     /// prepared where the server records it.
     async fn prepared(&self) -> Result<Vec<(Gid, Option<DateTime<Utc>>)>, sqlx::Error>;
@@ -146,33 +146,56 @@ struct Inner<B> {
     first_seen: Mutex<HashMap<String, DateTime<Utc>>>,
 }
 
-impl XaParticipant<PgXa> {
-    /// A participant on a PostgreSQL database (needs `max_prepared_transactions > 0`).
-    pub fn new(pool: sqlx::PgPool, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
-        XaParticipant::with_backend(PgXa::new(pool), client, resource, public_base_url)
-    }
+/// Builder of [`XaParticipant`] ([`XaParticipant::builder`]).
+pub struct XaParticipantBuilder<B: XaBackend> {
+    /// The participant's database.
+    backend: B,
+    /// Coordinator client.
+    client: TandemClient,
+    /// Resource name registered with each branch.
+    resource: String,
+    /// Where the coordinator reaches the callback router.
+    callback_url: String,
 }
 
-impl XaParticipant<MySqlXa> {
-    /// A participant on a MySQL or MariaDB database (InnoDB tables).
-    pub fn mysql(pool: sqlx::MySqlPool, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
-        XaParticipant::with_backend(MySqlXa::new(pool), client, resource, public_base_url)
+impl<B: XaBackend> XaParticipantBuilder<B> {
+    /// Finishes.
+    pub fn build(self) -> XaParticipant<B> {
+        XaParticipant {
+            inner: Arc::new(Inner {
+                backend: self.backend,
+                client: self.client,
+                resource: self.resource,
+                callback_url: self.callback_url,
+                first_seen: Mutex::new(HashMap::new()),
+            }),
+        }
     }
 }
 
 impl<B: XaBackend> XaParticipant<B> {
-    /// `public_base_url` is how the coordinator reaches this service; callbacks
-    /// go to `{public_base_url}`[`CALLBACK_PATH`].
-    pub fn with_backend(backend: B, client: TandemClient, resource: &str, public_base_url: &str) -> Self {
-        XaParticipant {
-            inner: Arc::new(Inner {
-                backend,
-                client,
-                resource: resource.to_owned(),
-                callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
-                first_seen: Mutex::new(HashMap::new()),
-            }),
+    /// A builder of a participant for `resource` on `backend`: [`PgXa`]
+    /// (PostgreSQL with `max_prepared_transactions > 0`) or [`MySqlXa`]
+    /// (MySQL or MariaDB, InnoDB tables). `public_base_url` is how the
+    /// coordinator reaches this service; callbacks go to
+    /// `{public_base_url}`[`CALLBACK_PATH`].
+    pub fn builder(backend: B, client: TandemClient, resource: &str, public_base_url: &str) -> XaParticipantBuilder<B> {
+        XaParticipantBuilder {
+            backend,
+            client,
+            resource: resource.to_owned(),
+            callback_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
         }
+    }
+
+    /// The resource name registered with each branch.
+    pub fn resource(&self) -> &str {
+        &self.inner.resource
+    }
+
+    /// The callback URL registered with each branch.
+    pub fn callback_url(&self) -> &str {
+        &self.inner.callback_url
     }
 
     /// Startup check (see [`XaBackend::check`]).
@@ -244,7 +267,7 @@ impl<B: XaBackend> XaParticipant<B> {
     }
 
     /// Handles one coordinator callback.
-    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<Phase2Result, XaError> {
+    pub async fn handle_callback(&self, req: &CallbackRequest) -> Result<CallbackOutcome, XaError> {
         if !matches!(req.action, CallbackAction::Commit | CallbackAction::Rollback) {
             return Err(XaError::WrongAction(req.action.as_str()));
         }
@@ -269,15 +292,10 @@ impl<B: XaBackend> XaParticipant<B> {
         for ((gid, _), since) in prepared.into_iter().zip(since) {
             let xid = gid.xid();
             let action = match self.inner.client.get(xid).await {
-                Ok(t) => match t.status {
-                    GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => {
-                        Some(CallbackAction::Commit)
-                    }
-                    GlobalStatus::RollingBack
-                    | GlobalStatus::RolledBack
-                    | GlobalStatus::RollbackFailed
-                    | GlobalStatus::HeuristicMixed => Some(CallbackAction::Rollback),
-                    GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => None,
+                Ok(t) => match t.status.outcome() {
+                    TransactionOutcome::Committed => Some(CallbackAction::Commit),
+                    TransactionOutcome::RolledBack => Some(CallbackAction::Rollback),
+                    TransactionOutcome::Undecided => None,
                 },
                 Err(e) if e.code() == Some(ErrorCode::TransactionNotFound) => {
                     let age = now.signed_duration_since(since).to_std().unwrap_or_default();
@@ -319,27 +337,18 @@ impl<B: XaBackend> XaParticipant<B> {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        Router::new().route(CALLBACK_PATH, post(callback::<B>)).with_state(self.clone())
+        callback::router(CALLBACK_PATH, self.clone())
     }
 }
 
-async fn callback<B: XaBackend>(State(p): State<XaParticipant<B>>, Json(req): Json<CallbackRequest>) -> Response {
-    match p.handle_callback(&req).await {
-        Ok(r) => {
-            let outcome = match r {
-                Phase2Result::Applied => "applied",
-                Phase2Result::AlreadyDone => "already_done",
-            };
-            (StatusCode::OK, Json(serde_json::json!({ "outcome": outcome }))).into_response()
-        }
-        Err(e @ XaError::WrongAction(_)) => {
-            let p = Problem::new(409, ErrorCode::InvalidState, "Conflict", e.to_string());
-            (StatusCode::CONFLICT, Json(p)).into_response()
-        }
-        Err(e) => {
-            tracing::warn!(xid = %req.xid, branch_id = %req.branch_id, error = %e, "XA callback failed");
-            let p = Problem::new(503, ErrorCode::Unavailable, "Service Unavailable", e.to_string());
-            (StatusCode::SERVICE_UNAVAILABLE, Json(p)).into_response()
+impl<B: XaBackend> Callbacks for XaParticipant<B> {
+    const MODE: &'static str = "XA";
+
+    async fn answer(self, req: CallbackRequest) -> Result<CallbackReply, Refusal> {
+        match self.handle_callback(&req).await {
+            Ok(outcome) => Ok(CallbackReply::new(outcome)),
+            Err(e @ XaError::WrongAction(_)) => Err(Refusal::permanent(ErrorCode::InvalidState, e.to_string())),
+            Err(e) => Err(Refusal::retry(e.to_string())),
         }
     }
 }

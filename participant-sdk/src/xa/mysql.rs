@@ -4,13 +4,13 @@
 //! MariaDB 10.5+ and MySQL 5.7+ keep prepared branches across disconnects and
 //! restarts; the session that prepared a branch is closed afterwards.
 
-use super::{Gid, Phase2Result, XaBackend, XaError, MYSQL_FORMAT_ID};
+use super::{Gid, XaBackend, XaError, MYSQL_FORMAT_ID};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::mysql::MySqlRow;
 use sqlx::pool::PoolConnection;
 use sqlx::{Connection, Executor, MySql, MySqlConnection, MySqlPool, Row};
-use tandem_wire::CallbackAction;
+use tandem_wire::{CallbackAction, CallbackOutcome};
 
 /// The MySQL/MariaDB backend. Tables must be InnoDB.
 #[derive(Debug, Clone)]
@@ -90,15 +90,15 @@ impl XaBackend for MySqlXa {
         Ok(self.prepared().await?.iter().any(|(g, _)| g == gid))
     }
 
-    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error> {
+    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<CallbackOutcome, sqlx::Error> {
         let verb = match action {
             CallbackAction::Commit => "COMMIT",
             // Only commit and rollback reach here (`XaParticipant::handle_callback`).
             _ => "ROLLBACK",
         };
         match self.pool.execute(gid.mysql_statement(verb).as_str()).await {
-            Ok(_) => Ok(Phase2Result::Applied),
-            Err(e) if is_unknown_xid(&e) => Ok(Phase2Result::AlreadyDone),
+            Ok(_) => Ok(CallbackOutcome::Applied),
+            Err(e) if is_unknown_xid(&e) => Ok(CallbackOutcome::AlreadyDone),
             Err(e) => Err(e),
         }
     }

@@ -1,11 +1,11 @@
 //! PostgreSQL prepared transactions (`PREPARE TRANSACTION`).
 
-use super::{Gid, Phase2Result, XaBackend, XaError, GID_PREFIX};
+use super::{Gid, XaBackend, XaError, GID_PREFIX};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::pool::PoolConnection;
 use sqlx::{Executor, PgConnection, PgPool, Postgres};
-use tandem_wire::CallbackAction;
+use tandem_wire::{CallbackAction, CallbackOutcome};
 
 /// The PostgreSQL backend. Don't use sqlx's `Transaction` guard for a branch:
 /// its commit or drop would send COMMIT/ROLLBACK; BEGIN and PREPARE are
@@ -75,15 +75,15 @@ impl XaBackend for PgXa {
             .await
     }
 
-    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<Phase2Result, sqlx::Error> {
+    async fn finish(&self, gid: &Gid, action: CallbackAction) -> Result<CallbackOutcome, sqlx::Error> {
         let verb = match action {
             CallbackAction::Commit => "COMMIT PREPARED",
             // Only commit and rollback reach here (`XaParticipant::handle_callback`).
             _ => "ROLLBACK PREPARED",
         };
         match self.pool.execute(gid.statement(verb).as_str()).await {
-            Ok(_) => Ok(Phase2Result::Applied),
-            Err(e) if is_unknown_gid(&e) => Ok(Phase2Result::AlreadyDone),
+            Ok(_) => Ok(CallbackOutcome::Applied),
+            Err(e) if is_unknown_gid(&e) => Ok(CallbackOutcome::AlreadyDone),
             Err(e) => Err(e),
         }
     }

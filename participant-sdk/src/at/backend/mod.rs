@@ -59,8 +59,12 @@ pub trait AtBackend: Send + Sync + 'static {
     type Db: Database;
     /// Its SQL dialect.
     const DIALECT: SqlDialect;
-    /// Statements creating the undo log table (idempotent).
+    /// Statements creating the undo log table (idempotent): the file of
+    /// `participant-sdk/migrations/` for this database.
     const UNDO_DDL: &'static str;
+
+    /// Runs [`AtBackend::UNDO_DDL`] on `pool`.
+    async fn install(pool: &sqlx::Pool<Self::Db>) -> Result<(), sqlx::Error>;
 
     /// What the server can do.
     async fn server_info(conn: &mut Conn<Self>) -> Result<ServerInfo, sqlx::Error>;

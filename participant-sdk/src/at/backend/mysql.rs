@@ -10,7 +10,7 @@ use crate::at::meta::{
 use crate::at::sql::{SqlDialect, TableRef};
 use crate::at::AtError;
 use async_trait::async_trait;
-use sqlx::{MySql, MySqlConnection, Row as _};
+use sqlx::{MySql, MySqlConnection, MySqlPool, Row as _};
 use std::sync::Arc;
 
 /// MySQL and MariaDB (InnoDB).
@@ -107,13 +107,12 @@ type KeyColumnRow = (String, String, String, String, String, String, String, Str
 
 at_backend!(MySqlDb, MySql, MySqlConnection, sqlx::mysql::MySqlRow, {
     const DIALECT: SqlDialect = SqlDialect::MySql;
-    const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
-        xid           varchar(64)  NOT NULL,
-        branch_key    varchar(64)  NOT NULL,
-        state         smallint     NOT NULL,
-        rollback_info longtext,
-        created_at    datetime(6)  NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-        PRIMARY KEY (xid, branch_key)) ENGINE = InnoDB";
+    const UNDO_DDL: &'static str = crate::migrations::AT_UNDO_LOG_MYSQL;
+
+    async fn install(pool: &MySqlPool) -> Result<(), sqlx::Error> {
+        // Over the text protocol: a migration file is a script, not one prepared statement.
+        sqlx::raw_sql(Self::UNDO_DDL).execute(pool).await.map(|_| ())
+    }
 
     async fn server_info(conn: &mut MySqlConnection) -> Result<ServerInfo, sqlx::Error> {
         let (version, lcn): (String, i64) =

@@ -16,7 +16,7 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgTypeInfo};
-use sqlx::{Encode, PgConnection, Postgres, Row as _, Type};
+use sqlx::{Encode, PgConnection, PgPool, Postgres, Row as _, Type};
 use std::sync::Arc;
 
 /// PostgreSQL.
@@ -295,13 +295,11 @@ type ForeignKeyRow = (
 
 at_backend!(Pg, Postgres, PgConnection, sqlx::postgres::PgRow, {
     const DIALECT: SqlDialect = SqlDialect::Postgres;
-    const UNDO_DDL: &'static str = "CREATE TABLE IF NOT EXISTS tandem_undo_log (
-        xid           text        NOT NULL,
-        branch_key    text        NOT NULL,  -- chosen by the SDK, sent as the branch payload's undo_key
-        state         smallint    NOT NULL,  -- 0: phase-1 images; 1: rolled back, or empty-rollback marker
-        rollback_info text,                  -- UndoLog as plain JSON
-        created_at    timestamptz NOT NULL DEFAULT now(),
-        PRIMARY KEY (xid, branch_key))";
+    const UNDO_DDL: &'static str = crate::migrations::AT_UNDO_LOG_POSTGRES;
+
+    async fn install(pool: &PgPool) -> Result<(), sqlx::Error> {
+        crate::migrations::install_postgres(pool, Self::UNDO_DDL).await
+    }
 
     async fn server_info(conn: &mut PgConnection) -> Result<ServerInfo, sqlx::Error> {
         let version: i32 =

@@ -1,5 +1,5 @@
 -- TCC fence of the Tandem SDK. Apply it in each participant database (the SDK
--- does so with `tandem_sdk::tcc::install_fence`, or copy it into your own
+-- does so with `TccParticipant::install`, or copy it into your own
 -- migrations). Idempotent.
 --
 -- One row per branch, written in the same local transaction as the business
