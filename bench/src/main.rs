@@ -37,8 +37,8 @@ struct Args {
     /// UPDATE in a plain local transaction: the baseline of `at`), or `3pc`
     /// (three-phase commit: each participant votes with a SELECT, then
     /// pre-commits the same UPDATE as `xa` under PREPARE TRANSACTION).
-    #[arg(long, default_value = "tcc")]
-    mode: String,
+    #[arg(long, value_enum, default_value_t = BenchMode::Tcc)]
+    mode: BenchMode,
     /// PostgreSQL server (no database name) for the `xa` and `local` participants'
     /// databases; needs max_prepared_transactions > 0 for `xa`.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5433")]
@@ -71,6 +71,43 @@ struct Args {
     /// PostgreSQL URL of the coordinator's database (migrated at start).
     #[arg(long, env = "DATABASE_URL")]
     database_url: String,
+}
+
+/// What `--mode` measures (see [`Args::mode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum BenchMode {
+    /// TCC with no-op participants.
+    Tcc,
+    /// XA: PostgreSQL participants that PREPARE one UPDATE each.
+    Xa,
+    /// The baseline of `xa`: the same UPDATEs in one local transaction.
+    Local,
+    /// One AT branch running a one-row UPDATE.
+    At,
+    /// The baseline of `at`: that UPDATE in a local transaction.
+    Local1,
+    /// Three-phase commit.
+    #[value(name = "3pc")]
+    ThreePc,
+}
+
+impl BenchMode {
+    /// Its name on the command line and in the JSON result.
+    fn as_str(self) -> &'static str {
+        match self {
+            BenchMode::Tcc => "tcc",
+            BenchMode::Xa => "xa",
+            BenchMode::Local => "local",
+            BenchMode::At => "at",
+            BenchMode::Local1 => "local1",
+            BenchMode::ThreePc => "3pc",
+        }
+    }
+
+    /// Whether `--branches` applies.
+    fn has_branches(self) -> bool {
+        matches!(self, BenchMode::Tcc | BenchMode::Xa | BenchMode::Local | BenchMode::ThreePc)
+    }
 }
 
 /// Starts a participant that answers 200 to every callback; returns its callback URL.
@@ -239,9 +276,6 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    if !matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "at" | "local1" | "3pc") {
-        bail!("--mode {}: expected tcc, xa, local, at, local1 or 3pc", args.mode);
-    }
     let mut settings = Settings::new(&args.database_url);
     settings.db_max_connections = args.db_connections;
     settings.db_relaxed_connections = args.db_relaxed_connections;
@@ -249,24 +283,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let calls = Arc::new(AtomicU64::new(0));
     let client = TandemClient::new(&coordinator.url)?;
-    let work = match args.mode.as_str() {
-        "tcc" => {
+    let work = match args.mode {
+        BenchMode::Tcc => {
             let mut callbacks = Vec::new();
             for _ in 0..args.branches {
                 callbacks.push(noop_participant(calls.clone()).await?);
             }
             Workload::Tcc(callbacks)
         }
-        "local" => Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
-        "local1" => Workload::Local1(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?),
-        "at" => {
+        BenchMode::Local => {
+            Workload::Local(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?)
+        }
+        BenchMode::Local1 => {
+            Workload::Local1(participant_db(&args.participant_pg, "tandem_bench_p0", args.concurrency).await?)
+        }
+        BenchMode::At => {
             let (pool, listener, url) = participant_endpoint(&args, 0).await?;
             let at = AtParticipant::<Pg>::builder(pool, client.clone(), "bench", &url).build();
             at.install().await?;
             serve(listener, at.router());
             Workload::At(at)
         }
-        "3pc" => {
+        BenchMode::ThreePc => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
@@ -278,7 +316,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
             Workload::ThreePc(participants)
         }
-        _ => {
+        BenchMode::Xa => {
             let mut participants = Vec::new();
             for i in 0..args.branches {
                 let (pool, listener, url) = participant_endpoint(&args, i).await?;
@@ -382,8 +420,8 @@ async fn bench(
     let tx = hist.len();
     let secs = args.duration_secs as f64;
     let mut result = serde_json::json!({
-        "mode": args.mode,
-        "branches": if matches!(args.mode.as_str(), "tcc" | "xa" | "local" | "3pc") { args.branches } else { 1 },
+        "mode": args.mode.as_str(),
+        "branches": if args.mode.has_branches() { args.branches } else { 1 },
         "concurrency": args.concurrency,
         "tx": tx,
         "tx_per_sec": (tx as f64 / secs * 10.0).round() / 10.0,

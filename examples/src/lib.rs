@@ -33,3 +33,45 @@ pub async fn finish(coordinator: RunningCoordinator, after: AfterDemo) -> anyhow
     tokio::time::timeout(Duration::from_secs(15), coordinator.stop()).await.context("stopping the coordinator")??;
     Ok(())
 }
+
+#[cfg(test)]
+mod readme {
+    /// The `rust` blocks of README.md, in order.
+    fn readme_blocks() -> Vec<String> {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README");
+        readme.split("```rust\n").skip(1).map(|b| b.split("```").next().unwrap_or("").trim_end().to_owned()).collect()
+    }
+
+    /// The regions of `examples/readme.rs` between `// README {` and `// README }`, dedented.
+    fn compiled_regions() -> Vec<String> {
+        let code = include_str!("../examples/readme.rs");
+        let mut regions = Vec::new();
+        let mut current: Option<Vec<&str>> = None;
+        for line in code.lines() {
+            match (line.trim(), current.as_mut()) {
+                ("// README {", _) => current = Some(Vec::new()),
+                ("// README }", Some(_)) => regions.push(current.take().unwrap_or_default()),
+                (_, Some(lines)) => lines.push(line),
+                _ => {}
+            }
+        }
+        regions
+            .into_iter()
+            .map(|lines| {
+                let indent =
+                    lines.iter().filter(|l| !l.trim().is_empty()).map(|l| l.len() - l.trim_start().len()).min();
+                let indent = indent.unwrap_or(0);
+                lines.iter().map(|l| l.get(indent..).unwrap_or("")).collect::<Vec<_>>().join("\n").trim_end().to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_rust_block_of_the_readme_is_compiled_code() {
+        let (blocks, regions) = (readme_blocks(), compiled_regions());
+        assert_eq!(blocks.len(), regions.len(), "README rust blocks vs compiled regions");
+        for (i, (b, r)) in blocks.iter().zip(&regions).enumerate() {
+            assert_eq!(b, r, "README block {i} differs from examples/examples/readme.rs");
+        }
+    }
+}
