@@ -11,6 +11,9 @@ pub enum CoordinatorError {
     /// The request is well-formed JSON but invalid.
     #[error("{0}")]
     Validation(String),
+    /// A field outside the limits the OpenAPI document declares.
+    #[error(transparent)]
+    Limit(#[from] tandem_wire::limits::LimitError),
     /// A begin option refused by the mode's protocol.
     #[error(transparent)]
     Option(#[from] OptionError),

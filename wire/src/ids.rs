@@ -8,6 +8,10 @@ use utoipa::ToSchema;
 /// bytes; MySQL: gtrid and bqual at most 64 bytes each) within their limits.
 pub const MAX_ID_LEN: usize = 64;
 
+/// The shape of an identifier as a JSON Schema `pattern`: 1 to
+/// [`MAX_ID_LEN`] ASCII letters, digits, `-`, `_`, `.` and `:`.
+pub const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,64}$";
+
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {

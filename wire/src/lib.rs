@@ -1,16 +1,18 @@
-//! Wire types of the Tandem coordinator's HTTP contract (`shared/contract/http-api.md`, v1).
+//! Wire types of the Tandem coordinator's HTTP contract (v1, `docs/http-api.md`).
 //!
 //! Everything that crosses the network between a client, the coordinator and a
 //! participant is defined here once: identifiers, statuses, request and response
 //! bodies, callbacks and problem details. The coordinator serves these types
 //! (and derives its OpenAPI document from them); the SDK sends and receives them.
 
+pub mod de;
 mod ids;
+pub mod limits;
 mod problem;
 mod status;
 mod three_phase;
 
-pub use ids::{BranchId, IdError, Xid};
+pub use ids::{BranchId, IdError, Xid, ID_PATTERN, MAX_ID_LEN};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, TransactionOutcome, UnknownValue};
 pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts, TimeoutError};
@@ -34,11 +36,11 @@ pub struct BeginRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Time after which an undecided transaction is rolled back. Default 60000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_u64")]
     pub timeout_ms: Option<u64>,
     /// Phase timeouts of a `3pc` transaction; each defaults when absent.
     /// Refused for other modes. Extension.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "de::opt_object")]
     pub three_phase: Option<ThreePhaseOptions>,
 }
 

@@ -64,19 +64,19 @@ pub enum TimeoutError {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct ThreePhaseOptions {
     /// How long the coordinator waits for every CanCommit vote (default 3000).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::de::opt_u64")]
     pub can_commit_timeout_ms: Option<u64>,
     /// How long the coordinator waits for every PreCommit acknowledgement, and
     /// a yes-voter for its PreCommit (default 5000; more than
     /// `can_commit_timeout_ms`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::de::opt_u64")]
     pub pre_commit_timeout_ms: Option<u64>,
     /// How long a pre-committed participant waits for DoCommit or abort
     /// before committing on its own (default 40000, or more when
     /// `pre_commit_timeout_ms` is long: it must exceed twice
     /// `pre_commit_timeout_ms` plus the coordinator's lease and recovery
     /// interval).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::de::opt_u64")]
     pub do_commit_timeout_ms: Option<u64>,
 }
 
