@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: prepares PostgreSQL, then runs every test
 # of the workspace (unit tests and the acceptance suites, which create and
-# drop their own databases). Extra arguments go to cargo test. Ends with one
+# drop their own databases), then fuzzes the HTTP API from its OpenAPI
+# document (scripts/schemathesis.sh). Extra arguments go to cargo test. Ends with one
 # summary line, "N passed, N failed", over all test binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +17,11 @@ set +e
 cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
+# The HTTP API against its own OpenAPI document (Schemathesis, --checks all).
+if ! bash scripts/schemathesis.sh; then
+  echo "schemathesis: the coordinator and its OpenAPI document disagree (above)" >&2
+  status=1
+fi
 # The suite must leave no prepared transaction of ours on any server.
 for server in "$TANDEM_TEST_PG" "$TANDEM_TEST_XA_PG"; do
   left=$(psql "$server/postgres" -Atqc "SELECT count(*) FROM pg_prepared_xacts WHERE gid LIKE 'tandem|%' OR gid LIKE 'tandem3|%'")

@@ -255,3 +255,194 @@ async fn global_locks_read_the_same_from_every_endpoint() {
     }
     app.stop().await.expect("coordinator stops");
 }
+
+/// POSTs `body` as JSON and returns the status and the problem's `code`, if any.
+async fn post_json(http: &reqwest::Client, url: &str, body: &serde_json::Value) -> (u16, Option<String>) {
+    let resp = http.post(url).json(body).send().await.expect("request");
+    let status = resp.status().as_u16();
+    let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, v.get("code").and_then(|c| c.as_str()).map(str::to_owned))
+}
+
+/// The document is built from the router: every path it lists is served,
+/// and every operation documents the problems it can answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_every_route_with_its_problems() {
+    let db = TestDb::new("openapi_routes").await;
+    let (app, _client) = support::spawn_coordinator(support::fast_settings(&db.url)).await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value =
+        http.get(format!("{}/openapi.json", app.url)).send().await.expect("get").json().await.expect("json");
+    let mut operations = Vec::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for (method, op) in item.as_object().expect("path item") {
+            operations.push(format!("{} {path}", method.to_uppercase()));
+            let documented: Vec<&str> =
+                op["responses"].as_object().expect("responses").keys().map(|k| k.as_str()).collect();
+            let mut required = vec![];
+            if path.starts_with("/v1/") {
+                required.extend(["408", "500", "503"]);
+            }
+            if op.get("requestBody").is_some() {
+                required.extend(["400", "413", "415", "422"]);
+            }
+            if op.get("parameters").and_then(|p| p.as_array()).is_some_and(|p| p.iter().any(|p| p["in"] == "query")) {
+                required.push("400");
+            }
+            for status in required {
+                assert!(documented.contains(&status), "{method} {path} does not document {status}: {documented:?}");
+                let content = &op["responses"][status]["content"]["application/problem+json"]["schema"]["$ref"];
+                assert_eq!(content, "#/components/schemas/Problem", "{method} {path} {status}");
+            }
+            // Served: whatever it answers, it is not the router's "no such route".
+            let url = format!("{}{}", app.url, path.replace("{xid}", "nope").replace("{branch_id}", "nope"));
+            let resp = http.request(method.to_uppercase().parse().expect("method"), &url).send().await.expect("send");
+            let v: serde_json::Value = resp.json().await.unwrap_or(serde_json::Value::Null);
+            assert_ne!(v.get("code").and_then(|c| c.as_str()), Some("not_found"), "{method} {path} is not routed");
+        }
+    }
+    operations.sort();
+    assert_eq!(
+        operations,
+        [
+            "GET /healthz",
+            "GET /metrics",
+            "GET /openapi.json",
+            "GET /readyz",
+            "GET /v1/transactions",
+            "GET /v1/transactions/{xid}",
+            "POST /v1/locks/check",
+            "POST /v1/transactions",
+            "POST /v1/transactions/{xid}/branches",
+            "POST /v1/transactions/{xid}/branches/{branch_id}/report",
+            "POST /v1/transactions/{xid}/commit",
+            "POST /v1/transactions/{xid}/rollback",
+        ]
+    );
+    // Every status of the contract's enums is in the document, the 3PC branch statuses included.
+    let branch_statuses = doc["components"]["schemas"]["BranchStatus"]["enum"].as_array().expect("enum").clone();
+    for s in tandem_sdk::wire::BranchStatus::ALL {
+        assert!(branch_statuses.contains(&serde_json::json!(s.as_str())), "{s}");
+    }
+    app.stop().await.expect("coordinator stops");
+}
+
+/// Each limit the document declares is the one the server enforces: a
+/// value at the limit is accepted, one past it refused, and the limits that
+/// come from the configuration are the configured ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_limits_are_the_enforced_ones() {
+    use serde_json::json;
+    use tandem_sdk::wire::limits;
+    let db = TestDb::new("openapi_limits").await;
+    let mut settings = support::fast_settings(&db.url);
+    settings.request_timeout_ms = 9_000;
+    settings.max_timeout_ms = 120_000;
+    let (app, _client) = support::spawn_coordinator(settings).await;
+    let http = reqwest::Client::new();
+    let doc: serde_json::Value =
+        http.get(format!("{}/openapi.json", app.url)).send().await.expect("get").json().await.expect("json");
+    let schemas = &doc["components"]["schemas"];
+    let begin = format!("{}/v1/transactions", app.url);
+
+    // Configured limits: timeout_ms and wait_ms.
+    assert_eq!(schemas["BeginRequest"]["properties"]["timeout_ms"]["maximum"], 120_000);
+    let wait = doc["paths"]["/v1/transactions/{xid}/commit"]["post"]["parameters"]
+        .as_array()
+        .expect("parameters")
+        .iter()
+        .find(|p| p["name"] == "wait_ms")
+        .expect("wait_ms")["schema"]
+        .clone();
+    assert_eq!(wait["maximum"], 3_000, "the request timeout minus 6 s");
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 120_000})).await.0, 201);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 120_001})).await.0, 422);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 0})).await.0, 422);
+    // 5.0 is the integer 5, as JSON Schema says; 5.5 is not an integer.
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 5000.0})).await.0, 201);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 5000.5})).await.0, 422);
+    let (_, created) = {
+        let resp = http.post(&begin).json(&json!({"mode": "tcc"})).send().await.expect("begin");
+        (resp.status(), resp.json::<serde_json::Value>().await.expect("json"))
+    };
+    let xid = created["xid"].as_str().expect("xid").to_owned();
+    let commit = |ms: u64| format!("{}/v1/transactions/{xid}/commit?wait_ms={ms}", app.url);
+    let status = http.post(commit(3_001)).send().await.expect("commit").status().as_u16();
+    assert_eq!(status, 400, "wait_ms past its maximum");
+    let status = http.post(commit(3_000)).send().await.expect("commit").status().as_u16();
+    assert_eq!(status, 200, "wait_ms at its maximum");
+
+    // The served modes only; options only for their mode; objects only.
+    let modes = schemas["BeginRequest"]["properties"]["mode"]["enum"].as_array().expect("enum").clone();
+    assert_eq!(modes, [json!("tcc"), json!("xa"), json!("at"), json!("3pc")]);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "saga"})).await, (422, Some("mode_not_supported".into())));
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "three_phase": {}})).await.0, 422);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "3pc", "three_phase": {}})).await.0, 201);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "3pc", "three_phase": [null, null, null]})).await.0, 422);
+    assert_eq!(post_json(&http, &begin, &json!(["tcc"])).await.0, 422, "a body is an object");
+
+    // Text fields count characters, refuse U+0000, and say so in the schema.
+    let name = &schemas["BeginRequest"]["properties"]["name"];
+    assert_eq!(name["maxLength"], limits::MAX_NAME_CHARS);
+    assert_eq!(name["pattern"], limits::NO_NUL_PATTERN);
+    let at_limit = "é".repeat(limits::MAX_NAME_CHARS);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "name": at_limit})).await.0, 201);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "name": format!("{at_limit}a")})).await.0, 422);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "name": "a\u{0}b"})).await.0, 422);
+
+    // Registration: resource, callback_url, lock keys, payload.
+    let register = format!("{}/v1/transactions/{}/branches", app.url, {
+        let t = http.post(&begin).json(&json!({"mode": "at"})).send().await.expect("begin");
+        t.json::<serde_json::Value>().await.expect("json")["xid"].as_str().expect("xid").to_owned()
+    });
+    let reg = schemas["RegisterBranchRequest"]["properties"].clone();
+    assert_eq!(reg["resource"]["maxLength"], limits::MAX_RESOURCE_CHARS);
+    assert_eq!(reg["callback_url"]["pattern"], limits::callback_url_pattern());
+    assert_eq!(reg["lock_keys"]["maxItems"], limits::MAX_LOCK_KEYS);
+    let branch = |resource: String, url: &str, keys: serde_json::Value, payload: serde_json::Value| json!({"resource": resource, "callback_url": url, "lock_keys": keys, "payload": payload});
+    let url = "http://127.0.0.1:9/cb";
+    let cases = [
+        (branch("r".repeat(limits::MAX_RESOURCE_CHARS), url, json!(["k1"]), json!(null)), 201),
+        (branch("r".repeat(limits::MAX_RESOURCE_CHARS + 1), url, json!(["k2"]), json!(null)), 422),
+        (branch(String::new(), url, json!(["k3"]), json!(null)), 422),
+        (branch("r".into(), "ftp://127.0.0.1/cb", json!(["k4"]), json!(null)), 422),
+        (branch("r".into(), "http://127.0.0.1:9/cb#fragment", json!(["k5"]), json!(null)), 422),
+        (branch("r".into(), "http://[::1]:9/cb", json!(["k6"]), json!([1, "two"])), 201),
+        (branch("r".into(), url, json!(["k".repeat(limits::MAX_LOCK_KEY_CHARS)]), json!(null)), 201),
+        (branch("r".into(), url, json!(["k".repeat(limits::MAX_LOCK_KEY_CHARS + 1)]), json!(null)), 422),
+        (branch("r".into(), url, json!([""]), json!(null)), 422),
+        (branch("r".into(), url, json!(["k7"]), json!({"n": 1e308})), 201),
+        (branch("r".into(), url, json!(["k8"]), json!({"n": 1.7976931348623157e308})), 422),
+        (branch("r".into(), url, json!(["k9"]), json!({"s": "a\u{0}"})), 422),
+    ];
+    for (body, expected) in cases {
+        assert_eq!(post_json(&http, &register, &body).await.0, expected, "{body}");
+    }
+    // A stored payload reads back (the largest number jsonb prints in full included).
+    let read = http.get(register.trim_end_matches("/branches")).send().await.expect("get");
+    assert_eq!(read.status().as_u16(), 200);
+
+    // The page size.
+    let page = |limit: u32| format!("{}/v1/transactions?limit={limit}", app.url);
+    assert_eq!(http.get(page(limits::MAX_PAGE)).send().await.expect("list").status().as_u16(), 200);
+    assert_eq!(http.get(page(limits::MAX_PAGE + 1)).send().await.expect("list").status().as_u16(), 400);
+    assert_eq!(http.get(page(0)).send().await.expect("list").status().as_u16(), 400);
+    app.stop().await.expect("coordinator stops");
+}
+
+/// Every URL of the shape the schema declares for `callback_url` is one
+/// the callback client can parse: a URL the schema allows is never refused
+/// later, and the server's check (the pattern, then parsing) agrees.
+#[test]
+fn every_callback_url_of_the_declared_shape_parses() {
+    let shape = proptest::string::string_regex(tandem_sdk::wire::limits::callback_url_shape()).expect("regex");
+    let mut runner = TestRunner::new(Config { cases: 3_000, ..Config::default() });
+    runner
+        .run(&shape, |url| {
+            let parsed = reqwest::Url::parse(&url).map_err(|e| TestCaseError::fail(format!("{url}: {e}")))?;
+            prop_assert!(parsed.has_host(), "{url} has no host");
+            prop_assert!(tandem_sdk::wire::limits::check_callback_url(&url).is_ok() || url.chars().count() > 2048);
+            Ok(())
+        })
+        .expect("every URL of the shape parses");
+}

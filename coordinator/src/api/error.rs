@@ -1,7 +1,7 @@
 //! The one place where errors become HTTP answers (`application/problem+json`).
 
 use crate::error::CoordinatorError;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tandem_wire::{ErrorCode, Problem, PROBLEM_CONTENT_TYPE};
@@ -23,7 +23,7 @@ impl From<CoordinatorError> for ApiError {
         use CoordinatorError as E;
         let detail = e.to_string();
         match e {
-            E::Validation(_) | E::Option(_) => {
+            E::Validation(_) | E::Limit(_) | E::Option(_) => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail)
             }
             E::ModeNotSupported(_) => {
@@ -62,23 +62,32 @@ impl From<CoordinatorError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> ApiError {
-        let status = r.status();
-        let detail = r.body_text();
-        match r {
-            JsonRejection::MissingJsonContentType(_) => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                ErrorCode::UnsupportedMediaType,
-                "expected a body with Content-Type: application/json",
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> ApiError {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "request body is too large")
+        } else {
+            ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, r.body_text())
+        }
+    }
+}
+
+impl From<serde_json::Error> for ApiError {
+    /// A body that is not JSON is malformed (400); JSON that does not fit
+    /// the request's type is invalid (422).
+    fn from(e: serde_json::Error) -> ApiError {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ErrorCode::ValidationFailed,
+                format!("the body does not match the request's schema: {e}"),
             ),
-            JsonRejection::JsonDataError(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail)
-            }
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, "request body is too large")
-            }
-            _ => ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, detail),
+            Category::Syntax | Category::Eof | Category::Io => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::ValidationFailed,
+                format!("the body is not JSON: {e}"),
+            ),
         }
     }
 }

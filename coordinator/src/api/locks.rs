@@ -2,10 +2,11 @@
 
 use super::error::ApiError;
 use super::extract::ApiJson;
+use super::openapi::{BodyProblems, ServerProblems};
 use crate::Coordinator;
 use axum::extract::State;
 use axum::Json;
-use tandem_wire::{LockCheckRequest, LockCheckResponse, Problem};
+use tandem_wire::{LockCheckRequest, LockCheckResponse};
 
 /// Whether global locks are free for a transaction.
 ///
@@ -15,9 +16,9 @@ use tandem_wire::{LockCheckRequest, LockCheckResponse, Problem};
 #[utoipa::path(post, path = "/v1/locks/check", tag = "locks",
     request_body = LockCheckRequest,
     responses(
-        (status = 200, body = LockCheckResponse),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Whether the keys are free, and one holder if not", body = LockCheckResponse),
+        BodyProblems,
+        ServerProblems,
     ))]
 pub async fn check(
     State(c): State<Coordinator>,

@@ -10,29 +10,44 @@ pub mod transactions;
 use crate::Coordinator;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
-use axum::routing::{get, post};
-use axum::Router;
+use axum::{Extension, Router};
+use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// Every route, each documented by its handler's `#[utoipa::path]`: the
+/// router and the OpenAPI document are built from this one list.
+fn routes() -> OpenApiRouter<Coordinator> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(transactions::begin, transactions::list))
+        .routes(routes!(transactions::get))
+        .routes(routes!(transactions::register))
+        .routes(routes!(transactions::report))
+        .routes(routes!(transactions::commit))
+        .routes(routes!(transactions::rollback))
+        .routes(routes!(locks::check))
+        .routes(routes!(ops::healthz))
+        .routes(routes!(ops::readyz))
+        .routes(routes!(ops::metrics))
+        .routes(routes!(ops::openapi))
+}
+
+/// The OpenAPI document a coordinator with these limits serves.
+pub fn openapi_document(limits: &openapi::Limits) -> serde_json::Value {
+    openapi::document(routes().split_for_parts().1, limits)
+}
 
 /// Builds the router with its middleware.
 pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: Duration) -> Router {
-    let routes = Router::new()
-        .route("/v1/transactions", post(transactions::begin).get(transactions::list))
-        .route("/v1/transactions/{xid}", get(transactions::get))
-        .route("/v1/transactions/{xid}/branches", post(transactions::register))
-        .route("/v1/transactions/{xid}/branches/{branch_id}/report", post(transactions::report))
-        .route("/v1/transactions/{xid}/commit", post(transactions::commit))
-        .route("/v1/transactions/{xid}/rollback", post(transactions::rollback))
-        .route("/v1/locks/check", post(locks::check))
-        .route("/healthz", get(ops::healthz))
-        .route("/readyz", get(ops::readyz))
-        .route("/metrics", get(ops::metrics))
-        .route("/openapi.json", get(ops::openapi))
-        .with_state(coordinator);
+    let (routes, doc) = routes().split_for_parts();
+    let doc = ops::OpenApiDocument(Arc::new(openapi::document(doc, &openapi::Limits::of(&coordinator))));
+    let routes = routes.layer(Extension(doc)).with_state(coordinator);
     routes.layer(DefaultBodyLimit::max(max_body_bytes)).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -1,24 +1,33 @@
-//! The OpenAPI document, generated from the handlers and wire types.
+//! The OpenAPI document: operations come from the router (utoipa-axum), the
+//! types from `tandem-wire`, and the limits the server enforces are written
+//! into the schemas from the same constants and configuration the server
+//! checks requests against, so the document and the server cannot disagree
+//! (tested by `tests/coordinator.rs`, and by `scripts/schemathesis.sh`,
+//! which fuzzes a running coordinator from this document).
 
-use std::sync::OnceLock;
+use crate::modes;
+use crate::Coordinator;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use tandem_wire::limits::{self, DEFAULT_PAGE, MAX_PAGE};
+use tandem_wire::{Mode, PROBLEM_CONTENT_TYPE};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::OpenApi;
 
+/// The parts of the document written by hand: title, tags, and the schemas
+/// no operation names directly. The operations are added by the router.
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tandem coordinator", version = "1",
-        description = "Distributed transaction coordinator. Contract v1: shared/contract/http-api.md. \
-            Participants receive `CallbackRequest` bodies at their `callback_url` and answer 2xx (done), \
-            409 (permanent refusal) or anything else (retried)."),
-    paths(
-        super::transactions::begin, super::transactions::get, super::transactions::list,
-        super::transactions::register, super::transactions::report,
-        super::transactions::commit, super::transactions::rollback, super::locks::check,
-        super::ops::healthz, super::ops::readyz, super::ops::metrics, super::ops::openapi,
-    ),
+        description = "Distributed transaction coordinator, HTTP contract v1 with additive extensions \
+            (docs/http-api.md). Participants receive `CallbackRequest` bodies at their `callback_url` and \
+            answer 2xx (done, with a `CallbackReply`), 409 (permanent refusal) or anything else (retried). \
+            Every error answer is `application/problem+json`."),
     components(schemas(
-        tandem_wire::CallbackRequest, tandem_wire::CallbackAction, tandem_wire::ErrorCode,
-        tandem_wire::LockHolder, tandem_wire::RollbackReason, tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode,
-        tandem_wire::ThreePhaseOptions, tandem_wire::ThreePhaseTimeouts,
+        tandem_wire::CallbackRequest, tandem_wire::CallbackAction, tandem_wire::CallbackReply,
+        tandem_wire::CallbackOutcome, tandem_wire::ErrorCode, tandem_wire::LockHolder, tandem_wire::RollbackReason,
+        tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode, tandem_wire::ThreePhaseOptions,
+        tandem_wire::ThreePhaseTimeouts,
     )),
     tags(
         (name = "transactions", description = "Global transactions"),
@@ -27,10 +36,201 @@ use utoipa::OpenApi;
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
-struct ApiDoc;
+pub struct ApiDoc;
 
-/// The document, built once.
-pub fn document() -> &'static utoipa::openapi::OpenApi {
-    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(ApiDoc::openapi)
+/// Problem answers of every `/v1` operation: the request timeout, an
+/// internal error, the database unavailable.
+pub struct ServerProblems;
+
+/// Problem answers of an operation that reads a JSON body.
+pub struct BodyProblems;
+
+/// The 400 of an operation whose query parameters are checked.
+pub struct QueryProblems;
+
+fn problem(description: &str) -> RefOr<Response> {
+    let content = ContentBuilder::new().schema(Some(Ref::from_schema_name("Problem"))).build();
+    RefOr::T(ResponseBuilder::new().description(description).content(PROBLEM_CONTENT_TYPE, content).build())
+}
+
+fn problems(list: &[(u16, &str)]) -> BTreeMap<String, RefOr<Response>> {
+    list.iter().map(|(status, description)| (status.to_string(), problem(description))).collect()
+}
+
+impl utoipa::IntoResponses for ServerProblems {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[
+            (408, "`request_timeout`: the request took longer than the server's request timeout"),
+            (500, "`internal`: a bug or an unexpected database answer; not worth retrying as is"),
+            (503, "`unavailable`: the coordinator's database is unreachable or busy; retry"),
+        ])
+    }
+}
+
+impl utoipa::IntoResponses for BodyProblems {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[
+            (400, "`validation_failed`: the body is not JSON"),
+            (413, "`payload_too_large`: the body is larger than the server's limit"),
+            (415, "`unsupported_media_type`: the body is not `application/json`"),
+            (422, "`validation_failed`: the JSON does not match the schema or its limits"),
+        ])
+    }
+}
+
+impl utoipa::IntoResponses for QueryProblems {
+    fn responses() -> BTreeMap<String, RefOr<Response>> {
+        problems(&[(400, "`validation_failed`: a query parameter is outside its schema")])
+    }
+}
+
+/// What the document declares that depends on the configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest `timeout_ms` (and 3PC phase timeout) accepted.
+    pub max_timeout_ms: u64,
+    /// Largest `wait_ms` of commit and rollback.
+    pub max_wait_ms: u64,
+    /// The modes this coordinator serves (a begin with another is refused).
+    pub served_modes: Vec<Mode>,
+}
+
+impl Limits {
+    /// The limits of a running coordinator.
+    pub fn of(c: &Coordinator) -> Limits {
+        let t = c.timing();
+        Limits {
+            max_timeout_ms: u64::try_from(t.max_timeout.as_millis()).unwrap_or(u64::MAX),
+            max_wait_ms: u64::try_from(t.max_wait.as_millis()).unwrap_or(u64::MAX),
+            served_modes: Mode::ALL.iter().copied().filter(|m| modes::protocol(*m).is_some()).collect(),
+        }
+    }
+}
+
+/// The document served at `/openapi.json`: the router's operations with
+/// the limits written in.
+pub fn document(routes: utoipa::openapi::OpenApi, limits: &Limits) -> Value {
+    let mut doc = serde_json::to_value(routes).unwrap_or_else(|_| json!({}));
+    declare_limits(&mut doc, limits);
+    doc
+}
+
+/// The member `key` of an object, created (as an empty object) if absent.
+/// The document is ours and built at start, so its shape is known; a
+/// missing member is created rather than trusted.
+fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
+    let mut v = v;
+    for key in path {
+        if !v.is_object() {
+            *v = Value::Object(Map::new());
+        }
+        if let Value::Object(m) = v {
+            v = m.entry(*key).or_insert_with(|| Value::Object(Map::new()));
+        }
+    }
+    v
+}
+
+/// Adds `constraints` to the schema at `path`.
+fn constrain(doc: &mut Value, path: &[&str], constraints: Value) {
+    let target = at(doc, path);
+    if let (Value::Object(t), Value::Object(c)) = (target, constraints) {
+        t.extend(c);
+    }
+}
+
+/// The schema of a query, header or path parameter of one operation.
+fn parameter<'a>(doc: &'a mut Value, path: &str, method: &str, name: &str) -> Option<&'a mut Value> {
+    let params = at(doc, &["paths", path, method, "parameters"]).as_array_mut()?;
+    params.iter_mut().find(|p| p.get("name").and_then(Value::as_str) == Some(name)).map(|p| at(p, &["schema"]))
+}
+
+fn schema_property<'a>(doc: &'a mut Value, schema: &str, property: &str) -> &'a mut Value {
+    at(doc, &["components", "schemas", schema, "properties", property])
+}
+
+fn declare_limits(doc: &mut Value, limits: &Limits) {
+    let no_nul = limits::NO_NUL_PATTERN;
+    let text = |min: usize, max: usize| json!({ "minLength": min, "maxLength": max, "pattern": no_nul });
+    let timeout = json!({ "minimum": 1, "maximum": limits.max_timeout_ms });
+    let id = json!({ "pattern": tandem_wire::ID_PATTERN });
+    let lock_keys = json!({
+        "maxItems": limits::MAX_LOCK_KEYS,
+        "items": { "type": "string", "minLength": 1, "maxLength": limits::MAX_LOCK_KEY_CHARS, "pattern": no_nul },
+    });
+
+    // Identifiers.
+    constrain(doc, &["components", "schemas", "Xid"], id.clone());
+    constrain(doc, &["components", "schemas", "BranchId"], id.clone());
+
+    // Any JSON whose strings and keys hold no U+0000 (jsonb stores none).
+    at(doc, &["components", "schemas"])["Payload"] = json!({
+        "description": "Any JSON value (object, array, string, number, boolean or null) without the \
+            character U+0000 in its strings or keys, and no number beyond 1e308 in magnitude.",
+        "anyOf": [
+            { "type": ["null", "boolean"] },
+            { "type": "number", "minimum": -limits::MAX_PAYLOAD_NUMBER, "maximum": limits::MAX_PAYLOAD_NUMBER },
+            { "type": "string", "pattern": no_nul },
+            { "type": "array", "items": { "$ref": "#/components/schemas/Payload" } },
+            { "type": "object", "propertyNames": { "pattern": no_nul },
+              "additionalProperties": { "$ref": "#/components/schemas/Payload" } },
+        ],
+    });
+    for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest"] {
+        let p = schema_property(doc, schema, "payload");
+        let description = p.get("description").cloned().unwrap_or(Value::Null);
+        *p = json!({ "$ref": "#/components/schemas/Payload", "description": description });
+    }
+
+    // Begin: the modes served.
+    let served: Vec<&str> = limits.served_modes.iter().map(|m| m.as_str()).collect();
+    *schema_property(doc, "BeginRequest", "mode") = json!({
+        "type": "string", "enum": served,
+        "description": "Transaction mode: one this coordinator serves (`Mode` lists every mode of the contract).",
+    });
+    // Options only for their mode.
+    at(doc, &["components", "schemas", "BeginRequest"])["anyOf"] = json!([
+        { "properties": { "mode": { "const": Mode::ThreePc.as_str() } } },
+        { "properties": { "three_phase": { "type": "null" } } },
+    ]);
+
+    // Each field's limits.
+    let fields = [
+        ("BeginRequest", "name", text(0, limits::MAX_NAME_CHARS)),
+        ("BeginRequest", "timeout_ms", timeout.clone()),
+        ("ThreePhaseOptions", "can_commit_timeout_ms", timeout.clone()),
+        ("ThreePhaseOptions", "pre_commit_timeout_ms", timeout.clone()),
+        ("ThreePhaseOptions", "do_commit_timeout_ms", timeout),
+        ("RegisterBranchRequest", "resource", text(1, limits::MAX_RESOURCE_CHARS)),
+        (
+            "RegisterBranchRequest",
+            "callback_url",
+            json!({ "minLength": 1, "maxLength": limits::MAX_CALLBACK_URL_CHARS,
+                    "pattern": limits::callback_url_pattern() }),
+        ),
+        ("RegisterBranchRequest", "lock_keys", lock_keys.clone()),
+        ("ReportRequest", "detail", text(0, limits::MAX_DETAIL_CHARS)),
+        ("LockCheckRequest", "resource", text(1, limits::MAX_RESOURCE_CHARS)),
+        ("LockCheckRequest", "lock_keys", lock_keys),
+    ];
+    for (schema, property, constraints) in fields {
+        constrain(doc, &["components", "schemas", schema, "properties", property], constraints);
+    }
+
+    // Parameters.
+    if let Some(s) = parameter(doc, "/v1/transactions", "post", "Idempotency-Key") {
+        *s = json!({ "type": "string", "pattern": limits::IDEMPOTENCY_KEY_PATTERN });
+    }
+    if let Some(s) = parameter(doc, "/v1/transactions", "get", "limit") {
+        *s = json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE });
+    }
+    if let Some(s) = parameter(doc, "/v1/transactions", "get", "after") {
+        *s = json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN });
+    }
+    for path in ["/v1/transactions/{xid}/commit", "/v1/transactions/{xid}/rollback"] {
+        if let Some(s) = parameter(doc, path, "post", "wait_ms") {
+            *s = json!({ "type": "integer", "minimum": 0, "maximum": limits.max_wait_ms,
+                "default": super::transactions::DEFAULT_WAIT_MS.min(limits.max_wait_ms) });
+        }
+    }
 }

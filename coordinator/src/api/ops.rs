@@ -6,17 +6,22 @@ use crate::Coordinator;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use tandem_wire::ErrorCode;
+use axum::Extension;
+use std::sync::Arc;
+use tandem_wire::{ErrorCode, Problem};
 
 /// Liveness: the process serves HTTP.
-#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, description = "Alive")))]
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "Alive", content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: the database answers and migrations are applied.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
-    responses((status = 200, description = "Ready"), (status = 503, description = "Not ready")))]
+    responses((status = 200, description = "Ready", content_type = "text/plain"),
+        (status = 503, description = "`unavailable`: the database is unreachable or not migrated", body = Problem,
+            content_type = "application/problem+json")))]
 pub async fn readyz(State(c): State<Coordinator>) -> Result<&'static str, ApiError> {
     match c.store().ready().await {
         Ok(true) => Ok("ready"),
@@ -53,9 +58,13 @@ pub async fn metrics(State(c): State<Coordinator>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
 
+/// The document `/openapi.json` serves, built once when the router is.
+#[derive(Debug, Clone)]
+pub struct OpenApiDocument(pub Arc<serde_json::Value>);
+
 /// This API as OpenAPI 3.1.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
-pub async fn openapi() -> impl IntoResponse {
-    axum::Json(super::openapi::document().clone())
+pub async fn openapi(Extension(doc): Extension<OpenApiDocument>) -> impl IntoResponse {
+    axum::Json(doc.0.as_ref().clone())
 }

@@ -2,7 +2,8 @@
 
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
-use crate::transaction::service::{DecideReply, ListFilter, MAX_PAGE};
+use super::openapi::{BodyProblems, QueryProblems, ServerProblems};
+use crate::transaction::service::{DecideReply, ListFilter};
 use crate::transaction::state::Decision;
 use crate::Coordinator;
 use axum::extract::{Path, State};
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use std::time::Duration;
+use tandem_wire::limits::{DEFAULT_PAGE, MAX_PAGE};
 use tandem_wire::{
     BeginRequest, Branch, ErrorCode, GlobalStatus, Mode, Problem, RegisterBranchRequest, ReportRequest, Transaction,
     TransactionList, Xid,
@@ -18,7 +20,7 @@ use tandem_wire::{
 use utoipa::IntoParams;
 
 /// Default of commit/rollback `wait_ms`.
-const DEFAULT_WAIT_MS: u64 = 5_000;
+pub const DEFAULT_WAIT_MS: u64 = 5_000;
 
 fn validation(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, detail)
@@ -30,10 +32,13 @@ fn validation(detail: impl Into<String>) -> ApiError {
     params(("Idempotency-Key" = Option<String>, Header,
         description = "Same key → same transaction (answered 201 again, with `Idempotent-Replayed: true`)")),
     responses(
-        (status = 201, description = "Begun", body = Transaction),
-        (status = 400, description = "Malformed", body = Problem, content_type = "application/problem+json"),
-        (status = 413, description = "Body too large", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid or unsupported mode", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Begun (or, with a known `Idempotency-Key`, the transaction it began)",
+            body = Transaction),
+        BodyProblems,
+        (status = 422, description = "`validation_failed`: a field outside its limits; `mode_not_supported`; \
+            `idempotency_key_reused`: the key began a different transaction", body = Problem,
+            content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn begin(
     State(c): State<Coordinator>,
@@ -56,8 +61,9 @@ pub async fn begin(
 #[utoipa::path(get, path = "/v1/transactions/{xid}", tag = "transactions",
     params(("xid" = String, Path, description = "Global transaction id")),
     responses(
-        (status = 200, body = Transaction),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The transaction", body = Transaction),
+        (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn get(State(c): State<Coordinator>, Path(xid): Path<String>) -> Result<Json<Transaction>, ApiError> {
     Ok(Json(c.get(&xid).await?))
@@ -68,11 +74,13 @@ pub async fn get(State(c): State<Coordinator>, Path(xid): Path<String>) -> Resul
 #[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// Only transactions in this status.
+    #[param(value_type = Option<GlobalStatus>)]
     status: Option<String>,
     /// Only transactions of this mode.
+    #[param(value_type = Option<Mode>)]
     mode: Option<String>,
     /// Page size, 1 to 500 (default 50).
-    limit: Option<i64>,
+    limit: Option<u32>,
     /// Cursor: the `next` of the previous page.
     after: Option<String>,
 }
@@ -80,8 +88,9 @@ pub struct ListParams {
 /// List transactions, newest first, paged.
 #[utoipa::path(get, path = "/v1/transactions", tag = "transactions", params(ListParams),
     responses(
-        (status = 200, body = TransactionList),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "One page, newest first", body = TransactionList),
+        QueryProblems,
+        ServerProblems,
     ))]
 pub async fn list(
     State(c): State<Coordinator>,
@@ -89,10 +98,11 @@ pub async fn list(
 ) -> Result<Json<TransactionList>, ApiError> {
     let status = p.status.map(|s| s.parse::<GlobalStatus>()).transpose().map_err(|e| validation(e.to_string()))?;
     let mode = p.mode.map(|s| s.parse::<Mode>()).transpose().map_err(|e| validation(e.to_string()))?;
-    let limit = p.limit.unwrap_or(50);
+    let limit = p.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(validation(format!("limit must be 1 to {MAX_PAGE}")));
     }
+    let limit = i64::from(limit);
     let after = p.after.map(Xid::parse).transpose().map_err(|e| validation(format!("after: {e}")))?;
     Ok(Json(c.list(ListFilter { status, mode, limit, after }).await?))
 }
@@ -102,13 +112,12 @@ pub async fn list(
     params(("xid" = String, Path, description = "Global transaction id")),
     request_body = RegisterBranchRequest,
     responses(
-        (status = 201, body = Branch),
-        (status = 400, body = Problem, content_type = "application/problem+json"),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "invalid_state: no longer active; lock_conflict (AT)", body = Problem,
-            content_type = "application/problem+json"),
-        (status = 413, body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Registered", body = Branch),
+        BodyProblems,
+        (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: the transaction is no longer active; `lock_conflict` (AT): \
+            another transaction holds a lock key", body = Problem, content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn register(
     State(c): State<Coordinator>,
@@ -123,9 +132,13 @@ pub async fn register(
     params(("xid" = String, Path), ("branch_id" = String, Path)),
     request_body = ReportRequest,
     responses(
-        (status = 200, body = Branch),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Recorded (or recorded before: a repeated report)", body = Branch),
+        BodyProblems,
+        (status = 404, description = "`transaction_not_found`, `branch_not_found`", body = Problem,
+            content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: the branch or its transaction is past phase 1", body = Problem,
+            content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn report(
     State(c): State<Coordinator>,
@@ -139,13 +152,15 @@ pub async fn report(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitParams {
-    /// How long to wait for phase 2 before answering 202 (default 5000).
+    /// How long to wait for phase 2 before answering 202 (default 5000, or the
+    /// largest accepted where that is less).
     wait_ms: Option<u64>,
 }
 
 async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
-    let wait = Duration::from_millis(p.wait_ms.unwrap_or(DEFAULT_WAIT_MS));
     let max = c.timing().max_wait;
+    // Without `wait_ms`, the default, or less where the request timeout is short.
+    let wait = p.wait_ms.map_or(Duration::from_millis(DEFAULT_WAIT_MS).min(max), Duration::from_millis);
     if wait > max {
         return Err(validation(format!("wait_ms must be at most {}", max.as_millis())));
     }
@@ -161,9 +176,11 @@ async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Resu
     responses(
         (status = 200, description = "Terminal", body = Transaction),
         (status = 202, description = "Decided durably; phase 2 still running", body = Transaction),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Already rolled back, or rolled back instead (the problem's `transaction` shows the state)",
-            body = Problem, content_type = "application/problem+json"),
+        QueryProblems,
+        (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: already rolled back, or rolled back instead (the problem's \
+            `transaction` shows the state)", body = Problem, content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn commit(
     State(c): State<Coordinator>,
@@ -179,8 +196,11 @@ pub async fn commit(
     responses(
         (status = 200, description = "Terminal", body = Transaction),
         (status = 202, description = "Decided durably; phase 2 still running", body = Transaction),
-        (status = 404, body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Already committed", body = Problem, content_type = "application/problem+json"),
+        QueryProblems,
+        (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`invalid_state`: already committed, or (3PC) the votes or acknowledgements \
+            are being collected", body = Problem, content_type = "application/problem+json"),
+        ServerProblems,
     ))]
 pub async fn rollback(
     State(c): State<Coordinator>,

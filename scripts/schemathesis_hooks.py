@@ -1,0 +1,67 @@
+"""Schemathesis hooks for scripts/schemathesis.sh.
+
+They change generated requests only where a rule of the API cannot be
+written in JSON Schema, or where a request would leave the machine:
+
+- `Idempotency-Key`: a key names one request; reusing it for a different
+  one is refused by design (422 `idempotency_key_reused`, as the IETF
+  Idempotency-Key draft says). Every generated request gets a fresh key.
+- 3PC phase timeouts: each is bounded in the schema, but the rules between
+  them (`can_commit < pre_commit`, `do_commit > 2 x pre_commit + takeover`)
+  compare fields, which JSON Schema cannot. A schema-valid request that
+  breaks them is sent without its `three_phase` (the defaults).
+- `callback_url`: the coordinator calls it at commit. A valid URL keeps its
+  shape but points at 127.0.0.1:9 (nothing listens), so no callback leaves
+  the machine.
+"""
+
+import os
+import re
+import uuid
+
+import schemathesis
+
+TAKEOVER_MS = int(os.environ.get("TANDEM_TAKEOVER_MS", "16000"))
+MAX_TIMEOUT_MS = int(os.environ.get("TANDEM_MAX_TIMEOUT_MS", "86400000"))
+URL_HOST = re.compile(r"^(https?)://(\[[^\]]*\]|[^/:?\[]*)(:[0-9]+)?(.*)$", re.S)
+
+
+def _valid_timeout(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == int(v) and 1 <= v <= MAX_TIMEOUT_MS
+
+
+def _fix_three_phase(body):
+    options = body.get("three_phase")
+    if not isinstance(options, dict):
+        return
+    fields = ("can_commit_timeout_ms", "pre_commit_timeout_ms", "do_commit_timeout_ms")
+    values = {f: options.get(f) for f in fields}
+    if not all(v is None or _valid_timeout(v) for v in values.values()):
+        return  # a value outside its schema: the request is meant to be refused
+    can = values["can_commit_timeout_ms"] if values["can_commit_timeout_ms"] is not None else 3000
+    pre = values["pre_commit_timeout_ms"] if values["pre_commit_timeout_ms"] is not None else 5000
+    done = values["do_commit_timeout_ms"]
+    least_do = 2 * pre + TAKEOVER_MS
+    if done is None:
+        done = max(40000, least_do + 10000)
+    if not (can < pre and done > least_do and done <= MAX_TIMEOUT_MS):
+        del body["three_phase"]
+
+
+@schemathesis.hook
+def before_call(context, case, kwargs):
+    operation = context.operation
+    if operation is None:
+        return
+    if operation.method.upper() == "POST" and operation.path == "/v1/transactions":
+        for name in list(case.headers or {}):
+            if name.lower() == "idempotency-key":
+                case.headers[name] = str(uuid.uuid4())
+        if isinstance(case.body, dict):
+            _fix_three_phase(case.body)
+    if operation.path.endswith("/branches") and isinstance(case.body, dict):
+        url = case.body.get("callback_url")
+        if isinstance(url, str):
+            m = URL_HOST.match(url)
+            if m:
+                case.body["callback_url"] = f"{m.group(1)}://127.0.0.1:9{m.group(4)}"
