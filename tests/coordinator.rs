@@ -361,10 +361,8 @@ async fn the_documented_limits_are_the_enforced_ones() {
     // 5.0 is the integer 5, as JSON Schema says; 5.5 is not an integer.
     assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 5000.0})).await.0, 201);
     assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "timeout_ms": 5000.5})).await.0, 422);
-    let (_, created) = {
-        let resp = http.post(&begin).json(&json!({"mode": "tcc"})).send().await.expect("begin");
-        (resp.status(), resp.json::<serde_json::Value>().await.expect("json"))
-    };
+    let created: serde_json::Value =
+        http.post(&begin).json(&json!({"mode": "tcc"})).send().await.expect("begin").json().await.expect("json");
     let xid = created["xid"].as_str().expect("xid").to_owned();
     let commit = |ms: u64| format!("{}/v1/transactions/{xid}/commit?wait_ms={ms}", app.url);
     let status = http.post(commit(3_001)).send().await.expect("commit").status().as_u16();

@@ -8,10 +8,10 @@ pub mod ops;
 pub mod transactions;
 
 use crate::Coordinator;
+use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::{Extension, Router};
-use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -38,15 +38,12 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(ops::openapi))
 }
 
-/// The OpenAPI document a coordinator with these limits serves.
-pub fn openapi_document(limits: &openapi::Limits) -> serde_json::Value {
-    openapi::document(routes().split_for_parts().1, limits)
-}
-
 /// Builds the router with its middleware.
 pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: Duration) -> Router {
     let (routes, doc) = routes().split_for_parts();
-    let doc = ops::OpenApiDocument(Arc::new(openapi::document(doc, &openapi::Limits::of(&coordinator))));
+    let doc = openapi::document(doc, &openapi::Limits::of(&coordinator));
+    // Serialized once: every request for it gets the same bytes.
+    let doc = ops::OpenApiDocument(Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()));
     let routes = routes.layer(Extension(doc)).with_state(coordinator);
     routes.layer(DefaultBodyLimit::max(max_body_bytes)).layer(
         ServiceBuilder::new()

@@ -7,7 +7,7 @@
 
 use crate::modes;
 use crate::Coordinator;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use tandem_wire::limits::{self, DEFAULT_PAGE, MAX_PAGE};
 use tandem_wire::{Mode, PROBLEM_CONTENT_TYPE};
@@ -92,7 +92,7 @@ pub struct Limits {
     /// Largest `wait_ms` of commit and rollback.
     pub max_wait_ms: u64,
     /// The modes this coordinator serves (a begin with another is refused).
-    pub served_modes: Vec<Mode>,
+    pub served_modes: Vec<&'static str>,
 }
 
 impl Limits {
@@ -102,7 +102,7 @@ impl Limits {
         Limits {
             max_timeout_ms: u64::try_from(t.max_timeout.as_millis()).unwrap_or(u64::MAX),
             max_wait_ms: u64::try_from(t.max_wait.as_millis()).unwrap_or(u64::MAX),
-            served_modes: Mode::ALL.iter().copied().filter(|m| modes::protocol(*m).is_some()).collect(),
+            served_modes: modes::modes_where(|_| true),
         }
     }
 }
@@ -111,45 +111,70 @@ impl Limits {
 /// the limits written in.
 pub fn document(routes: utoipa::openapi::OpenApi, limits: &Limits) -> Value {
     let mut doc = serde_json::to_value(routes).unwrap_or_else(|_| json!({}));
-    declare_limits(&mut doc, limits);
+    let missing = declare_limits(&mut doc, limits);
+    if !missing.is_empty() {
+        // A bug (a renamed field or route); the unit test below fails on it.
+        tracing::error!(?missing, "the OpenAPI limits name members the document does not have");
+    }
     doc
 }
 
-/// The member `key` of an object, created (as an empty object) if absent.
-/// The document is ours and built at start, so its shape is known; a
-/// missing member is created rather than trusted.
-fn at<'a>(v: &'a mut Value, path: &[&str]) -> &'a mut Value {
-    let mut v = v;
-    for key in path {
-        if !v.is_object() {
-            *v = Value::Object(Map::new());
+/// Edits of the generated document at JSON pointers. An edit of a member
+/// that does not exist is not made but recorded, so that a renamed field
+/// cannot leave a limit undeclared (or declare it on a field that is not
+/// there) without a test noticing.
+struct Patch<'a> {
+    /// The document being edited.
+    doc: &'a mut Value,
+    /// Pointers of the edits whose target was missing.
+    missing: Vec<String>,
+}
+
+impl Patch<'_> {
+    fn target(&mut self, pointer: &str) -> Option<&mut Value> {
+        if self.doc.pointer(pointer).is_none() {
+            self.missing.push(pointer.to_owned());
+            return None;
         }
-        if let Value::Object(m) = v {
-            v = m.entry(*key).or_insert_with(|| Value::Object(Map::new()));
+        self.doc.pointer_mut(pointer)
+    }
+
+    /// Adds the members of `with` to the object at `pointer`.
+    fn extend(&mut self, pointer: &str, with: Value) {
+        if let (Some(Value::Object(target)), Value::Object(with)) = (self.target(pointer), with) {
+            target.extend(with);
         }
     }
-    v
-}
 
-/// Adds `constraints` to the schema at `path`.
-fn constrain(doc: &mut Value, path: &[&str], constraints: Value) {
-    let target = at(doc, path);
-    if let (Value::Object(t), Value::Object(c)) = (target, constraints) {
-        t.extend(c);
+    /// Replaces the value at `pointer`, keeping its `description`.
+    fn replace(&mut self, pointer: &str, mut with: Value) {
+        if let Some(target) = self.target(pointer) {
+            if let (Some(d), Value::Object(w)) = (target.get("description").cloned(), &mut with) {
+                w.entry("description").or_insert(d);
+            }
+            *target = with;
+        }
+    }
+
+    /// The pointer to the schema of parameter `name` of an operation.
+    fn parameter(&mut self, path: &str, method: &str, name: &str) -> String {
+        let params = format!("/paths/{}/{method}/parameters", path.replace('~', "~0").replace('/', "~1"));
+        let index = self
+            .doc
+            .pointer(&params)
+            .and_then(Value::as_array)
+            .and_then(|ps| ps.iter().position(|p| p.get("name").and_then(Value::as_str) == Some(name)));
+        match index {
+            Some(i) => format!("{params}/{i}/schema"),
+            None => format!("{params}/{name}"),
+        }
     }
 }
 
-/// The schema of a query, header or path parameter of one operation.
-fn parameter<'a>(doc: &'a mut Value, path: &str, method: &str, name: &str) -> Option<&'a mut Value> {
-    let params = at(doc, &["paths", path, method, "parameters"]).as_array_mut()?;
-    params.iter_mut().find(|p| p.get("name").and_then(Value::as_str) == Some(name)).map(|p| at(p, &["schema"]))
-}
-
-fn schema_property<'a>(doc: &'a mut Value, schema: &str, property: &str) -> &'a mut Value {
-    at(doc, &["components", "schemas", schema, "properties", property])
-}
-
-fn declare_limits(doc: &mut Value, limits: &Limits) {
+/// Writes the limits into the document; returns the pointers it could not
+/// edit (none, unless a schema changed under it).
+fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
+    let mut patch = Patch { doc, missing: Vec::new() };
     let no_nul = limits::NO_NUL_PATTERN;
     let text = |min: usize, max: usize| json!({ "minLength": min, "maxLength": max, "pattern": no_nul });
     let timeout = json!({ "minimum": 1, "maximum": limits.max_timeout_ms });
@@ -160,39 +185,47 @@ fn declare_limits(doc: &mut Value, limits: &Limits) {
     });
 
     // Identifiers.
-    constrain(doc, &["components", "schemas", "Xid"], id.clone());
-    constrain(doc, &["components", "schemas", "BranchId"], id.clone());
+    patch.extend("/components/schemas/Xid", id.clone());
+    patch.extend("/components/schemas/BranchId", id);
 
     // Any JSON whose strings and keys hold no U+0000 (jsonb stores none).
-    at(doc, &["components", "schemas"])["Payload"] = json!({
-        "description": "Any JSON value (object, array, string, number, boolean or null) without the \
-            character U+0000 in its strings or keys, and no number beyond 1e308 in magnitude.",
-        "anyOf": [
-            { "type": ["null", "boolean"] },
-            { "type": "number", "minimum": -limits::MAX_PAYLOAD_NUMBER, "maximum": limits::MAX_PAYLOAD_NUMBER },
-            { "type": "string", "pattern": no_nul },
-            { "type": "array", "items": { "$ref": "#/components/schemas/Payload" } },
-            { "type": "object", "propertyNames": { "pattern": no_nul },
-              "additionalProperties": { "$ref": "#/components/schemas/Payload" } },
-        ],
-    });
+    patch.extend(
+        "/components/schemas",
+        json!({ "Payload": {
+            "description": "Any JSON value (object, array, string, number, boolean or null) without the \
+                character U+0000 in its strings or keys, and no number beyond 1e308 in magnitude.",
+            "anyOf": [
+                { "type": ["null", "boolean"] },
+                { "type": "number", "minimum": -limits::MAX_PAYLOAD_NUMBER, "maximum": limits::MAX_PAYLOAD_NUMBER },
+                { "type": "string", "pattern": no_nul },
+                { "type": "array", "items": { "$ref": "#/components/schemas/Payload" } },
+                { "type": "object", "propertyNames": { "pattern": no_nul },
+                  "additionalProperties": { "$ref": "#/components/schemas/Payload" } },
+            ],
+        }}),
+    );
     for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest"] {
-        let p = schema_property(doc, schema, "payload");
-        let description = p.get("description").cloned().unwrap_or(Value::Null);
-        *p = json!({ "$ref": "#/components/schemas/Payload", "description": description });
+        patch.replace(
+            &format!("/components/schemas/{schema}/properties/payload"),
+            json!({ "$ref": "#/components/schemas/Payload" }),
+        );
     }
 
-    // Begin: the modes served.
-    let served: Vec<&str> = limits.served_modes.iter().map(|m| m.as_str()).collect();
-    *schema_property(doc, "BeginRequest", "mode") = json!({
-        "type": "string", "enum": served,
-        "description": "Transaction mode: one this coordinator serves (`Mode` lists every mode of the contract).",
-    });
-    // Options only for their mode.
-    at(doc, &["components", "schemas", "BeginRequest"])["anyOf"] = json!([
-        { "properties": { "mode": { "const": Mode::ThreePc.as_str() } } },
-        { "properties": { "three_phase": { "type": "null" } } },
-    ]);
+    // Begin: the modes served, and options only for their mode.
+    patch.replace(
+        "/components/schemas/BeginRequest/properties/mode",
+        json!({
+            "type": "string", "enum": limits.served_modes,
+            "description": "Transaction mode: one this coordinator serves (`Mode` lists every mode of the contract).",
+        }),
+    );
+    patch.extend(
+        "/components/schemas/BeginRequest",
+        json!({ "anyOf": [
+            { "properties": { "mode": { "const": Mode::ThreePc.as_str() } } },
+            { "properties": { "three_phase": { "type": "null" } } },
+        ]}),
+    );
 
     // Each field's limits.
     let fields = [
@@ -214,23 +247,46 @@ fn declare_limits(doc: &mut Value, limits: &Limits) {
         ("LockCheckRequest", "lock_keys", lock_keys),
     ];
     for (schema, property, constraints) in fields {
-        constrain(doc, &["components", "schemas", schema, "properties", property], constraints);
+        patch.extend(&format!("/components/schemas/{schema}/properties/{property}"), constraints);
     }
 
     // Parameters.
-    if let Some(s) = parameter(doc, "/v1/transactions", "post", "Idempotency-Key") {
-        *s = json!({ "type": "string", "pattern": limits::IDEMPOTENCY_KEY_PATTERN });
+    let wait = json!({ "type": "integer", "minimum": 0, "maximum": limits.max_wait_ms,
+        "default": super::transactions::DEFAULT_WAIT_MS.min(limits.max_wait_ms) });
+    let parameters = [
+        (
+            "/v1/transactions",
+            "post",
+            "Idempotency-Key",
+            json!({ "type": "string", "pattern": limits::IDEMPOTENCY_KEY_PATTERN }),
+        ),
+        (
+            "/v1/transactions",
+            "get",
+            "limit",
+            json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE }),
+        ),
+        ("/v1/transactions", "get", "after", json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN })),
+        ("/v1/transactions/{xid}/commit", "post", "wait_ms", wait.clone()),
+        ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait),
+    ];
+    for (path, method, name, schema) in parameters {
+        let pointer = patch.parameter(path, method, name);
+        patch.replace(&pointer, schema);
     }
-    if let Some(s) = parameter(doc, "/v1/transactions", "get", "limit") {
-        *s = json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE });
-    }
-    if let Some(s) = parameter(doc, "/v1/transactions", "get", "after") {
-        *s = json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN });
-    }
-    for path in ["/v1/transactions/{xid}/commit", "/v1/transactions/{xid}/rollback"] {
-        if let Some(s) = parameter(doc, path, "post", "wait_ms") {
-            *s = json!({ "type": "integer", "minimum": 0, "maximum": limits.max_wait_ms,
-                "default": super::transactions::DEFAULT_WAIT_MS.min(limits.max_wait_ms) });
-        }
+    patch.missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_limit_lands_on_a_member_the_document_has() {
+        let limits = Limits { max_timeout_ms: 1_000, max_wait_ms: 500, served_modes: modes::modes_where(|_| true) };
+        let mut doc = serde_json::to_value(super::super::routes().split_for_parts().1).expect("document");
+        assert_eq!(declare_limits(&mut doc, &limits), Vec::<String>::new());
+        let wait = doc.pointer("/paths/~1v1~1transactions~1{xid}~1commit/post/parameters/1/schema/maximum");
+        assert_eq!(wait, Some(&json!(500)));
     }
 }

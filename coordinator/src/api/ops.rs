@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Extension;
-use std::sync::Arc;
 use tandem_wire::{ErrorCode, Problem};
 
 /// Liveness: the process serves HTTP.
@@ -58,13 +57,14 @@ pub async fn metrics(State(c): State<Coordinator>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
 }
 
-/// The document `/openapi.json` serves, built once when the router is.
+/// The document `/openapi.json` serves, built and serialized once when the
+/// router is.
 #[derive(Debug, Clone)]
-pub struct OpenApiDocument(pub Arc<serde_json::Value>);
+pub struct OpenApiDocument(pub axum::body::Bytes);
 
 /// This API as OpenAPI 3.1.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI document", content_type = "application/json")))]
 pub async fn openapi(Extension(doc): Extension<OpenApiDocument>) -> impl IntoResponse {
-    axum::Json(doc.0.as_ref().clone())
+    ([(header::CONTENT_TYPE, "application/json")], doc.0)
 }
