@@ -10,11 +10,17 @@ written in JSON Schema, or where a request would leave the machine:
   them (`can_commit < pre_commit`, `do_commit > 2 x pre_commit + takeover`)
   compare fields, which JSON Schema cannot. A schema-valid request that
   breaks them is sent without its `three_phase` (the defaults).
-- `callback_url`: the coordinator calls it at commit. A valid URL keeps its
-  shape but points at 127.0.0.1:9 (nothing listens), so no callback leaves
-  the machine.
+- `callback_url`, a saga step's `action_url` and `compensate_url`: the
+  coordinator calls them. A valid URL keeps its shape but points at
+  127.0.0.1:9 (nothing listens), so no callback leaves the machine.
+- A saga's `after`: JSON Schema cannot say "an index of another step, and
+  no cycle". Indexes of a schema-valid `after` are kept only where they name
+  an earlier step (which can make no cycle). A saga submit without `wait_ms`
+  gets `wait_ms=0`: its actions go to 127.0.0.1:9 and would be retried for
+  the whole default wait.
 """
 
+import math
 import os
 import re
 import uuid
@@ -48,6 +54,35 @@ def _fix_three_phase(body):
         del body["three_phase"]
 
 
+def _local(url):
+    if isinstance(url, str):
+        m = URL_HOST.match(url)
+        if m:
+            return f"{m.group(1)}://127.0.0.1:9{m.group(4)}"
+    return url
+
+
+def _integral(v):
+    if isinstance(v, bool):
+        return False
+    return isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v.is_integer())
+
+
+def _fix_saga(body):
+    steps = body.get("steps")
+    if not isinstance(steps, list):
+        return
+    for i, step in enumerate(steps):
+        if not isinstance(step, dict):
+            continue
+        for field in ("action_url", "compensate_url"):
+            if field in step:
+                step[field] = _local(step[field])
+        after = step.get("after")
+        if isinstance(after, list) and all(_integral(j) for j in after):
+            step["after"] = [j for j in after if 0 <= j < i]
+
+
 @schemathesis.hook
 def before_call(context, case, kwargs):
     operation = context.operation
@@ -59,6 +94,16 @@ def before_call(context, case, kwargs):
                 case.headers[name] = str(uuid.uuid4())
         if isinstance(case.body, dict):
             _fix_three_phase(case.body)
+    if operation.method.upper() == "POST" and operation.path == "/v1/sagas":
+        for name in list(case.headers or {}):
+            if name.lower() == "idempotency-key":
+                case.headers[name] = str(uuid.uuid4())
+        if isinstance(case.body, dict):
+            _fix_saga(case.body)
+        if case.query is None:
+            case.query = {}
+        if isinstance(case.query, dict) and "wait_ms" not in case.query:
+            case.query["wait_ms"] = 0
     if operation.path.endswith("/branches") and isinstance(case.body, dict):
         url = case.body.get("callback_url")
         if isinstance(url, str):

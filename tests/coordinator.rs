@@ -9,7 +9,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::time::Duration;
 use support::TestDb;
 use tandem_coordinator::metrics::Metrics;
-use tandem_coordinator::modes::{self, PROTOCOLS};
+use tandem_coordinator::modes::PROTOCOLS;
 use tandem_coordinator::store::{NewBranch, NewTransaction, ReportResult, Store, StoreConfig};
 use tandem_coordinator::transaction::state::{self, Decision, DecisionInput, DecisionOutcome};
 use tandem_coordinator::transaction::statuses::{IN_FLIGHT, LEASED, UNDECIDED};
@@ -190,7 +190,7 @@ async fn live_partial_indexes_match_the_status_sets_and_recovery_uses_them() {
             assert!(LEASED.contains(s), "{s} of {} is not leased", p.mode());
         }
     }
-    assert!(modes::protocol(tandem_sdk::wire::Mode::Saga).is_none());
+    assert!(LEASED.contains(&tandem_sdk::wire::GlobalStatus::Running), "a running saga is leased");
 }
 
 #[tokio::test]
@@ -312,6 +312,7 @@ async fn the_openapi_document_lists_every_route_with_its_problems() {
             "GET /v1/transactions",
             "GET /v1/transactions/{xid}",
             "POST /v1/locks/check",
+            "POST /v1/sagas",
             "POST /v1/transactions",
             "POST /v1/transactions/{xid}/branches",
             "POST /v1/transactions/{xid}/branches/{branch_id}/report",
@@ -372,8 +373,21 @@ async fn the_documented_limits_are_the_enforced_ones() {
 
     // The served modes only; options only for their mode; objects only.
     let modes = schemas["BeginRequest"]["properties"]["mode"]["enum"].as_array().expect("enum").clone();
-    assert_eq!(modes, [json!("tcc"), json!("xa"), json!("at"), json!("3pc")]);
-    assert_eq!(post_json(&http, &begin, &json!({"mode": "saga"})).await, (422, Some("mode_not_supported".into())));
+    assert_eq!(modes, [json!("tcc"), json!("xa"), json!("at"), json!("3pc"), json!("saga")]);
+    assert_eq!(post_json(&http, &begin, &json!({"mode": "nope"})).await.0, 422);
+    // Saga definitions: the declared bounds are the enforced ones.
+    let saga = &schemas["SagaRequest"]["properties"];
+    assert_eq!(saga["steps"]["maxItems"], json!(tandem_sdk::wire::MAX_SAGA_STEPS));
+    assert_eq!(saga["steps"]["minItems"], json!(1));
+    assert_eq!(saga["retry_limit"]["maximum"], json!(tandem_sdk::wire::MAX_RETRY_LIMIT));
+    let sagas = format!("{}/v1/sagas?wait_ms=0", app.url);
+    let step = |after: serde_json::Value| json!({"action_url": "http://127.0.0.1:9/a", "compensate_url": "http://127.0.0.1:9/c", "after": after});
+    let two = |after: serde_json::Value| json!({"steps": [step(json!([])), step(after)], "timeout_ms": 1000});
+    assert_eq!(post_json(&http, &sagas, &two(json!([0.0]))).await.0, 202, "0.0 is the integer 0");
+    assert_eq!(post_json(&http, &sagas, &two(json!([0.5]))).await.0, 422);
+    assert_eq!(post_json(&http, &sagas, &json!({"steps": []})).await.0, 422);
+    let retry = json!({"steps": [step(json!(null))], "retry_limit": tandem_sdk::wire::MAX_RETRY_LIMIT + 1});
+    assert_eq!(post_json(&http, &sagas, &retry).await.0, 422);
     assert_eq!(post_json(&http, &begin, &json!({"mode": "tcc", "three_phase": {}})).await.0, 422);
     assert_eq!(post_json(&http, &begin, &json!({"mode": "3pc", "three_phase": {}})).await.0, 201);
     assert_eq!(post_json(&http, &begin, &json!({"mode": "3pc", "three_phase": [null, null, null]})).await.0, 422);

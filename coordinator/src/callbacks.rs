@@ -45,6 +45,19 @@ impl CallbackClient {
         action: CallbackAction,
         timeout: Option<Duration>,
     ) -> CallbackResult {
+        self.send_to(tx, branch, &branch.callback_url, action, timeout).await
+    }
+
+    /// [`CallbackClient::send_within`] to `url` instead of the branch's
+    /// callback URL (a saga step's action).
+    pub async fn send_to(
+        &self,
+        tx: &TxRow,
+        branch: &BranchRow,
+        url: &str,
+        action: CallbackAction,
+        timeout: Option<Duration>,
+    ) -> CallbackResult {
         let body = CallbackRequest {
             xid: tx.xid.clone(),
             branch_id: branch.branch_id.clone(),
@@ -55,7 +68,7 @@ impl CallbackClient {
             three_phase: tx.three_phase,
         };
         let started = Instant::now();
-        let mut request = self.http.post(&branch.callback_url).header(XID_HEADER, tx.xid.as_str()).json(&body);
+        let mut request = self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body);
         if let Some(t) = timeout {
             request = request.timeout(t);
         }

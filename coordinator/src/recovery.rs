@@ -94,6 +94,9 @@ async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, 
         };
         let branches = branches.remove(&tx.xid).unwrap_or_default();
         tracing::info!(xid = %tx.xid, status = %tx.status, attempts = tx.attempts, "recovery drives the transaction");
-        coordinator.spawn_driver(Job { tx, branches, leased_at, resumed: Resumed::TakenOver }, Some(permit));
+        coordinator.spawn_driver(
+            Job { tx, branches, leased_at, resumed: Resumed::TakenOver, recorded_starts: Vec::new() },
+            Some(permit),
+        );
     }
 }

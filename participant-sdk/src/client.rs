@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::time::Duration;
 use tandem_wire::{
     BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, Mode, Problem,
-    RegisterBranchRequest, ReportRequest, Transaction, TransactionList, Xid,
+    RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid,
 };
 
 /// Errors of [`TandemClient`].
@@ -210,5 +210,24 @@ impl TandemClient {
     /// `POST /v1/transactions/{xid}/rollback`.
     pub async fn rollback(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
         self.decide(xid, "rollback", wait).await
+    }
+
+    /// `POST /v1/sagas`: submits a whole saga and waits up to `wait` for its
+    /// end (`None`: the coordinator's default). `finished` is false while
+    /// actions or compensations still run (202). A saga that ended
+    /// compensated is an `invalid_state` problem carrying the transaction.
+    pub async fn submit_saga(
+        &self,
+        req: &SagaRequest,
+        wait: Option<Duration>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Decided, ClientError> {
+        let path = match wait {
+            Some(w) => format!("/v1/sagas?wait_ms={}", w.as_millis()),
+            None => "/v1/sagas".to_owned(),
+        };
+        let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        let (status, transaction) = self.call(Method::POST, &path, Some(req), &headers).await?;
+        Ok(Decided { transaction, finished: status == StatusCode::OK })
     }
 }

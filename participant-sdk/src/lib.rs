@@ -16,6 +16,11 @@
 //! - [`at`]: AT mode: INSERT / UPDATE / DELETE imaged into an undo log, global
 //!   row locks at the coordinator, automatic compensation on rollback
 //!   (PostgreSQL and MySQL/MariaDB).
+//! - [`saga`]: Saga mode: the participant's steps (action, compensation) in
+//!   its own sqlx transaction behind the branch barrier (`saga::barrier`:
+//!   each at most once, empty compensations, late actions refused;
+//!   PostgreSQL and MySQL/MariaDB), their callback routes, the client's saga
+//!   definition (`saga::Saga`) and the step-by-step usage.
 //! - [`three_phase`]: the 3PC participant: CanCommit vote, PreCommit as a
 //!   real PostgreSQL prepare, DoCommit / abort, and the timers that abort a
 //!   vote or commit a pre-committed branch when the coordinator goes quiet.
@@ -24,7 +29,8 @@
 //!   participant-side recovery.
 //!
 //! Every participant is built the same way: `Participant::builder(database,
-//! client, …, public_base_url)` (the SDK appends its mode's callback path),
+//! client, …, public_base_url)` (the SDK appends its mode's callback path;
+//! a saga participant takes none: only `run_step` calls the coordinator),
 //! options, `.build()`; then `install()` creates its tables (XA has none),
 //! and `router()` serves its callbacks.
 //!
@@ -36,6 +42,7 @@ pub mod client;
 pub mod global;
 pub mod migrations;
 pub mod propagation;
+pub mod saga;
 pub mod tcc;
 pub mod three_phase;
 pub mod xa;
@@ -46,5 +53,5 @@ pub use propagation::{current_xid, with_xid, GlobalXid, RequestBuilderExt};
 pub use tandem_wire as wire;
 
 /// The error of application code the SDK runs: a TCC step's cause, XA
-/// business statements, 3PC votes and work.
+/// business statements, 3PC votes and work, a saga step's cause.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -15,13 +15,19 @@ pub const AT_UNDO_LOG_POSTGRES: &str = include_str!("../migrations/postgres/2026
 pub const AT_UNDO_LOG_MYSQL: &str = include_str!("../migrations/mysql/20261215000001_tandem_undo_log.sql");
 /// The 3PC participant's votes (`tandem_three_phase`), PostgreSQL.
 pub const THREE_PHASE: &str = include_str!("../migrations/postgres/20261215000003_tandem_three_phase.sql");
+/// The saga branch barrier (`tandem_barrier`), PostgreSQL.
+pub const SAGA_BARRIER_POSTGRES: &str = include_str!("../migrations/postgres/20261216000004_tandem_barrier.sql");
+/// The saga branch barrier (`tandem_barrier`), MySQL and MariaDB.
+pub const SAGA_BARRIER_MYSQL: &str = include_str!("../migrations/mysql/20261216000002_tandem_barrier.sql");
 
 /// Every migration file, by its path under `participant-sdk/migrations/`.
 pub const ALL: &[(&str, &str)] = &[
     ("postgres/20261122000001_tandem_tcc_fence.sql", TCC_FENCE),
     ("postgres/20261215000002_tandem_undo_log.sql", AT_UNDO_LOG_POSTGRES),
     ("postgres/20261215000003_tandem_three_phase.sql", THREE_PHASE),
+    ("postgres/20261216000004_tandem_barrier.sql", SAGA_BARRIER_POSTGRES),
     ("mysql/20261215000001_tandem_undo_log.sql", AT_UNDO_LOG_MYSQL),
+    ("mysql/20261216000002_tandem_barrier.sql", SAGA_BARRIER_MYSQL),
 ];
 
 /// The advisory lock every SDK install on PostgreSQL takes: two processes
@@ -72,5 +78,12 @@ mod tests {
         use crate::at::AtBackend;
         assert_eq!(crate::at::Pg::UNDO_DDL, AT_UNDO_LOG_POSTGRES);
         assert_eq!(crate::at::MySqlDb::UNDO_DDL, AT_UNDO_LOG_MYSQL);
+    }
+
+    #[test]
+    fn the_saga_barrier_installs_these_files() {
+        use crate::saga::barrier::BarrierDb;
+        assert_eq!(<sqlx::Postgres as BarrierDb>::DDL, SAGA_BARRIER_POSTGRES);
+        assert_eq!(<sqlx::MySql as BarrierDb>::DDL, SAGA_BARRIER_MYSQL);
     }
 }

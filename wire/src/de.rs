@@ -79,6 +79,24 @@ impl<'de> Visitor<'de> for OptU64 {
     }
 }
 
+/// `#[serde(default, deserialize_with = "crate::de::opt_index_list")]`: an
+/// optional list of non-negative integers below 2^32 (integral floats such
+/// as `2.0` count, as JSON Schema's `integer` does), `null` or absent for `None`.
+pub fn opt_index_list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
+    let list: Option<Vec<Index>> = Option::deserialize(d)?;
+    Ok(list.map(|l| l.into_iter().map(|i| i.0).collect()))
+}
+
+/// One element of [`opt_index_list`].
+struct Index(u32);
+
+impl<'de> Deserialize<'de> for Index {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Index, D::Error> {
+        let v = d.deserialize_any(U64)?;
+        u32::try_from(v).map(Index).map_err(|_| de::Error::invalid_value(de::Unexpected::Unsigned(v), &"an index"))
+    }
+}
+
 struct U64;
 
 impl Visitor<'_> for U64 {

@@ -9,12 +9,17 @@ pub mod de;
 mod ids;
 pub mod limits;
 mod problem;
+mod saga;
 mod status;
 mod three_phase;
 
 pub use ids::{BranchId, IdError, Xid, ID_PATTERN, MAX_ID_LEN};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
-pub use status::{BranchStatus, GlobalStatus, Mode, ReportStatus, RollbackReason, TransactionOutcome, UnknownValue};
+pub use saga::{ActionSide, CompensationSide, SagaRequest, SagaStep, SagaStepRequest, MAX_RETRY_LIMIT, MAX_SAGA_STEPS};
+pub use status::{
+    ActionStatus, BranchStatus, CompensationStatus, GlobalStatus, Mode, ReportStatus, RollbackReason,
+    TransactionOutcome, UnknownValue,
+};
 pub use three_phase::{ThreePhaseOptions, ThreePhaseTimeouts, TimeoutError};
 
 use chrono::{DateTime, Utc};
@@ -92,10 +97,13 @@ pub struct Branch {
     /// Extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub global_locks: Option<bool>,
-    /// Callback attempts made so far.
+    /// Callback attempts made so far (saga: of the compensation).
     pub attempts: u32,
-    /// Last callback error, if any.
+    /// Last callback error, if any (saga: of the compensation).
     pub last_error: Option<String>,
+    /// Saga: the step's action and compensation. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saga: Option<SagaStep>,
 }
 
 /// A global transaction with its branches in registration order.
@@ -149,6 +157,11 @@ pub enum CallbackAction {
     CanCommit,
     /// 3PC phase 2: execute and prepare, then acknowledge with 2xx.
     PreCommit,
+    /// Saga: run the step's action (2xx done, 409 failed: the saga compensates).
+    Action,
+    /// Saga: undo the step's action; may arrive for an action that never
+    /// committed (an empty compensation) or before it (refuse it afterwards).
+    Compensate,
 }
 
 impl CallbackAction {
@@ -159,6 +172,8 @@ impl CallbackAction {
             CallbackAction::Rollback => "rollback",
             CallbackAction::CanCommit => "can_commit",
             CallbackAction::PreCommit => "pre_commit",
+            CallbackAction::Action => "action",
+            CallbackAction::Compensate => "compensate",
         }
     }
 }

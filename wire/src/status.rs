@@ -60,7 +60,8 @@ text_enum!(
         At = "at",
         /// Three-phase commit with participant timeouts.
         ThreePc = "3pc",
-        /// Saga (reserved).
+        /// Saga: actions driven by the coordinator, compensations in reverse
+        /// on failure; or steps registered as the client's code runs them.
         Saga = "saga",
     }
 );
@@ -92,6 +93,10 @@ text_enum!(
         /// committed on its own timeout (`heuristic_committed`). The outcome
         /// differs between participants; an operator must look. Terminal.
         HeuristicMixed = "heuristic_mixed",
+        /// Saga: submitted; the coordinator is calling the actions. Not a
+        /// decision: every action succeeding → `committed`, a failure or the
+        /// timeout → `rolling_back` (compensations).
+        Running = "running",
     }
 );
 
@@ -123,6 +128,38 @@ text_enum!(
         /// 3PC: acknowledged PreCommit: its work is done and prepared, and it
         /// commits on its own if neither DoCommit nor abort comes in time.
         PreCommitted = "pre_committed",
+        /// Saga: the step's action was never called, so there is nothing to
+        /// compensate.
+        Skipped = "skipped",
+    }
+);
+
+text_enum!(
+    /// Where a saga step's action stands.
+    ActionStatus, "action status" {
+        /// Not called yet.
+        Pending = "pending",
+        /// Called (at least once); its outcome is not known yet.
+        Running = "running",
+        /// Answered 2xx: done.
+        Succeeded = "succeeded",
+        /// Answered 409, or failed transiently more than `retry_limit` times.
+        Failed = "failed",
+    }
+);
+
+text_enum!(
+    /// Where a saga step's compensation stands.
+    CompensationStatus, "compensation status" {
+        /// Not run (the saga has not failed, or has not reached this step yet).
+        NotRun = "not_run",
+        /// Compensated (2xx).
+        Compensated = "compensated",
+        /// The participant refused the compensation permanently (409): an
+        /// operator must look.
+        Failed = "failed",
+        /// The step's action was never called: nothing to compensate.
+        Skipped = "skipped",
     }
 );
 
@@ -135,6 +172,8 @@ text_enum!(
         Timeout = "timeout",
         /// A branch reported `phase1_failed` (commit was asked and refused).
         BranchFailed = "branch_failed",
+        /// Saga: an action failed transiently more than the saga's `retry_limit` times.
+        RetryLimit = "retry_limit",
     }
 );
 
@@ -177,6 +216,7 @@ impl BranchStatus {
                 | BranchStatus::CommitFailed
                 | BranchStatus::RollbackFailed
                 | BranchStatus::HeuristicCommitted
+                | BranchStatus::Skipped
         )
     }
 }
@@ -211,7 +251,7 @@ impl GlobalStatus {
             | GlobalStatus::RolledBack
             | GlobalStatus::RollbackFailed
             | GlobalStatus::HeuristicMixed => TransactionOutcome::RolledBack,
-            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => {
+            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted | GlobalStatus::Running => {
                 TransactionOutcome::Undecided
             }
         }

@@ -5,6 +5,7 @@ pub mod extract;
 pub mod locks;
 pub mod openapi;
 pub mod ops;
+pub mod sagas;
 pub mod transactions;
 
 use crate::Coordinator;
@@ -31,6 +32,7 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(transactions::report))
         .routes(routes!(transactions::commit))
         .routes(routes!(transactions::rollback))
+        .routes(routes!(sagas::submit))
         .routes(routes!(locks::check))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

@@ -27,11 +27,12 @@ use utoipa::OpenApi;
         tandem_wire::CallbackRequest, tandem_wire::CallbackAction, tandem_wire::CallbackReply,
         tandem_wire::CallbackOutcome, tandem_wire::ErrorCode, tandem_wire::LockHolder, tandem_wire::RollbackReason,
         tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode, tandem_wire::ThreePhaseOptions,
-        tandem_wire::ThreePhaseTimeouts,
+        tandem_wire::ThreePhaseTimeouts, tandem_wire::ActionStatus, tandem_wire::CompensationStatus,
     )),
     tags(
         (name = "transactions", description = "Global transactions"),
         (name = "branches", description = "Branches of a global transaction"),
+        (name = "sagas", description = "Sagas submitted whole (extension)"),
         (name = "locks", description = "Global row locks of AT mode"),
         (name = "operations", description = "Health, metrics and this document"),
     )
@@ -179,6 +180,8 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
     let text = |min: usize, max: usize| json!({ "minLength": min, "maxLength": max, "pattern": no_nul });
     let timeout = json!({ "minimum": 1, "maximum": limits.max_timeout_ms });
     let id = json!({ "pattern": tandem_wire::ID_PATTERN });
+    let callback_url = json!({ "minLength": 1, "maxLength": limits::MAX_CALLBACK_URL_CHARS,
+        "pattern": limits::callback_url_pattern() });
     let lock_keys = json!({
         "maxItems": limits::MAX_LOCK_KEYS,
         "items": { "type": "string", "minLength": 1, "maxLength": limits::MAX_LOCK_KEY_CHARS, "pattern": no_nul },
@@ -204,7 +207,7 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
             ],
         }}),
     );
-    for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest"] {
+    for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest", "SagaStepRequest"] {
         patch.replace(
             &format!("/components/schemas/{schema}/properties/payload"),
             json!({ "$ref": "#/components/schemas/Payload" }),
@@ -233,18 +236,26 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         ("BeginRequest", "timeout_ms", timeout.clone()),
         ("ThreePhaseOptions", "can_commit_timeout_ms", timeout.clone()),
         ("ThreePhaseOptions", "pre_commit_timeout_ms", timeout.clone()),
-        ("ThreePhaseOptions", "do_commit_timeout_ms", timeout),
+        ("ThreePhaseOptions", "do_commit_timeout_ms", timeout.clone()),
         ("RegisterBranchRequest", "resource", text(1, limits::MAX_RESOURCE_CHARS)),
-        (
-            "RegisterBranchRequest",
-            "callback_url",
-            json!({ "minLength": 1, "maxLength": limits::MAX_CALLBACK_URL_CHARS,
-                    "pattern": limits::callback_url_pattern() }),
-        ),
+        ("RegisterBranchRequest", "callback_url", callback_url.clone()),
         ("RegisterBranchRequest", "lock_keys", lock_keys.clone()),
         ("ReportRequest", "detail", text(0, limits::MAX_DETAIL_CHARS)),
         ("LockCheckRequest", "resource", text(1, limits::MAX_RESOURCE_CHARS)),
         ("LockCheckRequest", "lock_keys", lock_keys),
+        ("SagaRequest", "name", text(0, limits::MAX_NAME_CHARS)),
+        ("SagaRequest", "timeout_ms", timeout),
+        ("SagaRequest", "retry_limit", json!({ "minimum": 0, "maximum": tandem_wire::MAX_RETRY_LIMIT })),
+        ("SagaRequest", "steps", json!({ "minItems": 1, "maxItems": tandem_wire::MAX_SAGA_STEPS })),
+        ("SagaStepRequest", "name", text(1, limits::MAX_RESOURCE_CHARS)),
+        ("SagaStepRequest", "action_url", callback_url.clone()),
+        ("SagaStepRequest", "compensate_url", callback_url),
+        (
+            "SagaStepRequest",
+            "after",
+            json!({ "maxItems": tandem_wire::MAX_SAGA_STEPS,
+                    "items": { "type": "integer", "minimum": 0, "maximum": tandem_wire::MAX_SAGA_STEPS - 1 } }),
+        ),
     ];
     for (schema, property, constraints) in fields {
         patch.extend(&format!("/components/schemas/{schema}/properties/{property}"), constraints);
@@ -268,7 +279,14 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         ),
         ("/v1/transactions", "get", "after", json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN })),
         ("/v1/transactions/{xid}/commit", "post", "wait_ms", wait.clone()),
-        ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait),
+        ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait.clone()),
+        ("/v1/sagas", "post", "wait_ms", wait),
+        (
+            "/v1/sagas",
+            "post",
+            "Idempotency-Key",
+            json!({ "type": "string", "pattern": limits::IDEMPOTENCY_KEY_PATTERN }),
+        ),
     ];
     for (path, method, name, schema) in parameters {
         let pointer = patch.parameter(path, method, name);

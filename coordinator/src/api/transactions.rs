@@ -26,6 +26,17 @@ fn validation(detail: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::ValidationFailed, detail)
 }
 
+/// The request's `Idempotency-Key`, if any.
+// `ApiError` is what every handler answers with; these helpers return it
+// as the handlers do.
+#[allow(clippy::result_large_err)]
+pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(v) => Ok(Some(v.to_str().map_err(|_| validation("Idempotency-Key must be visible ASCII"))?.to_owned())),
+    }
+}
+
 /// Begin a global transaction.
 #[utoipa::path(post, path = "/v1/transactions", tag = "transactions",
     request_body = BeginRequest,
@@ -45,10 +56,7 @@ pub async fn begin(
     headers: HeaderMap,
     ApiJson(req): ApiJson<BeginRequest>,
 ) -> Result<Response, ApiError> {
-    let key = match headers.get("idempotency-key") {
-        None => None,
-        Some(v) => Some(v.to_str().map_err(|_| validation("Idempotency-Key must be visible ASCII"))?.to_owned()),
-    };
+    let key = idempotency_key(&headers)?;
     let (tx, created) = c.begin(req, key).await?;
     let mut resp = (StatusCode::CREATED, Json(tx)).into_response();
     if !created {
@@ -152,18 +160,25 @@ pub async fn report(
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct WaitParams {
-    /// How long to wait for phase 2 before answering 202 (default 5000, or the
-    /// largest accepted where that is less).
+    /// How long to wait for the end before answering 202 (default 5000, or
+    /// the largest accepted where that is less).
     wait_ms: Option<u64>,
 }
 
-async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+/// How long a request waits, from its `wait_ms`.
+#[allow(clippy::result_large_err)]
+pub(super) fn wait_of(c: &Coordinator, p: &WaitParams) -> Result<Duration, ApiError> {
     let max = c.timing().max_wait;
     // Without `wait_ms`, the default, or less where the request timeout is short.
     let wait = p.wait_ms.map_or(Duration::from_millis(DEFAULT_WAIT_MS).min(max), Duration::from_millis);
     if wait > max {
         return Err(validation(format!("wait_ms must be at most {}", max.as_millis())));
     }
+    Ok(wait)
+}
+
+async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+    let wait = wait_of(&c, &p)?;
     Ok(match c.decide(&xid, d, wait).await? {
         DecideReply::Finished(t) => (StatusCode::OK, Json(*t)).into_response(),
         DecideReply::InProgress(t) => (StatusCode::ACCEPTED, Json(*t)).into_response(),

@@ -12,6 +12,7 @@
 //! (ARCHITECTURE.md, "Adding a mode").
 
 pub mod at;
+pub mod saga;
 pub mod tcc;
 pub mod three_phase;
 pub mod xa;
@@ -105,6 +106,10 @@ pub struct View<'a> {
     pub resumed: Resumed,
     /// 3PC: its phase timeouts.
     pub three_phase: Option<ThreePhaseTimeouts>,
+    /// Saga: its steps (the branches), in registration order.
+    pub steps: &'a [saga::StepView<'a>],
+    /// Its deadline has passed.
+    pub expired: bool,
 }
 
 /// Whether a driver started the transaction's current protocol step itself
@@ -172,6 +177,9 @@ pub enum Step {
     Advance(Advance),
     /// Every branch is final: write this terminal status.
     Finish(GlobalStatus),
+    /// Call the forward actions of these steps (saga), except those already
+    /// in flight; ask again after each answer.
+    Forward(Vec<usize>),
     /// Nothing to drive (not a leased status).
     Stop,
 }
@@ -209,6 +217,12 @@ pub trait Protocol: std::marker::Send + Sync + 'static {
     /// decided ones (`committing`, `rolling_back`) are leased in every mode.
     fn pre_decision_statuses(&self) -> &'static [GlobalStatus] {
         &[]
+    }
+
+    /// The status the end gives branches that no callback reached (saga:
+    /// a committed saga's steps, which have nothing left to do).
+    fn end_status_of_untouched(&self, _terminal: GlobalStatus) -> Option<BranchStatus> {
+        None
     }
 
     /// How phase 2 of `decision` reaches the branches.
@@ -275,7 +289,7 @@ pub fn phase2_step(delivery: Option<(Decision, Delivery)>, view: &View<'_>) -> S
 }
 
 /// Every mode this coordinator serves, one protocol each.
-pub static PROTOCOLS: &[&dyn Protocol] = &[&tcc::Tcc, &xa::Xa, &at::At, &three_phase::ThreePhase];
+pub static PROTOCOLS: &[&dyn Protocol] = &[&tcc::Tcc, &xa::Xa, &at::At, &three_phase::ThreePhase, &saga::Saga];
 
 /// The protocol of `mode`, or `None` if this coordinator does not serve it.
 pub fn protocol(mode: Mode) -> Option<&'static dyn Protocol> {
@@ -294,7 +308,7 @@ mod tests {
     use tandem_wire::BranchStatus as B;
 
     fn view(status: GlobalStatus, branches: &[BranchStatus]) -> View<'_> {
-        View { status, branches, resumed: Resumed::Fresh, three_phase: None }
+        View { status, branches, resumed: Resumed::Fresh, three_phase: None, steps: &[], expired: false }
     }
 
     fn rounds(p: &dyn Protocol, status: GlobalStatus, branches: &[BranchStatus]) -> Vec<Vec<usize>> {
@@ -329,7 +343,7 @@ mod tests {
 
     #[test]
     fn policies() {
-        assert_eq!(protocol(Mode::Saga).map(|p| p.mode()), None, "reserved, not served");
+        assert_eq!(protocol(Mode::Saga).map(|p| p.pre_decision_statuses()), Some(&[GlobalStatus::Running][..]));
         assert_eq!(protocol(Mode::Xa).map(|p| p.commit_requires()), Some(CommitRequires::EveryBranchPrepared));
         assert_eq!(protocol(Mode::Tcc).map(|p| p.commit_requires()), Some(CommitRequires::NoFailedBranch));
         assert_eq!(protocol(Mode::At).map(|p| p.locking()), Some(Locking::RowLocks));

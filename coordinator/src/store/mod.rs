@@ -19,6 +19,7 @@ mod reads;
 mod recovery;
 mod registration;
 mod rows;
+mod saga;
 mod sql;
 
 pub use decision::DecideResult;
@@ -26,6 +27,7 @@ pub use locks::LockedRegistration;
 pub use phase2::{BranchUpdate, PhaseStep};
 pub use registration::{NewBranch, NewTransaction, ReportResult};
 pub use rows::{holds_global_locks, BranchRow, BranchWithMode, TxRow};
+pub use saga::{Durability, LeaseAfter, NewSaga, NewStep, SagaWrite, StepMark};
 
 use crate::metrics::Metrics;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};

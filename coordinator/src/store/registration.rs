@@ -49,7 +49,7 @@ pub enum ReportResult<R> {
     /// The state machine refused.
     Refused(R),
     /// Applied (or already so).
-    Applied(BranchWithMode),
+    Applied(Box<BranchWithMode>),
 }
 
 /// How a branch moving `from` → `to` changes the transaction's
@@ -123,7 +123,7 @@ impl Store {
                 Err(refusal) => return Ok(ReportResult::Refused(refusal)),
             };
             if next == branch.status {
-                return Ok(ReportResult::Applied(BranchWithMode { mode: tx.mode, row: branch }));
+                return Ok(ReportResult::Applied(Box::new(BranchWithMode { mode: tx.mode, row: branch })));
             }
             let updated = sqlx::query_as::<_, BranchRow>(concat!(
                 "UPDATE branches SET status = $3, last_error = COALESCE($4, last_error) \
@@ -147,7 +147,7 @@ impl Store {
             .execute(&mut *db)
             .await?;
             db.commit().await?;
-            Ok::<_, sqlx::Error>(ReportResult::Applied(BranchWithMode { mode: tx.mode, row: updated }))
+            Ok::<_, sqlx::Error>(ReportResult::Applied(Box::new(BranchWithMode { mode: tx.mode, row: updated })))
         }
         .await;
         self.observe("report_branch", started);

@@ -7,7 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 use std::str::FromStr;
 use tandem_wire::{
-    Branch, BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts, Transaction, Xid,
+    ActionSide, ActionStatus, Branch, BranchId, BranchStatus, CompensationSide, CompensationStatus, GlobalStatus, Mode,
+    RollbackReason, SagaStep, ThreePhaseTimeouts, Transaction, Xid,
 };
 
 /// Column list of [`TxRow`], for `concat!` into statements.
@@ -15,13 +16,14 @@ macro_rules! tx_cols {
     () => {
         "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
          finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired, \
-         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms"
+         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, retry_limit"
     };
 }
 /// Column list of [`BranchRow`].
 macro_rules! branch_cols {
     () => {
-        "branch_id, xid, seq, resource, callback_url, status, payload, lock_keys, attempts, last_error"
+        "branch_id, xid, seq, resource, callback_url, status, payload, lock_keys, attempts, last_error, \
+         action_url, after_steps, action_status, action_attempts, action_error"
     };
 }
 /// [`branch_cols`] from alias `b`, prefixed `b_` (for joins with the transaction).
@@ -29,7 +31,9 @@ macro_rules! branch_cols_b {
     () => {
         "b.branch_id AS b_branch_id, b.xid AS b_xid, b.seq AS b_seq, b.resource AS b_resource, \
          b.callback_url AS b_callback_url, b.status AS b_status, b.payload AS b_payload, \
-         b.lock_keys AS b_lock_keys, b.attempts AS b_attempts, b.last_error AS b_last_error"
+         b.lock_keys AS b_lock_keys, b.attempts AS b_attempts, b.last_error AS b_last_error, \
+         b.action_url AS b_action_url, b.after_steps AS b_after_steps, b.action_status AS b_action_status, \
+         b.action_attempts AS b_action_attempts, b.action_error AS b_action_error"
     };
 }
 pub(crate) use {branch_cols, branch_cols_b, tx_cols};
@@ -69,6 +73,8 @@ pub struct TxRow {
     pub expired: bool,
     /// Phase timeouts of a `3pc` transaction.
     pub three_phase: Option<ThreePhaseTimeouts>,
+    /// Saga: transient failures of one action retried before it counts as failed.
+    pub retry_limit: Option<u32>,
 }
 
 /// A `branches` row.
@@ -94,6 +100,17 @@ pub struct BranchRow {
     pub attempts: u32,
     /// Last callback error.
     pub last_error: Option<String>,
+    /// Saga: the step's action URL (`None`: run by the client, step by step).
+    pub action_url: Option<String>,
+    /// Saga: indexes of the steps it runs after (`None`: registered step by
+    /// step, after the step registered before it).
+    pub after_steps: Option<Vec<i32>>,
+    /// Saga: the action's status (`None`: run by the client).
+    pub action_status: Option<ActionStatus>,
+    /// Saga: action calls made.
+    pub action_attempts: u32,
+    /// Saga: the last action call's error.
+    pub action_error: Option<String>,
 }
 
 fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
@@ -149,6 +166,11 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
             branch_count: unsigned::<i32, u32>(row, "branch_count")?,
             expired: row.try_get("expired")?,
             three_phase: three_phase_timeouts(row)?,
+            retry_limit: row
+                .try_get::<Option<i32>, _>("retry_limit")?
+                .map(u32::try_from)
+                .transpose()
+                .map_err(|e| decode_err("retry_limit", e))?,
         })
     }
 }
@@ -197,6 +219,11 @@ impl BranchRow {
             lock_keys: row.try_get(c("lock_keys").as_str())?,
             attempts: unsigned::<i32, u32>(row, &c("attempts"))?,
             last_error: row.try_get(c("last_error").as_str())?,
+            action_url: row.try_get(c("action_url").as_str())?,
+            after_steps: row.try_get(c("after_steps").as_str())?,
+            action_status: parsed_opt(row, &c("action_status"))?,
+            action_attempts: unsigned::<i32, u32>(row, &c("action_attempts"))?,
+            action_error: row.try_get(c("action_error").as_str())?,
         })
     }
 }
@@ -245,6 +272,31 @@ impl BranchRow {
             global_locks: Some(holds_global_locks(mode, self)),
             attempts: self.attempts,
             last_error: self.last_error.clone(),
+            saga: (mode == Mode::Saga).then(|| self.saga_step()),
+        }
+    }
+
+    /// What a saga branch shows of its step.
+    fn saga_step(&self) -> SagaStep {
+        let compensation = match self.status {
+            BranchStatus::RolledBack => CompensationStatus::Compensated,
+            BranchStatus::RollbackFailed => CompensationStatus::Failed,
+            BranchStatus::Skipped => CompensationStatus::Skipped,
+            _ => CompensationStatus::NotRun,
+        };
+        SagaStep {
+            action_url: self.action_url.clone(),
+            after: self.after_steps.iter().flatten().filter_map(|&i| u32::try_from(i).ok()).collect(),
+            action: ActionSide {
+                status: self.action_status.unwrap_or(ActionStatus::Succeeded),
+                attempts: self.action_attempts,
+                last_error: self.action_error.clone(),
+            },
+            compensation: CompensationSide {
+                status: compensation,
+                attempts: self.attempts,
+                last_error: self.last_error.clone(),
+            },
         }
     }
 }

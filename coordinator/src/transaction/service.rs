@@ -7,14 +7,14 @@ use crate::config::Timing;
 use crate::driver::{Job, Outcome};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
-use crate::modes::{self, OptionLimits, Protocol, Resumed};
-use crate::store::{LockedRegistration, NewBranch, NewTransaction, ReportResult, Store, StoreError};
+use crate::modes::{self, saga, OptionLimits, Protocol, Resumed};
+use crate::store::{LockedRegistration, NewBranch, NewSaga, NewStep, NewTransaction, ReportResult, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_wire::limits;
 use tandem_wire::{
-    BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, LockCheckRequest, LockCheckResponse, Mode,
-    RegisterBranchRequest, ReportRequest, Transaction, TransactionList, Xid,
+    ActionStatus, BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, LockCheckRequest, LockCheckResponse,
+    Mode, RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid, MAX_RETRY_LIMIT,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -152,17 +152,7 @@ impl Coordinator {
             limits::check_text("name", name, 0, limits::MAX_NAME_CHARS)?;
         }
         let timing = self.timing();
-        let timeout = match req.timeout_ms {
-            None => timing.default_timeout,
-            Some(0) => return Err(CoordinatorError::Validation("timeout_ms must be positive".into())),
-            Some(ms) if Duration::from_millis(ms) > timing.max_timeout => {
-                return Err(CoordinatorError::Validation(format!(
-                    "timeout_ms must be at most {}",
-                    timing.max_timeout.as_millis()
-                )))
-            }
-            Some(ms) => Duration::from_millis(ms),
-        };
+        let timeout = self.resolve_timeout(req.timeout_ms)?;
         let limits = OptionLimits {
             max_ms: u64::try_from(timing.max_timeout.as_millis()).unwrap_or(u64::MAX),
             takeover_ms: u64::try_from((timing.lease + timing.recovery_interval).as_millis()).unwrap_or(u64::MAX),
@@ -200,6 +190,112 @@ impl Coordinator {
         }
         let branches = self.store().branches(&row.xid).await?;
         Ok((row.to_wire(&branches), false))
+    }
+
+    /// A request's `timeout_ms`, or the default.
+    fn resolve_timeout(&self, timeout_ms: Option<u64>) -> Result<Duration, CoordinatorError> {
+        let timing = self.timing();
+        match timeout_ms {
+            None => Ok(timing.default_timeout),
+            Some(0) => Err(CoordinatorError::Validation("timeout_ms must be positive".into())),
+            Some(ms) if Duration::from_millis(ms) > timing.max_timeout => Err(CoordinatorError::Validation(format!(
+                "timeout_ms must be at most {}",
+                timing.max_timeout.as_millis()
+            ))),
+            Some(ms) => Ok(Duration::from_millis(ms)),
+        }
+    }
+
+    /// Submits a whole saga: stores it `running` with its steps (durably,
+    /// with the start of its first steps), drives it, and waits up to `wait`
+    /// for its end. Returns the reply and whether the saga was created now
+    /// (`false`: an earlier submit with the same idempotency key). A saga
+    /// that ended compensated is answered as a commit turned into a
+    /// rollback: `invalid_state` with the transaction.
+    #[tracing::instrument(skip_all, fields(steps = req.steps.len()))]
+    pub async fn submit_saga(
+        &self,
+        req: SagaRequest,
+        idempotency_key: Option<String>,
+        wait: Duration,
+    ) -> Result<(DecideReply, bool), CoordinatorError> {
+        let started = Instant::now();
+        let new = self.saga_definition(req, idempotency_key)?;
+        let timing = self.timing();
+        let Some((tx, branches)) = self.store().insert_saga(&new, self.instance_id(), timing.lease).await? else {
+            let key = new.idempotency_key.as_deref().unwrap_or_default();
+            let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
+                return Err(CoordinatorError::Store(StoreError::Contended));
+            };
+            if row.mode != Mode::Saga
+                || row.name != new.name
+                || row.timeout_ms != new.timeout_ms
+                || row.retry_limit != new.retry_limit
+                || row.branch_count as usize != new.steps.len()
+            {
+                return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
+            }
+            let reply = self.wait_terminal(&row.xid, wait.saturating_sub(started.elapsed())).await?;
+            return Ok((saga_reply(reply)?, false));
+        };
+        self.metrics().begun.with_label_values(&[Mode::Saga.as_str()]).inc();
+        tracing::debug!(xid = %tx.xid, "saga stored");
+        let xid = tx.xid.clone();
+        let recorded_starts = (0..new.steps.len()).filter(|&i| new.steps[i].action == ActionStatus::Running).collect();
+        let job = Job { tx, branches, leased_at: started, resumed: Resumed::Fresh, recorded_starts };
+        let handle = self.spawn_driver(job, None);
+        let remaining = wait.saturating_sub(started.elapsed());
+        let reply = match tokio::time::timeout(remaining, handle).await {
+            Ok(Ok(Outcome::Finished(t))) => DecideReply::Finished(t),
+            _ => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await?,
+        };
+        Ok((saga_reply(reply)?, true))
+    }
+
+    /// Checks a saga definition and resolves it into the rows to insert.
+    fn saga_definition(&self, req: SagaRequest, idempotency_key: Option<String>) -> Result<NewSaga, CoordinatorError> {
+        if let Some(name) = &req.name {
+            limits::check_text("name", name, 0, limits::MAX_NAME_CHARS)?;
+        }
+        let timeout = self.resolve_timeout(req.timeout_ms)?;
+        let retry_limit = match req.retry_limit {
+            Some(n) if n > u64::from(MAX_RETRY_LIMIT) => {
+                return Err(CoordinatorError::Validation(format!("retry_limit must be at most {MAX_RETRY_LIMIT}")))
+            }
+            n => n.map(|n| n as u32),
+        };
+        if let Some(key) = &idempotency_key {
+            limits::check_idempotency_key(key)?;
+        }
+        let deps = saga::dependencies(&req.steps).map_err(|e| CoordinatorError::Validation(e.to_string()))?;
+        let mut steps = Vec::with_capacity(req.steps.len());
+        for (i, (step, after)) in req.steps.into_iter().zip(deps).enumerate() {
+            let resource = step.name.unwrap_or_else(|| format!("step-{}", i + 1));
+            limits::check_text("steps[].name", &resource, 1, limits::MAX_RESOURCE_CHARS)?;
+            check_callback_url("steps[].action_url", &step.action_url)?;
+            check_callback_url("steps[].compensate_url", &step.compensate_url)?;
+            if let Some(payload) = &step.payload {
+                limits::check_json("steps[].payload", payload)?;
+            }
+            let action = if after.is_empty() { ActionStatus::Running } else { ActionStatus::Pending };
+            steps.push(NewStep {
+                branch_id: BranchId::generate(),
+                resource,
+                action_url: step.action_url,
+                compensate_url: step.compensate_url,
+                payload: step.payload,
+                after,
+                action,
+            });
+        }
+        Ok(NewSaga {
+            xid: Xid::generate(),
+            name: req.name,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            idempotency_key,
+            retry_limit,
+            steps,
+        })
     }
 
     /// One transaction with its branches.
@@ -334,7 +430,7 @@ impl Coordinator {
         let fast = state::fast_decision(requested);
         if let Some((tx, branches)) = self.store().decide_expected(&xid, fast, self.instance_id(), timing.lease).await?
         {
-            let job = Job { tx, branches, leased_at: started, resumed: Resumed::Fresh };
+            let job = Job { tx, branches, leased_at: started, resumed: Resumed::Fresh, recorded_starts: Vec::new() };
             return self.start_driving(&xid, job, requested, Overridden::No, wait, started).await;
         }
 
@@ -352,7 +448,13 @@ impl Coordinator {
         };
         match r.outcome {
             DecisionOutcome::Decide { overridden, .. } => {
-                let job = Job { tx: r.tx, branches: r.branches, leased_at: started, resumed: Resumed::Fresh };
+                let job = Job {
+                    tx: r.tx,
+                    branches: r.branches,
+                    leased_at: started,
+                    resumed: Resumed::Fresh,
+                    recorded_starts: Vec::new(),
+                };
                 let overridden = if overridden { Overridden::Yes } else { Overridden::No };
                 self.start_driving(&xid, job, requested, overridden, wait, started).await
             }
@@ -424,18 +526,7 @@ impl Coordinator {
 
 fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError> {
     limits::check_text("resource", &req.resource, 1, limits::MAX_RESOURCE_CHARS)?;
-    limits::check_callback_url(&req.callback_url)?;
-    // The pattern admits only URLs that parse; parsing again costs little and
-    // keeps a pattern mistake from reaching the callback client.
-    match reqwest::Url::parse(&req.callback_url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
-        _ => {
-            return Err(CoordinatorError::Validation(format!(
-                "callback_url {:?} is not an absolute http(s) URL",
-                req.callback_url
-            )))
-        }
-    }
+    check_callback_url("callback_url", &req.callback_url)?;
     if let Some(payload) = &req.payload {
         limits::check_json("payload", payload)?;
     }
@@ -443,4 +534,36 @@ fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError
         limits::check_lock_keys(keys)?;
     }
     Ok(())
+}
+
+/// A URL the coordinator will POST to: in the documented shape, and one
+/// that parses. The pattern admits only URLs that parse; parsing again costs
+/// little and keeps a pattern mistake from reaching the callback client.
+fn check_callback_url(field: &'static str, url: &str) -> Result<(), CoordinatorError> {
+    if let Err(e) = limits::check_callback_url(url) {
+        return Err(match field {
+            "callback_url" => e.into(),
+            _ => CoordinatorError::Validation(format!("{field}: {e}")),
+        });
+    }
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
+        _ => Err(CoordinatorError::Validation(format!("{field} {url:?} is not an absolute http(s) URL"))),
+    }
+}
+
+/// A saga's end as the submit answers it: committed or still running as
+/// is; compensated (or compensating) as `invalid_state` with the transaction.
+fn saga_reply(reply: DecideReply) -> Result<DecideReply, CoordinatorError> {
+    let t = match &reply {
+        DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
+    };
+    if Decision::of_status(t.status) != Some(Decision::Rollback) {
+        return Ok(reply);
+    }
+    let why = saga::Saga.commit_refused_because(t.rollback_reason);
+    let t = match reply {
+        DecideReply::Finished(t) | DecideReply::InProgress(t) => t,
+    };
+    Err(invalid(format!("the saga was compensated because {why}"), Some(*t)))
 }

@@ -35,7 +35,8 @@ impl Decision {
     pub fn of_status(status: GlobalStatus) -> Option<Decision> {
         match status {
             // A 3PC commit collecting votes or acknowledgements has not decided yet.
-            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted => None,
+            // A running saga has not decided either.
+            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted | GlobalStatus::Running => None,
             GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => Some(Decision::Commit),
             GlobalStatus::RollingBack
             | GlobalStatus::RolledBack
@@ -321,6 +322,8 @@ pub const fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> 
             | (CanCommit, RollingBack)
             | (PreCommitted, Committing)
             | (PreCommitted, RollingBack)
+            | (Running, Committed)
+            | (Running, RollingBack)
     )
 }
 

@@ -81,6 +81,9 @@ pub enum ThreePhaseError {
     /// A CanCommit or PreCommit without the transaction's phase timeouts.
     #[error("a {0} callback must carry three_phase timeouts")]
     MissingTimeouts(&'static str),
+    /// An action of another mode (a saga's action or compensation).
+    #[error("a 3PC participant does not serve {0} callbacks")]
+    WrongAction(&'static str),
 }
 
 /// The application's side of a 3PC branch.
@@ -282,6 +285,9 @@ impl ThreePhaseParticipant {
             }
             CallbackAction::Commit => Event::DoCommit,
             CallbackAction::Rollback => Event::Abort,
+            CallbackAction::Action | CallbackAction::Compensate => {
+                return Err(ThreePhaseError::WrongAction(req.action.as_str()))
+            }
         };
         let (effect, mut reply) = state::next(state, event);
         let mut outcome = match effect {
@@ -655,7 +661,7 @@ impl Callbacks for ThreePhaseParticipant {
             }
             Ok(Answer { detail, .. }) => Err(Refusal::permanent(ErrorCode::InvalidState, detail.unwrap_or_default())),
             Err(e @ ThreePhaseError::WrongResource { .. }) => Err(Refusal::unknown_resource(e.to_string())),
-            Err(e @ ThreePhaseError::MissingTimeouts(_)) => {
+            Err(e @ (ThreePhaseError::MissingTimeouts(_) | ThreePhaseError::WrongAction(_))) => {
                 Err(Refusal::permanent(ErrorCode::ValidationFailed, e.to_string()))
             }
             Err(e) => Err(Refusal::retry(e.to_string())),
