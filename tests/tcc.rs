@@ -373,7 +373,13 @@ async fn bad_input_is_refused_with_problems_and_changes_nothing() {
             422,
             "validation_failed",
         ),
-        (Method::POST, u("/v1/transactions"), Some((json, b"{\"mode\":\"saga\"}".to_vec())), 422, "mode_not_supported"),
+        (
+            Method::POST,
+            u("/v1/transactions"),
+            Some((json, b"{\"mode\":\"workflow\"}".to_vec())),
+            422,
+            "validation_failed",
+        ),
         (
             Method::POST,
             u("/v1/transactions"),
