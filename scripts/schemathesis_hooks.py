@@ -29,6 +29,8 @@ import schemathesis
 
 TAKEOVER_MS = int(os.environ.get("TANDEM_TAKEOVER_MS", "16000"))
 MAX_TIMEOUT_MS = int(os.environ.get("TANDEM_MAX_TIMEOUT_MS", "86400000"))
+MAX_SAGA_STEPS = 256
+KEY = re.compile(r"^[!-~]{1,255}$")
 URL_HOST = re.compile(r"^(https?)://(\[[^\]]*\]|[^/:?\[]*)(:[0-9]+)?(.*)$", re.S)
 
 
@@ -79,8 +81,9 @@ def _fix_saga(body):
             if field in step:
                 step[field] = _local(step[field])
         after = step.get("after")
-        if isinstance(after, list) and all(_integral(j) for j in after):
-            step["after"] = [j for j in after if 0 <= j < i]
+        # Only a schema-valid list is changed: an invalid one is meant to be refused.
+        if isinstance(after, list) and all(_integral(j) and 0 <= j < MAX_SAGA_STEPS for j in after):
+            step["after"] = [j for j in after if j < i]
 
 
 @schemathesis.hook
@@ -96,7 +99,8 @@ def before_call(context, case, kwargs):
             _fix_three_phase(case.body)
     if operation.method.upper() == "POST" and operation.path == "/v1/sagas":
         for name in list(case.headers or {}):
-            if name.lower() == "idempotency-key":
+            value = case.headers[name]
+            if name.lower() == "idempotency-key" and isinstance(value, str) and KEY.match(value):
                 case.headers[name] = str(uuid.uuid4())
         if isinstance(case.body, dict):
             _fix_saga(case.body)
