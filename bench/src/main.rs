@@ -6,6 +6,12 @@
 //! transactions over real HTTP: begin, register every branch, commit (which
 //! returns only once phase 2 delivered every callback). The last line printed
 //! is one JSON object with the figures.
+//!
+//! `--mode saga` submits `--branches`-step sequential sagas instead (one
+//! `POST /v1/sagas` that answers once every action succeeded). `--mode
+//! dtmrs-saga` starts no coordinator: it runs the same sagas, with the same
+//! clients and no-op participants, against a DTM-compatible coordinator at
+//! `--dtm-url` (dtmrs, `scripts/bench-saga.sh`).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -13,15 +19,17 @@ use futures::FutureExt;
 use hdrhistogram::Histogram;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, RunningCoordinator, Settings};
 use tandem_sdk::at::{AtParticipant, Pg};
 use tandem_sdk::three_phase::{ThreePhaseParticipant, ThreePhaseWork};
-use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest};
+use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest, SagaRequest, SagaStepRequest};
 use tandem_sdk::xa::{PgXa, XaParticipant};
 use tandem_sdk::{BoxError, TandemClient};
+use tokio::sync::oneshot;
 
 /// The same allocator as the `tandem` binary.
 #[global_allocator]
@@ -36,14 +44,19 @@ struct Args {
     /// one-row UPDATE: images, undo row, global lock), or `local1` (that one
     /// UPDATE in a plain local transaction: the baseline of `at`), or `3pc`
     /// (three-phase commit: each participant votes with a SELECT, then
-    /// pre-commits the same UPDATE as `xa` under PREPARE TRANSACTION).
+    /// pre-commits the same UPDATE as `xa` under PREPARE TRANSACTION), or
+    /// `saga` (a sequential saga of `--branches` steps, each step's action and
+    /// compensation on its own no-op participant), or `dtmrs-saga` (the same
+    /// saga submitted to the DTM-compatible coordinator at `--dtm-url`;
+    /// Tandem is not started).
     #[arg(long, value_enum, default_value_t = BenchMode::Tcc)]
     mode: BenchMode,
     /// PostgreSQL server (no database name) for the `xa` and `local` participants'
     /// databases; needs max_prepared_transactions > 0 for `xa`.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5433")]
     participant_pg: String,
-    /// Branches per global transaction (one no-op participant each).
+    /// Branches per global transaction, or steps per saga (one no-op
+    /// participant each).
     #[arg(long, default_value_t = 2)]
     branches: usize,
     /// Concurrent clients.
@@ -69,8 +82,17 @@ struct Args {
     #[arg(long)]
     progress: bool,
     /// PostgreSQL URL of the coordinator's database (migrated at start).
+    /// Required by every mode but `dtmrs-saga`.
     #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
+    /// `dtmrs-saga`: base URL of the DTM HTTP API (`/api/dtmsvr/...`), for
+    /// example `http://127.0.0.1:36789`.
+    #[arg(long)]
+    dtm_url: Option<String>,
+    /// `dtmrs-saga`: pause between two `GET /api/dtmsvr/query` polls of a
+    /// saga whose last action has been called but that is not `succeed` yet.
+    #[arg(long, default_value_t = 1)]
+    dtm_poll_ms: u64,
 }
 
 /// What `--mode` measures (see [`Args::mode`]).
@@ -89,6 +111,10 @@ enum BenchMode {
     /// Three-phase commit.
     #[value(name = "3pc")]
     ThreePc,
+    /// A sequential saga through `POST /v1/sagas`, no-op participants.
+    Saga,
+    /// The same saga against a DTM HTTP API (dtmrs), no-op participants.
+    DtmrsSaga,
 }
 
 impl BenchMode {
@@ -101,12 +127,27 @@ impl BenchMode {
             BenchMode::At => "at",
             BenchMode::Local1 => "local1",
             BenchMode::ThreePc => "3pc",
+            BenchMode::Saga => "saga",
+            BenchMode::DtmrsSaga => "dtmrs-saga",
         }
     }
 
     /// Whether `--branches` applies.
     fn has_branches(self) -> bool {
-        matches!(self, BenchMode::Tcc | BenchMode::Xa | BenchMode::Local | BenchMode::ThreePc)
+        matches!(
+            self,
+            BenchMode::Tcc
+                | BenchMode::Xa
+                | BenchMode::Local
+                | BenchMode::ThreePc
+                | BenchMode::Saga
+                | BenchMode::DtmrsSaga
+        )
+    }
+
+    /// Whether it runs sagas (the figures count finished sagas).
+    fn is_saga(self) -> bool {
+        matches!(self, BenchMode::Saga | BenchMode::DtmrsSaga)
     }
 }
 
@@ -131,6 +172,173 @@ async fn noop_participant(calls: Arc<AtomicU64>) -> anyhow::Result<String> {
     Ok(url)
 }
 
+/// The answer of a saga participant's no-op action and compensation.
+const APPLIED: &str = r#"{"outcome":"applied"}"#;
+
+/// Sagas whose last action the no-op participants are to announce: gid →
+/// the client waiting for it (`dtmrs-saga` only; see [`DtmSaga::run`]).
+type LastActionWaiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
+
+/// Starts a saga participant: `POST /action` and `POST /compensate` answer
+/// 200 [`APPLIED`] to any body and any query string (DTM adds `gid`,
+/// `trans_type`, `branch_id` and `op`). Returns its base URL.
+///
+/// With `waiters`, an action call whose `branch_id` is `last_branch` also
+/// wakes the client waiting for that gid, if any: a hint that the saga is
+/// about to finish, so that the client polls the coordinator only then.
+async fn saga_participant(
+    calls: Arc<AtomicU64>,
+    waiters: Option<(LastActionWaiters, String)>,
+) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let json = || [(axum::http::header::CONTENT_TYPE, "application/json")];
+    let compensate_calls = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/action",
+            axum::routing::post(move |axum::extract::RawQuery(query): axum::extract::RawQuery| {
+                let calls = calls.clone();
+                let waiters = waiters.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    if let (Some((waiters, last)), Some(query)) = (waiters, query) {
+                        let param =
+                            |name: &str| query.split('&').find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='));
+                        if param("op") == Some("action") && param("branch_id") == Some(last.as_str()) {
+                            if let Some(gid) = param("gid") {
+                                let waiter = waiters.lock().ok().and_then(|mut w| w.remove(gid));
+                                if let Some(waiter) = waiter {
+                                    let _ = waiter.send(());
+                                }
+                            }
+                        }
+                    }
+                    (json(), APPLIED)
+                }
+            }),
+        )
+        .route(
+            "/compensate",
+            axum::routing::post(move || {
+                let calls = compensate_calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    (json(), APPLIED)
+                }
+            }),
+        );
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(url)
+}
+
+/// The saga of `saga` and `dtmrs-saga`: one step per participant base URL,
+/// run in list order, each with the payload `{}`.
+fn saga_steps(participants: &[String]) -> Vec<(String, String)> {
+    participants.iter().map(|p| (format!("{p}/action"), format!("{p}/compensate"))).collect()
+}
+
+/// `dtmrs-saga`: sagas submitted to a DTM HTTP API.
+struct DtmSaga {
+    /// Base URL of the coordinator (`http://host:port`).
+    base: String,
+    /// Keep-alive connections to it (as many as clients, reused).
+    http: reqwest::Client,
+    /// Each step's action and compensation URL.
+    steps: Vec<(String, String)>,
+    /// Clients waiting for their saga's last action (see [`saga_participant`]).
+    waiters: LastActionWaiters,
+    /// Pause between two status polls.
+    poll: Duration,
+    /// Prefix of the gids: unique to this run.
+    gid_prefix: String,
+    /// `GET /api/dtmsvr/query` calls made, in total.
+    polls: AtomicU64,
+}
+
+impl DtmSaga {
+    /// Longest a saga may take, from its submission to `succeed`.
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    /// Runs one saga: `POST /api/dtmsvr/submit`, then waits until `GET
+    /// /api/dtmsvr/query` says `succeed`.
+    ///
+    /// dtmrs 0.13 answers the submit once the saga is stored and drives it in
+    /// the background (it has no `wait_result`; the field is sent for DTM and
+    /// ignored). So the client waits for the hint that the last step's action
+    /// was called, then asks for the saga's status every `poll` (the first
+    /// time `poll` after the hint) until it is `succeed`, which dtmrs records
+    /// after that action's answer: the saga counts only once the coordinator
+    /// reports it finished, and the coordinator is asked one to three times
+    /// per saga rather than all along.
+    async fn run(&self, gid: String) -> anyhow::Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.waiters.lock().map_err(|_| anyhow::anyhow!("waiters poisoned"))?.insert(gid.clone(), tx);
+        let r = self.submit_and_wait(&gid, rx).await;
+        if let Ok(mut w) = self.waiters.lock() {
+            w.remove(&gid);
+        }
+        r
+    }
+
+    async fn submit_and_wait(&self, gid: &str, last: oneshot::Receiver<()>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Self::DEADLINE;
+        let steps: Vec<_> = self
+            .steps
+            .iter()
+            .map(|(action, compensate)| serde_json::json!({ "action": action, "compensate": compensate, "payload": "{}" }))
+            .collect();
+        let payloads: Vec<&str> = self.steps.iter().map(|_| "{}").collect();
+        let body = serde_json::json!({
+            "gid": gid, "trans_type": "saga", "steps": steps, "payloads": payloads, "wait_result": true,
+        });
+        let answer = self.http.post(format!("{}/api/dtmsvr/submit", self.base)).json(&body).send().await?;
+        let status = answer.status();
+        let answer: serde_json::Value =
+            answer.json().await.with_context(|| format!("submit answered {status} without JSON"))?;
+        if status != reqwest::StatusCode::OK || answer.get("dtm_result").and_then(|r| r.as_str()) != Some("SUCCESS") {
+            bail!("submit answered {status}: {answer}");
+        }
+        // The hint may never come (an action retried, the saga failing): the
+        // polls below decide in any case.
+        let _ = tokio::time::timeout_at(deadline.into(), last).await;
+        let query = format!("{}/api/dtmsvr/query", self.base);
+        loop {
+            // The hint comes with the last action's call: its answer and the
+            // saga's end are still to be recorded.
+            tokio::time::sleep(self.poll).await;
+            self.polls.fetch_add(1, Ordering::Relaxed);
+            let answer = self.http.get(&query).query(&[("gid", gid)]).send().await?;
+            let status = answer.status();
+            let answer: serde_json::Value =
+                answer.json().await.with_context(|| format!("query answered {status} without JSON"))?;
+            if status != reqwest::StatusCode::OK {
+                bail!("query answered {status}: {answer}");
+            }
+            match answer.get("status").and_then(|s| s.as_str()) {
+                Some("succeed") => return Ok(()),
+                Some("failed") => bail!("saga {gid} failed: {}", answer["rollback_reason"]),
+                other => {
+                    if Instant::now() >= deadline {
+                        bail!("saga {gid} still {other:?} after {:?}", Self::DEADLINE);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The per-client state of one load-generating client.
+struct Client {
+    /// Its own row (`xa`, `at`, `local`...).
+    row: i32,
+    /// Iterations started (`dtmrs-saga`: part of the gid).
+    seq: u64,
+}
+
 /// What each client does, once per iteration.
 enum Workload {
     /// TCC: register no-op branches (callback URLs), commit.
@@ -145,6 +353,10 @@ enum Workload {
     Local1(PgPool),
     /// 3PC: join every participant with the row in the payload, commit.
     ThreePc(Vec<ThreePhaseParticipant>),
+    /// Saga: submit the saga, wait for `committed`.
+    Saga(SagaRequest),
+    /// The same saga against a DTM HTTP API.
+    DtmrsSaga(DtmSaga),
 }
 
 /// The 3PC participant's work: vote yes if the account exists; PreCommit runs [`UPDATE`].
@@ -203,8 +415,22 @@ fn serve(listener: tokio::net::TcpListener, app: axum::Router) {
 /// One complete iteration: a global transaction, or the local baseline.
 /// Returns how long the branch's own part took, where that is separate (AT:
 /// from the local BEGIN to the local COMMIT after the locks were granted).
-async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result<Option<Duration>> {
+async fn one(client: Option<&TandemClient>, work: &Workload, c: &mut Client) -> anyhow::Result<Option<Duration>> {
+    let row = c.row;
+    c.seq += 1;
     let mode = match work {
+        Workload::DtmrsSaga(dtm) => {
+            dtm.run(format!("{}-{row}-{}", dtm.gid_prefix, c.seq)).await?;
+            return Ok(None);
+        }
+        Workload::Saga(req) => {
+            let client = client.context("no coordinator")?;
+            let done = client.submit_saga(req, None, None).await?;
+            if !done.finished || done.transaction.status != GlobalStatus::Committed {
+                bail!("saga ended {} (finished: {})", done.transaction.status, done.finished);
+            }
+            return Ok(None);
+        }
         Workload::Local(pool) | Workload::Local1(pool) => {
             let n = if matches!(work, Workload::Local(_)) { 2 } else { 1 };
             let mut tx = pool.begin().await?;
@@ -219,6 +445,7 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
         Workload::At(_) => Mode::At,
         Workload::ThreePc(_) => Mode::ThreePc,
     };
+    let client = client.context("no coordinator")?;
     let mut branch_time = None;
     let tx = client.begin(&BeginRequest { mode, name: None, timeout_ms: None, three_phase: None }).await?;
     match work {
@@ -257,7 +484,7 @@ async fn one(client: &TandemClient, work: &Workload, row: i32) -> anyhow::Result
                 p.join(&tx.xid, serde_json::json!({ "row": row })).await?;
             }
         }
-        Workload::Local(_) | Workload::Local1(_) => {}
+        Workload::Local(_) | Workload::Local1(_) | Workload::Saga(_) | Workload::DtmrsSaga(_) => {}
     }
     let done = client.commit(&tx.xid, None).await?;
     if !done.finished || done.transaction.status != GlobalStatus::Committed {
@@ -276,14 +503,55 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let mut settings = Settings::new(&args.database_url);
+    let calls = Arc::new(AtomicU64::new(0));
+    if args.mode == BenchMode::DtmrsSaga {
+        let url = args.dtm_url.as_deref().context("--mode dtmrs-saga needs --dtm-url")?;
+        let waiters = LastActionWaiters::default();
+        let last = format!("{:02}", args.branches); // DTM's branch id of the last step
+        let mut participants = Vec::new();
+        for _ in 0..args.branches {
+            participants.push(saga_participant(calls.clone(), Some((waiters.clone(), last.clone()))).await?);
+        }
+        let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+        let work = Workload::DtmrsSaga(DtmSaga {
+            base: url.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(args.concurrency).build()?,
+            steps: saga_steps(&participants),
+            waiters,
+            poll: Duration::from_millis(args.dtm_poll_ms),
+            gid_prefix: format!("bench-{started}"),
+            polls: AtomicU64::new(0),
+        });
+        return bench(args, None, work, calls, None).await;
+    }
+
+    let database_url = args.database_url.as_deref().context("--database-url (or DATABASE_URL) is required")?;
+    let mut settings = Settings::new(database_url);
     settings.db_max_connections = args.db_connections;
     settings.db_relaxed_connections = args.db_relaxed_connections;
     let coordinator = Application::spawn(&settings).await.context("start coordinator")?;
 
-    let calls = Arc::new(AtomicU64::new(0));
     let client = TandemClient::new(&coordinator.url)?;
     let work = match args.mode {
+        BenchMode::Saga => {
+            let mut participants = Vec::new();
+            for _ in 0..args.branches {
+                participants.push(saga_participant(calls.clone(), None).await?);
+            }
+            let steps = saga_steps(&participants)
+                .into_iter()
+                .enumerate()
+                .map(|(i, (action_url, compensate_url))| SagaStepRequest {
+                    name: Some(format!("s{}", i + 1)),
+                    action_url,
+                    compensate_url,
+                    payload: Some(serde_json::json!({})),
+                    after: None,
+                })
+                .collect();
+            Workload::Saga(SagaRequest { name: None, timeout_ms: None, retry_limit: None, steps })
+        }
+        BenchMode::DtmrsSaga => bail!("dtmrs-saga starts no coordinator"),
         BenchMode::Tcc => {
             let mut callbacks = Vec::new();
             for _ in 0..args.branches {
@@ -328,15 +596,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Workload::Xa(participants)
         }
     };
-    bench(args, client, work, calls, coordinator).await
+    bench(args, Some(client), work, calls, Some(coordinator)).await
 }
 
+/// Runs the clients for the warm-up and the measured duration, then prints
+/// the figures (`coordinator`: Tandem, stopped at the end; `None` for
+/// `dtmrs-saga`).
 async fn bench(
     args: Args,
-    client: TandemClient,
+    client: Option<TandemClient>,
     work: Workload,
     calls: Arc<AtomicU64>,
-    coordinator: RunningCoordinator,
+    coordinator: Option<RunningCoordinator>,
 ) -> anyhow::Result<()> {
     let work = Arc::new(work);
 
@@ -363,7 +634,7 @@ async fn bench(
         let client = client.clone();
         let work = work.clone();
         let done = done.clone();
-        let row = row as i32;
+        let mut state = Client { row: row as i32, seq: 0 };
         workers.push(tokio::spawn(async move {
             let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut branch_hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
@@ -374,7 +645,7 @@ async fn bench(
                 if t0 >= end {
                     break;
                 }
-                let r = one(&client, &work, row).await;
+                let r = one(client.as_ref(), &work, &mut state).await;
                 if r.is_ok() {
                     done.fetch_add(1, Ordering::Relaxed);
                 }
@@ -409,13 +680,15 @@ async fn bench(
             eprintln!("error (one of {e} in a client): {last}");
         }
     }
-    let metrics = coordinator.coordinator().metrics().clone();
-    coordinator.stop().await?;
+    if let Some(coordinator) = coordinator {
+        let metrics = coordinator.coordinator().metrics().clone();
+        coordinator.stop().await?;
 
-    // Where the time went: every database call of the coordinator, by statement.
-    eprintln!("database calls (count, mean ms):");
-    for (query, count, sum) in metrics.db_summary() {
-        eprintln!("  {query:<28} {count:>8} {:>8.3}", if count > 0 { sum * 1000.0 / count as f64 } else { 0.0 });
+        // Where the time went: every database call of the coordinator, by statement.
+        eprintln!("database calls (count, mean ms):");
+        for (query, count, sum) in metrics.db_summary() {
+            eprintln!("  {query:<28} {count:>8} {:>8.3}", if count > 0 { sum * 1000.0 / count as f64 } else { 0.0 });
+        }
     }
     let tx = hist.len();
     let secs = args.duration_secs as f64;
@@ -428,15 +701,27 @@ async fn bench(
         "p50_ms": hist.value_at_quantile(0.50) as f64 / 1000.0,
         "p99_ms": hist.value_at_quantile(0.99) as f64 / 1000.0,
         "errors": errors,
+        // Iterations that succeeded, warm-up included (to divide server counters by).
+        "tx_total": done.load(Ordering::Relaxed),
     });
+    if let Workload::DtmrsSaga(dtm) = &*work {
+        // Includes the warm-up, like the callbacks count.
+        let started = done.load(Ordering::Relaxed).max(1);
+        result["query_polls_per_saga"] =
+            serde_json::json!((dtm.polls.load(Ordering::Relaxed) as f64 / started as f64 * 100.0).round() / 100.0);
+    }
     if !branch_hist.is_empty() {
         result["branch_p50_ms"] = serde_json::json!(branch_hist.value_at_quantile(0.50) as f64 / 1000.0);
         result["branch_p99_ms"] = serde_json::json!(branch_hist.value_at_quantile(0.99) as f64 / 1000.0);
     }
     println!(
-        "{} committed {}-branch transactions in {}s with {} clients ({} callbacks delivered in total)",
+        "{} {} in {}s with {} clients ({} callbacks delivered in total)",
         tx,
-        args.branches,
+        if args.mode.is_saga() {
+            format!("finished {}-step sagas", args.branches)
+        } else {
+            format!("committed {}-branch transactions", args.branches)
+        },
         args.duration_secs,
         args.concurrency,
         calls.load(Ordering::Relaxed)
