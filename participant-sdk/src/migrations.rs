@@ -19,6 +19,10 @@ pub const THREE_PHASE: &str = include_str!("../migrations/postgres/2026121500000
 pub const SAGA_BARRIER_POSTGRES: &str = include_str!("../migrations/postgres/20261216000004_tandem_barrier.sql");
 /// The saga branch barrier (`tandem_barrier`), MySQL and MariaDB.
 pub const SAGA_BARRIER_MYSQL: &str = include_str!("../migrations/mysql/20261216000002_tandem_barrier.sql");
+/// The outbox (`tandem_outbox`, `tandem_outbox_key`), PostgreSQL.
+pub const OUTBOX_POSTGRES: &str = include_str!("../migrations/postgres/20261217000005_tandem_outbox.sql");
+/// The outbox (`tandem_outbox`, `tandem_outbox_key`), MySQL and MariaDB.
+pub const OUTBOX_MYSQL: &str = include_str!("../migrations/mysql/20261217000003_tandem_outbox.sql");
 
 /// Every migration file, by its path under `participant-sdk/migrations/`.
 pub const ALL: &[(&str, &str)] = &[
@@ -26,8 +30,10 @@ pub const ALL: &[(&str, &str)] = &[
     ("postgres/20261215000002_tandem_undo_log.sql", AT_UNDO_LOG_POSTGRES),
     ("postgres/20261215000003_tandem_three_phase.sql", THREE_PHASE),
     ("postgres/20261216000004_tandem_barrier.sql", SAGA_BARRIER_POSTGRES),
+    ("postgres/20261217000005_tandem_outbox.sql", OUTBOX_POSTGRES),
     ("mysql/20261215000001_tandem_undo_log.sql", AT_UNDO_LOG_MYSQL),
     ("mysql/20261216000002_tandem_barrier.sql", SAGA_BARRIER_MYSQL),
+    ("mysql/20261217000003_tandem_outbox.sql", OUTBOX_MYSQL),
 ];
 
 /// The advisory lock every SDK install on PostgreSQL takes: two processes
@@ -85,5 +91,12 @@ mod tests {
         use crate::saga::barrier::BarrierDb;
         assert_eq!(<sqlx::Postgres as BarrierDb>::DDL, SAGA_BARRIER_POSTGRES);
         assert_eq!(<sqlx::MySql as BarrierDb>::DDL, SAGA_BARRIER_MYSQL);
+    }
+
+    #[test]
+    fn the_outbox_installs_these_files() {
+        use crate::outbox::OutboxDb;
+        assert_eq!(<sqlx::Postgres as OutboxDb>::DDL, OUTBOX_POSTGRES);
+        assert_eq!(<sqlx::MySql as OutboxDb>::DDL, OUTBOX_MYSQL);
     }
 }
