@@ -18,6 +18,12 @@ written in JSON Schema, or where a request would leave the machine:
   an earlier step (which can make no cycle). A saga submit without `wait_ms`
   gets `wait_ms=0`: its actions go to 127.0.0.1:9 and would be retried for
   the whole default wait.
+- A message's `check_url` and its deliveries' `url`: as `callback_url`
+  (127.0.0.1:9). A delivery's `destination` must name a destination in the
+  coordinator's configuration, and the fuzzed coordinator has none: a
+  delivery with a destination string and no `url` gets a url instead. Its
+  `Idempotency-Key`: fresh, as for a saga. A submit without `wait_ms` gets
+  `wait_ms=0`.
 """
 
 import math
@@ -104,6 +110,32 @@ def before_call(context, case, kwargs):
                 case.headers[name] = str(uuid.uuid4())
         if isinstance(case.body, dict):
             _fix_saga(case.body)
+        if case.query is None:
+            case.query = {}
+        if isinstance(case.query, dict) and "wait_ms" not in case.query:
+            case.query["wait_ms"] = 0
+    if operation.method.upper() == "POST" and operation.path == "/v1/messages":
+        for name in list(case.headers or {}):
+            value = case.headers[name]
+            if name.lower() == "idempotency-key" and isinstance(value, str) and KEY.match(value):
+                case.headers[name] = str(uuid.uuid4())
+        if isinstance(case.body, dict):
+            if "check_url" in case.body:
+                case.body["check_url"] = _local(case.body["check_url"])
+            deliveries = case.body.get("deliveries")
+            if isinstance(deliveries, list):
+                for d in deliveries:
+                    if not isinstance(d, dict):
+                        continue
+                    dest = d.get("destination")
+                    # Only a schema-valid destination: an invalid one is meant to be refused.
+                    valid = isinstance(dest, str) and 1 <= len(dest) <= 128 and "\x00" not in dest
+                    if valid and d.get("url") is None:
+                        del d["destination"]
+                        d["url"] = "http://127.0.0.1:9/deliver"
+                    if "url" in d:
+                        d["url"] = _local(d["url"])
+    if operation.method.upper() == "POST" and operation.path.startswith("/v1/messages/"):
         if case.query is None:
             case.query = {}
         if isinstance(case.query, dict) and "wait_ms" not in case.query:

@@ -1,10 +1,16 @@
-//! Delivery of callbacks to participants over HTTP.
+//! Everything the coordinator sends out: callbacks to participants over
+//! HTTP, a message's back-check, and a message's deliveries to configured
+//! broker destinations (published through `tandem-brokers`, done once the
+//! broker confirmed them).
 
 use crate::metrics::Metrics;
 use crate::store::{BranchRow, TxRow};
 use crate::transaction::state::{classify_http, CallbackResult};
 use std::time::{Duration, Instant};
-use tandem_wire::{CallbackAction, CallbackRequest, XID_HEADER};
+use tandem_brokers::{Brokers, Outgoing};
+use tandem_wire::{
+    message_id, CallbackAction, CallbackRequest, CheckOutcome, CheckReply, CheckRequest, MESSAGE_ID_HEADER, XID_HEADER,
+};
 
 /// How much of a participant's answer body is kept for `last_error` (an AT
 /// dirty-write refusal lists the conflicting rows there).
@@ -17,18 +23,96 @@ pub struct CallbackClient {
     http: reqwest::Client,
     /// Callback metrics.
     metrics: Metrics,
+    /// The configured broker destinations of message deliveries.
+    brokers: Brokers,
 }
 
 impl CallbackClient {
-    /// A client whose requests time out after `timeout`.
-    pub fn new(timeout: Duration, metrics: Metrics) -> Result<Self, reqwest::Error> {
+    /// A client whose requests time out after `timeout`, publishing message
+    /// deliveries through `brokers`.
+    pub fn new(timeout: Duration, metrics: Metrics, brokers: Brokers) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
+            // A participant must not send the coordinator elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(CallbackClient { http, metrics })
+        Ok(CallbackClient { http, metrics, brokers })
+    }
+
+    /// Whether `name` is a configured broker destination.
+    pub fn has_destination(&self, name: &str) -> bool {
+        self.brokers.contains(name)
+    }
+
+    /// The configured broker destinations' names.
+    pub fn destinations(&self) -> Vec<&str> {
+        self.brokers.names()
+    }
+
+    /// Back-checks a prepared message at its producer's `check_url`: the
+    /// outcome it answered (200 with a [`CheckReply`]; 409 counts as
+    /// `rolled_back`, as a definitive no does everywhere in the contract),
+    /// or why there is none.
+    pub async fn check(&self, tx: &TxRow) -> Result<CheckOutcome, String> {
+        let Some(url) = tx.check_url.as_deref() else {
+            return Err("the message has no check_url".into());
+        };
+        let body =
+            CheckRequest { xid: tx.xid.clone(), mode: tx.mode, action: CallbackAction::Check, name: tx.name.clone() };
+        let started = Instant::now();
+        let result = match self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body).send().await {
+            Ok(resp) if resp.status().as_u16() == 200 => match resp.json::<CheckReply>().await {
+                Ok(reply) => Ok(reply.outcome),
+                Err(e) => Err(format!("200 without a check reply: {e}")),
+            },
+            Ok(resp) if resp.status().as_u16() == 409 => Ok(CheckOutcome::RolledBack),
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                Err(format!("{status}: {}", read_prefix(resp).await))
+            }
+            Err(e) if e.is_timeout() => Err(format!("no answer within the callback timeout: {e}")),
+            Err(e) => Err(format!("request failed: {e}")),
+        };
+        let outcome = match &result {
+            Ok(CheckOutcome::Unknown) | Err(_) => "unknown",
+            Ok(_) => "done",
+        };
+        self.observe(CallbackAction::Check, outcome, started);
+        result
+    }
+
+    /// Publishes a message delivery to its broker destination: done once the
+    /// broker confirmed it; anything else is retried (a broker down, a
+    /// refusal, a destination no longer configured).
+    async fn publish(&self, tx: &TxRow, branch: &BranchRow, destination: &str) -> CallbackResult {
+        let id = message_id(&tx.xid, &branch.branch_id);
+        let payload = match serde_json::to_vec(&branch.payload.clone().unwrap_or(serde_json::Value::Null)) {
+            Ok(p) => p,
+            Err(e) => return CallbackResult::Unknown(format!("payload not serializable: {e}")),
+        };
+        let headers = [
+            (XID_HEADER, tx.xid.as_str()),
+            ("Tandem-Branch-Id", branch.branch_id.as_str()),
+            ("Tandem-Resource", branch.resource.as_str()),
+        ];
+        let msg = Outgoing { message_id: &id, payload: &payload, headers: &headers };
+        match self.brokers.publish(destination, &msg).await {
+            Ok(()) => CallbackResult::Done,
+            Err(e) => CallbackResult::Unknown(format!("publish to {destination}: {e}")),
+        }
+    }
+
+    fn observe(&self, action: CallbackAction, outcome: &str, started: Instant) {
+        self.metrics
+            .callback_seconds
+            .with_label_values(&[action.as_str(), outcome])
+            .observe(started.elapsed().as_secs_f64());
+        if outcome != "done" {
+            self.metrics.callback_failures.with_label_values(&[action.as_str(), outcome]).inc();
+        }
     }
 
     /// Sends one callback and classifies the answer per the contract.
@@ -58,6 +142,13 @@ impl CallbackClient {
         action: CallbackAction,
         timeout: Option<Duration>,
     ) -> CallbackResult {
+        if let Some(destination) = branch.destination.as_deref() {
+            let started = Instant::now();
+            let result = self.publish(tx, branch, destination).await;
+            let outcome = if result == CallbackResult::Done { "done" } else { "unknown" };
+            self.observe(action, outcome, started);
+            return result;
+        }
         let body = CallbackRequest {
             xid: tx.xid.clone(),
             branch_id: branch.branch_id.clone(),
@@ -69,6 +160,9 @@ impl CallbackClient {
         };
         let started = Instant::now();
         let mut request = self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body);
+        if action == CallbackAction::Deliver {
+            request = request.header(MESSAGE_ID_HEADER, message_id(&tx.xid, &branch.branch_id));
+        }
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
@@ -87,13 +181,7 @@ impl CallbackClient {
             CallbackResult::HeuristicCommit(_) => "heuristic",
             CallbackResult::Unknown(_) => "unknown",
         };
-        self.metrics
-            .callback_seconds
-            .with_label_values(&[action.as_str(), outcome])
-            .observe(started.elapsed().as_secs_f64());
-        if outcome != "done" {
-            self.metrics.callback_failures.with_label_values(&[action.as_str(), outcome]).inc();
-        }
+        self.observe(action, outcome, started);
         result
     }
 }

@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::time::Duration;
+use tandem_brokers::Destination;
 
 /// The default of every setting, written once: the flags' defaults and
 /// [`Settings::new`] both read them (and a test holds the README's
@@ -84,6 +85,17 @@ pub struct Settings {
     /// Name of this process in leases (default: host-pid-random).
     #[arg(long, env = "TANDEM_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// A broker destination that message deliveries may name, as
+    /// `NAME=nats://HOST:PORT?subject=SUBJECT[&stream=STREAM]` or
+    /// `NAME=amqp://USER:PASS@HOST:PORT/VHOST?exchange=EXCHANGE&routing_key=KEY[&queue=QUEUE]`.
+    /// Repeat the flag for several; in the environment, separate them with
+    /// spaces. Clients name destinations, never broker addresses.
+    #[arg(long = "destination", env = "TANDEM_DESTINATIONS", value_delimiter = ' ', value_parser = parse_destination)]
+    pub destinations: Vec<Destination>,
+}
+
+fn parse_destination(spec: &str) -> Result<Destination, String> {
+    spec.parse::<Destination>().map_err(|e| e.to_string())
 }
 
 impl Settings {
@@ -107,6 +119,7 @@ impl Settings {
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
             instance_id: None,
+            destinations: Vec::new(),
         }
     }
 

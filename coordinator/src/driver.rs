@@ -14,6 +14,7 @@
 //! lease and on the status the driver saw, so a driver that lost its lease
 //! changes nothing.
 
+use crate::modes::msg;
 use crate::modes::saga::{action_verdict, StepView};
 use crate::modes::{self, Advance, Resumed, Send, Step, Then, View};
 use crate::store::{
@@ -21,7 +22,6 @@ use crate::store::{
 };
 use crate::transaction::state::{self, CallbackResult, Decision, Transition};
 use crate::Coordinator;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::time::{Duration, Instant};
 use tandem_wire::{ActionStatus, CallbackAction, GlobalStatus, RollbackReason, Transaction};
@@ -55,19 +55,7 @@ pub enum Outcome {
     Pending,
 }
 
-/// Delay before phase-2 pass number `attempts + 1`: exponential from
-/// `base` to `max`, with jitter so that retries of many transactions spread out.
-pub fn retry_delay(base: Duration, max: Duration, attempts: u32) -> Duration {
-    let n = attempts.min(40) as usize;
-    ExponentialBuilder::default()
-        .with_min_delay(base)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(n)
-        .unwrap_or(max)
-}
+pub use tandem_wire::backoff::retry_delay;
 
 /// A driver's failure: the database, or a row no protocol can drive (a bug
 /// or a mode this build does not serve).
@@ -136,6 +124,7 @@ impl Coordinator {
                 three_phase: tx.three_phase,
                 steps: &steps,
                 expired: tx.expired || tx.deadline <= chrono::Utc::now(),
+                order: tx.delivery_order,
             };
             match protocol.next_step(&view) {
                 Step::Stop => return Ok(Outcome::Pending),
@@ -203,6 +192,28 @@ impl Coordinator {
                         }
                         ForwardEnd::LeaseLost => return Ok(Outcome::Pending),
                     }
+                }
+                Step::Check => {
+                    let answer = self.callbacks().check(&tx).await;
+                    let verdict = answer.as_ref().ok().and_then(|&outcome| msg::after_check(outcome));
+                    let Some((to, reason)) = verdict else {
+                        let delay = retry_delay(timing.retry_base, timing.retry_max, tx.attempts);
+                        let why = match answer {
+                            Ok(outcome) => format!("the producer answered {outcome:?}"),
+                            Err(e) => e,
+                        };
+                        tracing::info!(xid = %tx.xid, why, retry_in_ms = delay.as_millis() as u64,
+                            "back-check did not decide; will ask again");
+                        self.store().schedule_retry(&tx.xid, owner, &[], delay).await?;
+                        return Ok(Outcome::Pending);
+                    };
+                    tracing::info!(xid = %tx.xid, status = %to, "back-check decided the message");
+                    let started = Instant::now();
+                    let advance = Advance { to, reason, marks: Vec::new() };
+                    if !self.advance(&mut tx, &mut branches, advance).await? {
+                        return Ok(Outcome::Pending);
+                    }
+                    lease_until = started + timing.lease;
                 }
                 Step::Send(send) => match send.then {
                     Then::Record(decision) => {
@@ -361,7 +372,7 @@ impl Coordinator {
                         .map(|b| StepView { action: b.action_status, after: b.after_steps.as_deref() })
                         .collect();
                     let view = View { status: tx.status, branches: &statuses, resumed: Resumed::Fresh,
-                        three_phase: tx.three_phase, steps: &steps, expired };
+                        three_phase: tx.three_phase, steps: &steps, expired, order: tx.delivery_order };
                     if let Step::Forward(next) = protocol.next_step(&view) {
                         ready = Some(next);
                     }
@@ -597,7 +608,7 @@ impl Coordinator {
         let m = self.metrics();
         let mode = tx.mode.as_str();
         match terminal {
-            GlobalStatus::Committed => m.committed.with_label_values(&[mode]).inc(),
+            GlobalStatus::Committed | GlobalStatus::Delivered => m.committed.with_label_values(&[mode]).inc(),
             GlobalStatus::RolledBack => {
                 let reason = tx.rollback_reason.map(|r| r.as_str()).unwrap_or("requested");
                 m.rolled_back.with_label_values(&[mode, reason]).inc()
@@ -679,23 +690,5 @@ fn record(
             None
         }
         None => error,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_grow_and_stay_bounded() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        let first = retry_delay(base, max, 0);
-        assert!(first >= base && first <= base * 2, "{first:?}");
-        let later = retry_delay(base, max, 3);
-        assert!(later >= base * 8, "{later:?}");
-        for n in [10, 40, 1000, u32::MAX] {
-            assert!(retry_delay(base, max, n) <= max * 2, "attempt {n}");
-        }
     }
 }

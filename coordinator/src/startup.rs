@@ -9,6 +9,7 @@ use crate::store::{Store, StoreConfig, StoreError};
 use crate::{api, recovery, Coordinator};
 use std::net::SocketAddr;
 use std::time::Duration;
+use tandem_brokers::Brokers;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -28,6 +29,9 @@ pub enum StartupError {
     /// Listening socket or server.
     #[error("listen/serve: {0}")]
     Io(#[from] std::io::Error),
+    /// The broker destinations' configuration.
+    #[error("--destination: {0}")]
+    Destinations(#[from] tandem_brokers::DestinationError),
 }
 
 /// A built coordinator, listening, not yet serving.
@@ -98,7 +102,11 @@ impl Application {
             metrics.clone(),
         )?;
         store.migrate().await?;
-        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone())?;
+        let brokers = Brokers::new(settings.destinations.clone(), timing.callback_timeout)?;
+        if !settings.destinations.is_empty() {
+            tracing::info!(destinations = ?brokers.names(), "broker destinations configured");
+        }
+        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone(), brokers)?;
         let instance_id = settings.instance_id.clone().unwrap_or_else(default_instance_id);
         let coordinator = Coordinator::new(store, metrics, callbacks, timing, instance_id);
         let router = api::router(

@@ -135,7 +135,7 @@ async fn handle<P: Callbacks>(State(p): State<P>, body: Result<Json<CallbackRequ
 }
 
 /// A body that is not a callback, as a problem with the extractor's status.
-fn rejected(rejection: &JsonRejection) -> Refusal {
+pub(crate) fn rejected(rejection: &JsonRejection) -> Refusal {
     let status = rejection.status();
     let code = match status {
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,

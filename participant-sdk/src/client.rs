@@ -5,8 +5,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 use tandem_wire::{
-    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, Mode, Problem,
-    RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid,
+    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, MessageRequest, Mode,
+    Problem, RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid,
 };
 
 /// Errors of [`TandemClient`].
@@ -229,5 +229,37 @@ impl TandemClient {
         let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("idempotency-key", k)).into_iter().collect();
         let (status, transaction) = self.call(Method::POST, &path, Some(req), &headers).await?;
         Ok(Decided { transaction, finished: status == StatusCode::OK })
+    }
+
+    /// `POST /v1/messages`: prepares a message (durably `prepared` when this
+    /// returns). Extension.
+    pub async fn prepare_message(
+        &self,
+        req: &MessageRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Transaction, ClientError> {
+        let headers: Vec<(&str, &str)> = idempotency_key.map(|k| ("idempotency-key", k)).into_iter().collect();
+        Ok(self.call(Method::POST, "/v1/messages", Some(req), &headers).await?.1)
+    }
+
+    async fn decide_message(&self, xid: &Xid, verb: &str, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        let path = match wait {
+            Some(w) => format!("/v1/messages/{xid}/{verb}?wait_ms={}", w.as_millis()),
+            None => format!("/v1/messages/{xid}/{verb}"),
+        };
+        let (status, transaction) = self.call::<(), Transaction>(Method::POST, &path, None, &[]).await?;
+        Ok(Decided { transaction, finished: status == StatusCode::OK })
+    }
+
+    /// `POST /v1/messages/{xid}/submit`: the producer's local transaction
+    /// committed; deliver. `finished` once every delivery was acknowledged
+    /// within `wait` (`None`: the coordinator's default).
+    pub async fn submit_message(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        self.decide_message(xid, "submit", wait).await
+    }
+
+    /// `POST /v1/messages/{xid}/abort`: nothing is delivered.
+    pub async fn abort_message(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
+        self.decide_message(xid, "abort", wait).await
     }
 }

@@ -21,6 +21,10 @@
 //!   each at most once, empty compensations, late actions refused;
 //!   PostgreSQL and MySQL/MariaDB), their callback routes, the client's saga
 //!   definition (`saga::Saga`) and the step-by-step usage.
+//! - [`msg`]: two-phase messages: the producer (`submit_in`: prepare, the
+//!   local transaction with a barrier row, submit; the back-check endpoint)
+//!   and the consumer (a delivery's work and its dedupe row in one local
+//!   transaction), on PostgreSQL and MySQL/MariaDB.
 //! - [`three_phase`]: the 3PC participant: CanCommit vote, PreCommit as a
 //!   real PostgreSQL prepare, DoCommit / abort, and the timers that abort a
 //!   vote or commit a pre-committed branch when the coordinator goes quiet.
@@ -41,6 +45,10 @@ mod callback;
 pub mod client;
 pub mod global;
 pub mod migrations;
+pub mod msg;
+/// The outbox (local message table): messages enqueued in the business
+/// transaction, published by the service's own relay with per-key order.
+pub mod outbox;
 pub mod propagation;
 pub mod saga;
 pub mod tcc;

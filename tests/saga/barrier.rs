@@ -611,6 +611,7 @@ async fn run_step_registers_the_compensation_then_runs_the_action<DB: Backend>(t
             attempts: 0,
             last_error: None,
             saga: None,
+            destination: None,
         })
     }
 

@@ -5,15 +5,21 @@
 //! bodies, callbacks and problem details. The coordinator serves these types
 //! (and derives its OpenAPI document from them); the SDK sends and receives them.
 
+pub mod backoff;
 pub mod de;
 mod ids;
 pub mod limits;
+mod msg;
 mod problem;
 mod saga;
 mod status;
 mod three_phase;
 
 pub use ids::{BranchId, IdError, Xid, ID_PATTERN, MAX_ID_LEN};
+pub use msg::{
+    message_id, parse_message_id, CheckOutcome, CheckReply, CheckRequest, DeliveryOrder, DeliveryRequest, MessageInfo,
+    MessageRequest, MAX_DELIVERIES, MESSAGE_ID_HEADER,
+};
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use saga::{ActionSide, CompensationSide, SagaRequest, SagaStep, SagaStepRequest, MAX_RETRY_LIMIT, MAX_SAGA_STEPS};
 pub use status::{
@@ -104,6 +110,10 @@ pub struct Branch {
     /// Saga: the step's action and compensation. Extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub saga: Option<SagaStep>,
+    /// Message: the broker destination this delivery publishes to (its
+    /// `callback_url` is then empty). Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
 }
 
 /// A global transaction with its branches in registration order.
@@ -132,6 +142,9 @@ pub struct Transaction {
     /// Phase timeouts, for a `3pc` transaction. Extension.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub three_phase: Option<ThreePhaseTimeouts>,
+    /// Message: its back-check and delivery order. Extension.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageInfo>,
     /// Branches in registration order.
     pub branches: Vec<Branch>,
 }
@@ -162,6 +175,10 @@ pub enum CallbackAction {
     /// Saga: undo the step's action; may arrive for an action that never
     /// committed (an empty compensation) or before it (refuse it afterwards).
     Compensate,
+    /// Message: one delivery (2xx acknowledges it; it may come again).
+    Deliver,
+    /// Message: the back-check of a prepared message ([`CheckRequest`]).
+    Check,
 }
 
 impl CallbackAction {
@@ -174,6 +191,8 @@ impl CallbackAction {
             CallbackAction::PreCommit => "pre_commit",
             CallbackAction::Action => "action",
             CallbackAction::Compensate => "compensate",
+            CallbackAction::Deliver => "deliver",
+            CallbackAction::Check => "check",
         }
     }
 }

@@ -63,6 +63,10 @@ text_enum!(
         /// Saga: actions driven by the coordinator, compensations in reverse
         /// on failure; or steps registered as the client's code runs them.
         Saga = "saga",
+        /// Two-phase message: prepared before the producer's local
+        /// transaction, submitted after it (or back-checked), then delivered
+        /// to HTTP endpoints and brokers until acknowledged.
+        Msg = "msg",
     }
 );
 
@@ -97,6 +101,15 @@ text_enum!(
         /// decision: every action succeeding → `committed`, a failure or the
         /// timeout → `rolling_back` (compensations).
         Running = "running",
+        /// Message: prepared (durably); the producer's local transaction is
+        /// running. Submit → `delivering`, abort → `rolling_back`; past its
+        /// timeout the coordinator back-checks the producer. Not a decision.
+        Prepared = "prepared",
+        /// Message: submitted (durably): the deliveries are being made, each
+        /// retried until acknowledged.
+        Delivering = "delivering",
+        /// Message: every delivery acknowledged. Terminal.
+        Delivered = "delivered",
     }
 );
 
@@ -174,6 +187,9 @@ text_enum!(
         BranchFailed = "branch_failed",
         /// Saga: an action failed transiently more than the saga's `retry_limit` times.
         RetryLimit = "retry_limit",
+        /// Message: the back-check answered that the producer's local
+        /// transaction rolled back (or never committed).
+        BackCheck = "back_check",
     }
 );
 
@@ -197,6 +213,7 @@ impl GlobalStatus {
                 | GlobalStatus::CommitFailed
                 | GlobalStatus::RollbackFailed
                 | GlobalStatus::HeuristicMixed
+                | GlobalStatus::Delivered
         )
     }
 
@@ -244,16 +261,20 @@ impl GlobalStatus {
     pub fn outcome(self) -> TransactionOutcome {
         // No wildcard: a new status must say how it ends.
         match self {
-            GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => {
-                TransactionOutcome::Committed
-            }
+            GlobalStatus::Committing
+            | GlobalStatus::Committed
+            | GlobalStatus::CommitFailed
+            | GlobalStatus::Delivering
+            | GlobalStatus::Delivered => TransactionOutcome::Committed,
             GlobalStatus::RollingBack
             | GlobalStatus::RolledBack
             | GlobalStatus::RollbackFailed
             | GlobalStatus::HeuristicMixed => TransactionOutcome::RolledBack,
-            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted | GlobalStatus::Running => {
-                TransactionOutcome::Undecided
-            }
+            GlobalStatus::Active
+            | GlobalStatus::CanCommit
+            | GlobalStatus::PreCommitted
+            | GlobalStatus::Running
+            | GlobalStatus::Prepared => TransactionOutcome::Undecided,
         }
     }
 }

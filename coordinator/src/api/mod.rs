@@ -3,6 +3,7 @@
 pub mod error;
 pub mod extract;
 pub mod locks;
+pub mod messages;
 pub mod openapi;
 pub mod ops;
 pub mod sagas;
@@ -33,6 +34,9 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(transactions::commit))
         .routes(routes!(transactions::rollback))
         .routes(routes!(sagas::submit))
+        .routes(routes!(messages::prepare))
+        .routes(routes!(messages::submit))
+        .routes(routes!(messages::abort))
         .routes(routes!(locks::check))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))

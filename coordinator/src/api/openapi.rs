@@ -28,11 +28,13 @@ use utoipa::OpenApi;
         tandem_wire::CallbackOutcome, tandem_wire::ErrorCode, tandem_wire::LockHolder, tandem_wire::RollbackReason,
         tandem_wire::BranchStatus, tandem_wire::GlobalStatus, tandem_wire::Mode, tandem_wire::ThreePhaseOptions,
         tandem_wire::ThreePhaseTimeouts, tandem_wire::ActionStatus, tandem_wire::CompensationStatus,
+        tandem_wire::CheckRequest, tandem_wire::CheckReply, tandem_wire::CheckOutcome,
     )),
     tags(
         (name = "transactions", description = "Global transactions"),
         (name = "branches", description = "Branches of a global transaction"),
         (name = "sagas", description = "Sagas submitted whole (extension)"),
+        (name = "messages", description = "Two-phase messages (extension)"),
         (name = "locks", description = "Global row locks of AT mode"),
         (name = "operations", description = "Health, metrics and this document"),
     )
@@ -207,7 +209,7 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
             ],
         }}),
     );
-    for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest", "SagaStepRequest"] {
+    for schema in ["RegisterBranchRequest", "Branch", "CallbackRequest", "SagaStepRequest", "DeliveryRequest"] {
         patch.replace(
             &format!("/components/schemas/{schema}/properties/payload"),
             json!({ "$ref": "#/components/schemas/Payload" }),
@@ -244,11 +246,18 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         ("LockCheckRequest", "resource", text(1, limits::MAX_RESOURCE_CHARS)),
         ("LockCheckRequest", "lock_keys", lock_keys),
         ("SagaRequest", "name", text(0, limits::MAX_NAME_CHARS)),
-        ("SagaRequest", "timeout_ms", timeout),
+        ("SagaRequest", "timeout_ms", timeout.clone()),
         ("SagaRequest", "retry_limit", json!({ "minimum": 0, "maximum": tandem_wire::MAX_RETRY_LIMIT })),
         ("SagaRequest", "steps", json!({ "minItems": 1, "maxItems": tandem_wire::MAX_SAGA_STEPS })),
         ("SagaStepRequest", "name", text(1, limits::MAX_RESOURCE_CHARS)),
         ("SagaStepRequest", "action_url", callback_url.clone()),
+        ("MessageRequest", "name", text(0, limits::MAX_NAME_CHARS)),
+        ("MessageRequest", "timeout_ms", timeout),
+        ("MessageRequest", "check_url", callback_url.clone()),
+        ("MessageRequest", "deliveries", json!({ "minItems": 1, "maxItems": tandem_wire::MAX_DELIVERIES })),
+        ("DeliveryRequest", "name", text(1, limits::MAX_RESOURCE_CHARS)),
+        ("DeliveryRequest", "url", callback_url.clone()),
+        ("DeliveryRequest", "destination", text(1, limits::MAX_RESOURCE_CHARS)),
         ("SagaStepRequest", "compensate_url", callback_url),
         (
             "SagaStepRequest",
@@ -260,6 +269,12 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
     for (schema, property, constraints) in fields {
         patch.extend(&format!("/components/schemas/{schema}/properties/{property}"), constraints);
     }
+    // A delivery has exactly one of `url` and `destination`.
+    let only = |set: &str, unset: &str| json!({ "required": [set], "properties": { set: { "type": "string" }, unset: { "type": "null" } } });
+    patch.extend(
+        "/components/schemas/DeliveryRequest",
+        json!({ "oneOf": [only("url", "destination"), only("destination", "url")] }),
+    );
 
     // Parameters.
     let wait = json!({ "type": "integer", "minimum": 0, "maximum": limits.max_wait_ms,
@@ -280,7 +295,15 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         ("/v1/transactions", "get", "after", json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN })),
         ("/v1/transactions/{xid}/commit", "post", "wait_ms", wait.clone()),
         ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait.clone()),
-        ("/v1/sagas", "post", "wait_ms", wait),
+        ("/v1/sagas", "post", "wait_ms", wait.clone()),
+        ("/v1/messages/{xid}/submit", "post", "wait_ms", wait.clone()),
+        ("/v1/messages/{xid}/abort", "post", "wait_ms", wait),
+        (
+            "/v1/messages",
+            "post",
+            "Idempotency-Key",
+            json!({ "type": "string", "pattern": limits::IDEMPOTENCY_KEY_PATTERN }),
+        ),
         (
             "/v1/sagas",
             "post",

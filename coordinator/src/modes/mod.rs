@@ -12,6 +12,7 @@
 //! (ARCHITECTURE.md, "Adding a mode").
 
 pub mod at;
+pub mod msg;
 pub mod saga;
 pub mod tcc;
 pub mod three_phase;
@@ -20,7 +21,8 @@ pub mod xa;
 use crate::transaction::state::{self, CallbackResult, Decision};
 use std::time::Duration;
 use tandem_wire::{
-    BeginRequest, BranchStatus, CallbackAction, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts, TimeoutError,
+    BeginRequest, BranchStatus, CallbackAction, DeliveryOrder, GlobalStatus, Mode, RollbackReason, ThreePhaseTimeouts,
+    TimeoutError,
 };
 
 /// What a commit needs from phase 1, besides no branch having failed it.
@@ -93,6 +95,24 @@ pub enum OptionError {
     /// A 3PC timeout is out of range or unsafe.
     #[error(transparent)]
     Timeouts(#[from] TimeoutError),
+    /// The mode's transactions are not begun with `POST /v1/transactions`.
+    #[error("mode {mode} is not begun with POST /v1/transactions: use {endpoint}")]
+    BegunElsewhere {
+        /// The mode asked for.
+        mode: Mode,
+        /// Where its transactions start.
+        endpoint: &'static str,
+    },
+}
+
+/// What a transaction's deadline does before a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// It rolls the transaction back, and a commit after it is refused.
+    RollsBack,
+    /// It starts back-checks (messages): the producer is asked, and a
+    /// submit is still accepted until a back-check decided otherwise.
+    BackCheck,
 }
 
 /// A transaction as a protocol's steps see it.
@@ -110,6 +130,8 @@ pub struct View<'a> {
     pub steps: &'a [saga::StepView<'a>],
     /// Its deadline has passed.
     pub expired: bool,
+    /// Message: its deliveries' order.
+    pub order: Option<DeliveryOrder>,
 }
 
 /// Whether a driver started the transaction's current protocol step itself
@@ -180,6 +202,9 @@ pub enum Step {
     /// Call the forward actions of these steps (saga), except those already
     /// in flight; ask again after each answer.
     Forward(Vec<usize>),
+    /// Back-check the producer of a prepared message ([`msg::after_check`]
+    /// says where its answer leads).
+    Check,
     /// Nothing to drive (not a leased status).
     Stop,
 }
@@ -217,6 +242,11 @@ pub trait Protocol: std::marker::Send + Sync + 'static {
     /// decided ones (`committing`, `rolling_back`) are leased in every mode.
     fn pre_decision_statuses(&self) -> &'static [GlobalStatus] {
         &[]
+    }
+
+    /// What the deadline does before a decision.
+    fn expiry(&self) -> Expiry {
+        Expiry::RollsBack
     }
 
     /// The status the end gives branches that no callback reached (saga:
@@ -289,7 +319,8 @@ pub fn phase2_step(delivery: Option<(Decision, Delivery)>, view: &View<'_>) -> S
 }
 
 /// Every mode this coordinator serves, one protocol each.
-pub static PROTOCOLS: &[&dyn Protocol] = &[&tcc::Tcc, &xa::Xa, &at::At, &three_phase::ThreePhase, &saga::Saga];
+pub static PROTOCOLS: &[&dyn Protocol] =
+    &[&tcc::Tcc, &xa::Xa, &at::At, &three_phase::ThreePhase, &saga::Saga, &msg::Msg];
 
 /// The protocol of `mode`, or `None` if this coordinator does not serve it.
 pub fn protocol(mode: Mode) -> Option<&'static dyn Protocol> {
@@ -308,7 +339,7 @@ mod tests {
     use tandem_wire::BranchStatus as B;
 
     fn view(status: GlobalStatus, branches: &[BranchStatus]) -> View<'_> {
-        View { status, branches, resumed: Resumed::Fresh, three_phase: None, steps: &[], expired: false }
+        View { status, branches, resumed: Resumed::Fresh, three_phase: None, steps: &[], expired: false, order: None }
     }
 
     fn rounds(p: &dyn Protocol, status: GlobalStatus, branches: &[BranchStatus]) -> Vec<Vec<usize>> {

@@ -350,6 +350,7 @@ mod tests {
                 three_phase: None,
                 steps: &steps,
                 expired,
+                order: None,
             };
             Saga.next_step(&view)
         };

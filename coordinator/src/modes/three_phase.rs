@@ -194,7 +194,15 @@ mod tests {
     use tandem_wire::{BranchStatus as B, ThreePhaseTimeouts};
 
     fn view<'a>(status: GlobalStatus, branches: &'a [BranchStatus], resumed: Resumed) -> View<'a> {
-        View { status, branches, resumed, three_phase: Some(ThreePhaseTimeouts::default()), steps: &[], expired: false }
+        View {
+            status,
+            branches,
+            resumed,
+            three_phase: Some(ThreePhaseTimeouts::default()),
+            steps: &[],
+            expired: false,
+            order: None,
+        }
     }
 
     #[test]

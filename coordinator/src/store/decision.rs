@@ -4,7 +4,7 @@ use super::reads::tx_with_branches;
 use super::rows::{branch_cols_b, tx_cols, BranchRow, TxRow};
 use super::sql::ms;
 use super::{Store, StoreError};
-use crate::modes::{self, CommitRequires};
+use crate::modes::{self, CommitRequires, Expiry};
 use crate::transaction::state::{DecisionOutcome, FastChecks, FastDecision, Transition};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -105,8 +105,10 @@ impl Store {
                 return Ok(Some(DecideResult { tx, branches, outcome }));
             };
             let transition = Transition::new(tx.status, status).map_err(|e| StoreError::Internal(e.to_string()))?;
-            // A rollback may be written after the deadline; anything else only before it.
-            let before_deadline = transition.to() != GlobalStatus::RollingBack;
+            // A rollback may be written after the deadline; anything else
+            // only before it, unless the deadline only starts back-checks.
+            let before_deadline = transition.to() != GlobalStatus::RollingBack
+                && modes::protocol(tx.mode).is_some_and(|p| p.expiry() == Expiry::RollsBack);
             let written = self
                 .timed(
                     "decide",

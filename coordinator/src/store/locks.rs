@@ -22,7 +22,7 @@ static LOCKING_MODES: LazyLock<Vec<&'static str>> =
 #[derive(Debug, Clone)]
 pub enum LockedRegistration {
     /// Branch inserted and every lock granted (in a locking mode), durably.
-    Registered(BranchWithMode),
+    Registered(Box<BranchWithMode>),
     /// The transaction is not active (or past its deadline); nothing written.
     NotActive,
     /// Another transaction holds one of the keys; nothing written.
@@ -83,7 +83,7 @@ impl Store {
                 )
                 .await;
             match r {
-                Ok(Some(branch)) => return Ok(LockedRegistration::Registered(branch)),
+                Ok(Some(branch)) => return Ok(LockedRegistration::Registered(Box::new(branch))),
                 Ok(None) => return Ok(LockedRegistration::NotActive),
                 Err(StoreError::LockConflict) => {
                     let mut conn = self.relaxed.acquire().await?;

@@ -14,6 +14,7 @@
 mod batch;
 mod decision;
 mod locks;
+mod msg;
 mod phase2;
 mod reads;
 mod recovery;
@@ -24,6 +25,7 @@ mod sql;
 
 pub use decision::DecideResult;
 pub use locks::LockedRegistration;
+pub use msg::{NewDelivery, NewMessage};
 pub use phase2::{BranchUpdate, PhaseStep};
 pub use registration::{NewBranch, NewTransaction, ReportResult};
 pub use rows::{holds_global_locks, BranchRow, BranchWithMode, TxRow};

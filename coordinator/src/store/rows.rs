@@ -7,8 +7,8 @@ use sqlx::postgres::PgRow;
 use sqlx::{FromRow, Row};
 use std::str::FromStr;
 use tandem_wire::{
-    ActionSide, ActionStatus, Branch, BranchId, BranchStatus, CompensationSide, CompensationStatus, GlobalStatus, Mode,
-    RollbackReason, SagaStep, ThreePhaseTimeouts, Transaction, Xid,
+    ActionSide, ActionStatus, Branch, BranchId, BranchStatus, CompensationSide, CompensationStatus, DeliveryOrder,
+    GlobalStatus, MessageInfo, Mode, RollbackReason, SagaStep, ThreePhaseTimeouts, Transaction, Xid,
 };
 
 /// Column list of [`TxRow`], for `concat!` into statements.
@@ -16,14 +16,14 @@ macro_rules! tx_cols {
     () => {
         "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
          finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired, \
-         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, retry_limit"
+         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, retry_limit, check_url, delivery_order"
     };
 }
 /// Column list of [`BranchRow`].
 macro_rules! branch_cols {
     () => {
         "branch_id, xid, seq, resource, callback_url, status, payload, lock_keys, attempts, last_error, \
-         action_url, after_steps, action_status, action_attempts, action_error"
+         action_url, after_steps, action_status, action_attempts, action_error, destination"
     };
 }
 /// [`branch_cols`] from alias `b`, prefixed `b_` (for joins with the transaction).
@@ -33,7 +33,7 @@ macro_rules! branch_cols_b {
          b.callback_url AS b_callback_url, b.status AS b_status, b.payload AS b_payload, \
          b.lock_keys AS b_lock_keys, b.attempts AS b_attempts, b.last_error AS b_last_error, \
          b.action_url AS b_action_url, b.after_steps AS b_after_steps, b.action_status AS b_action_status, \
-         b.action_attempts AS b_action_attempts, b.action_error AS b_action_error"
+         b.action_attempts AS b_action_attempts, b.action_error AS b_action_error, b.destination AS b_destination"
     };
 }
 pub(crate) use {branch_cols, branch_cols_b, tx_cols};
@@ -75,6 +75,10 @@ pub struct TxRow {
     pub three_phase: Option<ThreePhaseTimeouts>,
     /// Saga: transient failures of one action retried before it counts as failed.
     pub retry_limit: Option<u32>,
+    /// Message: the producer's back-check endpoint.
+    pub check_url: Option<String>,
+    /// Message: its deliveries' order.
+    pub delivery_order: Option<DeliveryOrder>,
 }
 
 /// A `branches` row.
@@ -111,6 +115,9 @@ pub struct BranchRow {
     pub action_attempts: u32,
     /// Saga: the last action call's error.
     pub action_error: Option<String>,
+    /// Message: the broker destination of this delivery (`None`: an HTTP
+    /// delivery to `callback_url`).
+    pub destination: Option<String>,
 }
 
 fn decode_err(col: &str, e: impl std::error::Error + Send + Sync + 'static) -> sqlx::Error {
@@ -171,6 +178,8 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
                 .map(u32::try_from)
                 .transpose()
                 .map_err(|e| decode_err("retry_limit", e))?,
+            check_url: row.try_get("check_url")?,
+            delivery_order: parsed_opt(row, "delivery_order")?,
         })
     }
 }
@@ -224,6 +233,7 @@ impl BranchRow {
             action_status: parsed_opt(row, &c("action_status"))?,
             action_attempts: unsigned::<i32, u32>(row, &c("action_attempts"))?,
             action_error: row.try_get(c("action_error").as_str())?,
+            destination: row.try_get(c("destination").as_str())?,
         })
     }
 }
@@ -273,6 +283,7 @@ impl BranchRow {
             attempts: self.attempts,
             last_error: self.last_error.clone(),
             saga: (mode == Mode::Saga).then(|| self.saga_step()),
+            destination: self.destination.clone(),
         }
     }
 
@@ -316,6 +327,11 @@ impl TxRow {
             decided_at: self.decided_at,
             finished_at: self.finished_at,
             three_phase: self.three_phase,
+            message: self.check_url.as_ref().map(|check_url| MessageInfo {
+                check_url: check_url.clone(),
+                order: self.delivery_order.unwrap_or_default(),
+                checks: self.attempts,
+            }),
             branches: branches.iter().map(|b| b.to_wire(self.mode)).collect(),
         }
     }

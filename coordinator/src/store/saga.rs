@@ -180,6 +180,7 @@ impl Store {
                 action_status: Some(x.action),
                 action_attempts: u32::from(x.action == ActionStatus::Running),
                 action_error: None,
+                destination: None,
             })
             .collect();
         Ok(Some((tx, branches)))

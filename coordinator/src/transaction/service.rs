@@ -8,13 +8,17 @@ use crate::driver::{Job, Outcome};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 use crate::modes::{self, saga, OptionLimits, Protocol, Resumed};
-use crate::store::{LockedRegistration, NewBranch, NewSaga, NewStep, NewTransaction, ReportResult, Store, StoreError};
+use crate::store::{
+    LockedRegistration, NewBranch, NewDelivery, NewMessage, NewSaga, NewStep, NewTransaction, ReportResult, Store,
+    StoreError,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_wire::limits;
 use tandem_wire::{
     ActionStatus, BeginRequest, Branch, BranchId, BranchStatus, GlobalStatus, LockCheckRequest, LockCheckResponse,
-    Mode, RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid, MAX_RETRY_LIMIT,
+    MessageRequest, Mode, RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid,
+    MAX_DELIVERIES, MAX_RETRY_LIMIT,
 };
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -298,6 +302,131 @@ impl Coordinator {
         })
     }
 
+    /// Prepares a message: stores it `prepared` with its deliveries
+    /// (durably: the producer's local transaction runs after the answer).
+    /// Returns it and whether it was created now (`false`: an earlier
+    /// prepare with the same idempotency key).
+    #[tracing::instrument(skip_all, fields(deliveries = req.deliveries.len()))]
+    pub async fn prepare_message(
+        &self,
+        req: MessageRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<(Transaction, bool), CoordinatorError> {
+        let new = self.message_definition(req, idempotency_key)?;
+        if let Some((tx, branches)) = self.store().insert_message(&new).await? {
+            self.metrics().begun.with_label_values(&[Mode::Msg.as_str()]).inc();
+            tracing::debug!(xid = %tx.xid, "message prepared");
+            return Ok((tx.to_wire(&branches), true));
+        }
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
+            return Err(CoordinatorError::Store(StoreError::Contended));
+        };
+        let branches = self.store().branches(&row.xid).await?;
+        let same = row.mode == Mode::Msg
+            && row.name == new.name
+            && row.timeout_ms == new.timeout_ms
+            && row.check_url.as_deref() == Some(new.check_url.as_str())
+            && row.delivery_order == Some(new.order)
+            && branches.len() == new.deliveries.len()
+            && branches.iter().zip(&new.deliveries).all(|(b, d)| {
+                b.resource == d.resource
+                    && b.callback_url == d.url
+                    && b.destination == d.destination
+                    && b.payload == d.payload
+            });
+        if !same {
+            return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
+        }
+        Ok((row.to_wire(&branches), false))
+    }
+
+    /// Checks a message and resolves it into the rows to insert. A broker
+    /// delivery must name a configured destination: a client never points
+    /// the coordinator at a broker of its choosing.
+    fn message_definition(
+        &self,
+        req: MessageRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<NewMessage, CoordinatorError> {
+        if let Some(name) = &req.name {
+            limits::check_text("name", name, 0, limits::MAX_NAME_CHARS)?;
+        }
+        let timeout = self.resolve_timeout(req.timeout_ms)?;
+        if let Some(key) = &idempotency_key {
+            limits::check_idempotency_key(key)?;
+        }
+        check_callback_url("check_url", &req.check_url)?;
+        if req.deliveries.is_empty() || req.deliveries.len() > MAX_DELIVERIES {
+            return Err(CoordinatorError::Validation(format!(
+                "deliveries must hold 1 to {MAX_DELIVERIES} deliveries, not {}",
+                req.deliveries.len()
+            )));
+        }
+        let mut deliveries = Vec::with_capacity(req.deliveries.len());
+        for (i, d) in req.deliveries.into_iter().enumerate() {
+            let resource = d.name.unwrap_or_else(|| format!("delivery-{}", i + 1));
+            limits::check_text("deliveries[].name", &resource, 1, limits::MAX_RESOURCE_CHARS)?;
+            if let Some(payload) = &d.payload {
+                limits::check_json("deliveries[].payload", payload)?;
+            }
+            let (url, destination) = match (d.url, d.destination) {
+                (Some(url), None) => {
+                    check_callback_url("deliveries[].url", &url)?;
+                    (url, None)
+                }
+                (None, Some(name)) => {
+                    limits::check_text("deliveries[].destination", &name, 1, limits::MAX_RESOURCE_CHARS)?;
+                    if !self.callbacks().has_destination(&name) {
+                        let known = self.callbacks().destinations();
+                        let known = if known.is_empty() { "none is configured".to_owned() } else { known.join(", ") };
+                        return Err(CoordinatorError::Validation(format!(
+                            "deliveries[{i}].destination {name:?} is not a configured destination ({known})"
+                        )));
+                    }
+                    (String::new(), Some(name))
+                }
+                _ => {
+                    return Err(CoordinatorError::Validation(format!(
+                        "deliveries[{i}] needs exactly one of url and destination"
+                    )))
+                }
+            };
+            deliveries.push(NewDelivery {
+                branch_id: BranchId::generate(),
+                resource,
+                url,
+                destination,
+                payload: d.payload,
+            });
+        }
+        Ok(NewMessage {
+            xid: Xid::generate(),
+            name: req.name,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            idempotency_key,
+            check_url: req.check_url,
+            order: req.order.unwrap_or_default(),
+            deliveries,
+        })
+    }
+
+    /// Submits (`Decision::Commit`) or aborts a prepared message: the
+    /// decision of [`Coordinator::decide`], for a transaction of mode `msg`
+    /// only (anything else is not a message: 404).
+    pub async fn decide_message(
+        &self,
+        xid: &str,
+        requested: Decision,
+        wait: Duration,
+    ) -> Result<DecideReply, CoordinatorError> {
+        let parsed = parse_xid(xid)?;
+        match self.store().transaction(&parsed).await? {
+            Some(row) if row.mode == Mode::Msg => self.decide(xid, requested, wait).await,
+            _ => Err(CoordinatorError::TransactionNotFound(xid.to_owned())),
+        }
+    }
+
     /// One transaction with its branches.
     pub async fn get(&self, xid: &str) -> Result<Transaction, CoordinatorError> {
         let xid = parse_xid(xid)?;
@@ -465,7 +594,17 @@ impl Coordinator {
                     Decision::Commit => "committed",
                     Decision::Rollback => "rolled back",
                 };
-                Err(invalid(format!("transaction is already {} and cannot be {verb}", current.status), Some(current)))
+                // A rollback the client did not ask for says why it happened.
+                let why = match current.rollback_reason {
+                    Some(reason) if reason != tandem_wire::RollbackReason::Requested => {
+                        format!(" (it rolled back because {})", served(r.tx.mode)?.commit_refused_because(Some(reason)))
+                    }
+                    _ => String::new(),
+                };
+                Err(invalid(
+                    format!("transaction is already {} and cannot be {verb}{why}", current.status),
+                    Some(current),
+                ))
             }
         }
     }

@@ -36,8 +36,17 @@ impl Decision {
         match status {
             // A 3PC commit collecting votes or acknowledgements has not decided yet.
             // A running saga has not decided either.
-            GlobalStatus::Active | GlobalStatus::CanCommit | GlobalStatus::PreCommitted | GlobalStatus::Running => None,
-            GlobalStatus::Committing | GlobalStatus::Committed | GlobalStatus::CommitFailed => Some(Decision::Commit),
+            // Nor a prepared message.
+            GlobalStatus::Active
+            | GlobalStatus::CanCommit
+            | GlobalStatus::PreCommitted
+            | GlobalStatus::Running
+            | GlobalStatus::Prepared => None,
+            GlobalStatus::Committing
+            | GlobalStatus::Committed
+            | GlobalStatus::CommitFailed
+            | GlobalStatus::Delivering
+            | GlobalStatus::Delivered => Some(Decision::Commit),
             GlobalStatus::RollingBack
             | GlobalStatus::RolledBack
             | GlobalStatus::RollbackFailed
@@ -75,7 +84,8 @@ impl DecisionInput {
     ) -> DecisionInput {
         DecisionInput {
             status,
-            expired,
+            // A message's deadline starts back-checks; a submit is still taken.
+            expired: expired && protocol.expiry() == crate::modes::Expiry::RollsBack,
             any_phase1_failed: branches.clone().into_iter().any(|b| b == BranchStatus::Phase1Failed),
             all_prepared: branches.into_iter().all(|b| b == BranchStatus::Prepared),
             requires: protocol.commit_requires(),
@@ -108,7 +118,8 @@ pub enum DecisionOutcome {
 /// Decides what a commit or rollback request does to a transaction.
 pub fn decide(requested: Decision, input: DecisionInput) -> DecisionOutcome {
     match (input.status, Decision::of_status(input.status)) {
-        (GlobalStatus::Active, _) => {}
+        // Open for a decision: a transaction, or a prepared message.
+        (GlobalStatus::Active | GlobalStatus::Prepared, _) => {}
         (_, Some(existing)) if existing == requested => return DecisionOutcome::AlreadyDecided,
         (_, Some(_)) => return DecisionOutcome::Conflict,
         // A commit asked for earlier is running its phases (3PC): a repeated
@@ -324,6 +335,10 @@ pub const fn global_transition_allowed(from: GlobalStatus, to: GlobalStatus) -> 
             | (PreCommitted, RollingBack)
             | (Running, Committed)
             | (Running, RollingBack)
+            | (Prepared, Delivering)
+            | (Prepared, RollingBack)
+            | (Delivering, Delivered)
+            | (Delivering, CommitFailed)
     )
 }
 

@@ -16,7 +16,7 @@ use tandem_wire::{BranchStatus, GlobalStatus};
 pub const UNDECIDED: &[GlobalStatus] = &[GlobalStatus::Active];
 
 /// Decided and unfinished: phase 2 runs. Leased in every mode.
-pub const DECIDED: &[GlobalStatus] = &[GlobalStatus::Committing, GlobalStatus::RollingBack];
+pub const DECIDED: &[GlobalStatus] = &[GlobalStatus::Committing, GlobalStatus::RollingBack, GlobalStatus::Delivering];
 
 /// Statuses in which a driver holds the transaction under a lease, and in
 /// which recovery takes it over when the lease expires (index

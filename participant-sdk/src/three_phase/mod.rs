@@ -285,7 +285,7 @@ impl ThreePhaseParticipant {
             }
             CallbackAction::Commit => Event::DoCommit,
             CallbackAction::Rollback => Event::Abort,
-            CallbackAction::Action | CallbackAction::Compensate => {
+            CallbackAction::Action | CallbackAction::Compensate | CallbackAction::Deliver | CallbackAction::Check => {
                 return Err(ThreePhaseError::WrongAction(req.action.as_str()))
             }
         };
