@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Saga against dtmrs (BENCHMARKS.md, issue 12). In one run, on the same
-# PostgreSQL:
+# Tandem against dtmrs, side by side (BENCHMARKS.md). Usage:
+#   scripts/bench-dtmrs.sh saga [tandem-bench args...]   (issue 12)
+#   scripts/bench-dtmrs.sh msg  [tandem-bench args...]   (issue 13)
+# In one run, on the same PostgreSQL:
 #   1. pgbench, one single-row INSERT per transaction, 8 clients (the server's
 #      durable-commit rate, as scripts/bench.sh);
-#   2. tandem-bench --mode tcc --branches 2 (two-branch TCC, for reference);
+#   2. saga: tandem-bench --mode tcc --branches 2 (two-branch TCC, for
+#      reference); msg: tandem-bench --mode msg-nats (one delivery to NATS
+#      JetStream on NATS, default 127.0.0.1:4222) and --mode outbox (the SDK's
+#      outbox relay to an HTTP consumer);
 #   3. ROUNDS back-to-back pairs of
-#        tandem-bench --mode saga --branches 2        (Tandem, 2-step saga)
-#        tandem-bench --mode dtmrs-saga --branches 2  (the same saga, the same
-#          clients and no-op participants, against dtmrs on a fresh database)
+#        saga: tandem-bench --mode saga --branches 2   (Tandem, 2-step saga)
+#              tandem-bench --mode dtmrs-saga ...       (the same saga, the same
+#                clients and no-op participants, against dtmrs on a fresh database)
+#        msg:  tandem-bench --mode msg --branches 1    (prepare, submit, delivered
+#                to a no-op HTTP consumer)
+#              tandem-bench --mode dtmrs-msg ...        (the same against dtmrs)
 #      alternately;
 # each with CLIENTS concurrent clients for SECS seconds (after a 2 s warm-up).
 # Prints every figure (tx/s, p50, p99, errors, WAL flushes per transaction),
@@ -24,6 +32,13 @@
 # Arguments go to every tandem-bench run (for example --dtm-poll-ms 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+kind="${1:-saga}"
+case "$kind" in
+  saga) branches=2 ;;
+  msg) branches=1 ;;
+  *) echo "usage: $0 saga|msg [tandem-bench args...]" >&2; exit 2 ;;
+esac
+shift || true
 server="${TANDEM_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
 secs="${SECS:-10}"
 clients="${CLIENTS:-32}"
@@ -41,7 +56,7 @@ if [ -z "${DTMRS_BIN:-}" ]; then
     cargo install dtmrs --version "$dtmrs_version" --locked --root target/dtmrs/root --target-dir target/dtmrs/target
   fi
 fi
-[ -x "$DTMRS_BIN" ] || { echo "bench-saga: no dtmrs binary at $DTMRS_BIN" >&2; exit 1; }
+[ -x "$DTMRS_BIN" ] || { echo "bench-dtmrs: no dtmrs binary at $DTMRS_BIN" >&2; exit 1; }
 
 psql_admin() { psql -h "$pghost" -p "$pgport" -U "$pguser" -d postgres -qAt "$@"; }
 fresh_db() { psql_admin -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
@@ -73,7 +88,7 @@ measure() {
   shift
   local before after out
   before=$(wal_syncs)
-  out=$(RUST_LOG=warn ./target/release/tandem-bench --branches 2 --concurrency "$clients" --duration-secs "$secs" \
+  out=$(RUST_LOG=warn ./target/release/tandem-bench --branches "$branches" --concurrency "$clients" --duration-secs "$secs" \
     "$@" "${extra[@]}" 2>/dev/null | tail -1)
   after=$(wal_syncs)
   python3 - "$label" "$out" "$before" "$after" >>"$results" <<'PY'
@@ -100,7 +115,7 @@ start_dtmrs() {
     kill -0 "$dtmrs_pid" 2>/dev/null || break
     sleep 0.1
   done
-  echo "bench-saga: dtmrs did not start:" >&2
+  echo "bench-dtmrs: dtmrs did not start:" >&2
   cat "$dtmrs_log" >&2
   exit 1
 }
@@ -119,34 +134,47 @@ rm -f "$script"
 psql_admin -c 'DROP DATABASE IF EXISTS tandem_pgbench WITH (FORCE)'
 echo "pgbench      $pg_tps single-row inserts/s (8 clients)"
 
-fresh_db tandem_bench
-measure tcc --mode tcc --database-url "$server/tandem_bench"
+if [ "$kind" = saga ]; then
+  fresh_db tandem_bench
+  measure tcc --mode tcc --database-url "$server/tandem_bench"
+else
+  fresh_db tandem_bench
+  measure msg-nats --mode msg-nats --database-url "$server/tandem_bench"
+  fresh_db tandem_bench
+  measure outbox --mode outbox --database-url "$server/tandem_bench"
+fi
 
 for round in $(seq 1 "$rounds"); do
   fresh_db tandem_bench
-  measure "saga-$round" --mode saga --database-url "$server/tandem_bench"
+  measure "tandem-$round" --mode "$kind" --database-url "$server/tandem_bench"
   start_dtmrs
-  measure "dtmrs-$round" --mode dtmrs-saga --dtm-url "$dtm_url"
+  measure "dtmrs-$round" --mode "dtmrs-$kind" --dtm-url "$dtm_url"
   stop_dtmrs
 done
 
-python3 - "$pg_tps" "$results" <<'PY'
+python3 - "$pg_tps" "$results" "$kind" <<'PY'
 import json, statistics, sys
 pg = float(sys.argv[1])
 rows = [json.loads(l) for l in open(sys.argv[2])]
+kind = sys.argv[3]
 def med(prefix, key):
     return statistics.median(r[key] for r in rows if r["label"].startswith(prefix))
 print("== medians")
 print("| run | tx/s | p50 ms | p99 ms | errors | WAL flushes/tx |")
 print("|---|---|---|---|---|---|")
-for name, prefix in [("tcc (2 branches)", "tcc"), ("Tandem saga (2 steps)", "saga-"), ("dtmrs saga (2 steps)", "dtmrs-")]:
+runs = {
+    "saga": [("tcc (2 branches)", "tcc"), ("Tandem saga (2 steps)", "tandem-"), ("dtmrs saga (2 steps)", "dtmrs-")],
+    "msg": [("Tandem msg to NATS JetStream", "msg-nats"), ("SDK outbox relay to HTTP", "outbox"),
+            ("Tandem msg to HTTP", "tandem-"), ("dtmrs msg to HTTP", "dtmrs-")],
+}[kind]
+for name, prefix in runs:
     errors = sum(r["errors"] for r in rows if r["label"].startswith(prefix))
     print(f"| {name} | {med(prefix, 'tx_per_sec'):.0f} | {med(prefix, 'p50_ms'):.1f} | {med(prefix, 'p99_ms'):.1f} "
           f"| {errors} | {med(prefix, 'wal_syncs_per_tx'):.2f} |")
-saga = [r["tx_per_sec"] for r in rows if r["label"].startswith("saga-")]
+ours = [r["tx_per_sec"] for r in rows if r["label"].startswith("tandem-")]
 dtm = [r["tx_per_sec"] for r in rows if r["label"].startswith("dtmrs-")]
-pairs = [s / d for s, d in zip(saga, dtm) if d > 0]
-print(f"pgbench: {pg:.0f} inserts/s; Tandem saga = {med('saga-', 'tx_per_sec') / pg:.3f} x pgbench")
-print("saga/dtmrs per pair: " + ", ".join(f"{p:.2f}" for p in pairs)
-      + f"; median {statistics.median(pairs):.2f}" if pairs else "saga/dtmrs: no dtmrs figure")
+pairs = [s / d for s, d in zip(ours, dtm) if d > 0]
+print(f"pgbench: {pg:.0f} inserts/s; Tandem {kind} = {med('tandem-', 'tx_per_sec') / pg:.3f} x pgbench")
+print(f"{kind}/dtmrs per pair: " + ", ".join(f"{p:.2f}" for p in pairs)
+      + f"; median {statistics.median(pairs):.2f}" if pairs else f"{kind}/dtmrs: no dtmrs figure")
 PY

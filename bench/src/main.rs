@@ -11,7 +11,7 @@
 //! `POST /v1/sagas` that answers once every action succeeded). `--mode
 //! dtmrs-saga` starts no coordinator: it runs the same sagas, with the same
 //! clients and no-op participants, against a DTM-compatible coordinator at
-//! `--dtm-url` (dtmrs, `scripts/bench-saga.sh`).
+//! `--dtm-url` (dtmrs, `scripts/bench-dtmrs.sh`).
 
 use anyhow::{bail, Context};
 use clap::Parser;
@@ -26,7 +26,10 @@ use std::time::{Duration, Instant};
 use tandem_coordinator::{Application, RunningCoordinator, Settings};
 use tandem_sdk::at::{AtParticipant, Pg};
 use tandem_sdk::three_phase::{ThreePhaseParticipant, ThreePhaseWork};
-use tandem_sdk::wire::{BeginRequest, GlobalStatus, Mode, RegisterBranchRequest, SagaRequest, SagaStepRequest};
+use tandem_sdk::wire::{
+    BeginRequest, DeliveryRequest, GlobalStatus, MessageRequest, Mode, RegisterBranchRequest, SagaRequest,
+    SagaStepRequest,
+};
 use tandem_sdk::xa::{PgXa, XaParticipant};
 use tandem_sdk::{BoxError, TandemClient};
 use tokio::sync::oneshot;
@@ -48,7 +51,10 @@ struct Args {
     /// `saga` (a sequential saga of `--branches` steps, each step's action and
     /// compensation on its own no-op participant), or `dtmrs-saga` (the same
     /// saga submitted to the DTM-compatible coordinator at `--dtm-url`;
-    /// Tandem is not started).
+    /// Tandem is not started), or `msg` (two-phase messages: prepare, then
+    /// submit answered once `--branches` no-op HTTP consumers acknowledged),
+    /// `msg-nats` (one delivery each, to NATS JetStream at `--nats`), or
+    /// `dtmrs-msg` (the `msg` workload against `--dtm-url`).
     #[arg(long, value_enum, default_value_t = BenchMode::Tcc)]
     mode: BenchMode,
     /// PostgreSQL server (no database name) for the `xa` and `local` participants'
@@ -89,6 +95,10 @@ struct Args {
     /// example `http://127.0.0.1:36789`.
     #[arg(long)]
     dtm_url: Option<String>,
+    /// `msg-nats`: the NATS server (with JetStream) the messages go to; the
+    /// stream `TANDEM_BENCH` (subject `tandem.bench`) is created if absent.
+    #[arg(long, default_value = "127.0.0.1:4222")]
+    nats: String,
     /// `dtmrs-saga`: pause between two `GET /api/dtmsvr/query` polls of a
     /// saga whose last action has been called but that is not `succeed` yet.
     #[arg(long, default_value_t = 1)]
@@ -115,6 +125,19 @@ enum BenchMode {
     Saga,
     /// The same saga against a DTM HTTP API (dtmrs), no-op participants.
     DtmrsSaga,
+    /// Two-phase messages: prepare, submit, every delivery acknowledged by
+    /// a no-op HTTP consumer (`--branches` deliveries).
+    Msg,
+    /// The same messages, each delivered to NATS JetStream (`--nats`),
+    /// confirmed by the stream.
+    MsgNats,
+    /// The same messages against a DTM HTTP API (dtmrs): prepare, submit,
+    /// delivered to the no-op consumers.
+    DtmrsMsg,
+    /// The SDK's outbox, no coordinator: a local transaction enqueues one
+    /// message, and the iteration ends when the relay delivered it to an
+    /// HTTP consumer.
+    Outbox,
 }
 
 impl BenchMode {
@@ -129,6 +152,10 @@ impl BenchMode {
             BenchMode::ThreePc => "3pc",
             BenchMode::Saga => "saga",
             BenchMode::DtmrsSaga => "dtmrs-saga",
+            BenchMode::Msg => "msg",
+            BenchMode::MsgNats => "msg-nats",
+            BenchMode::DtmrsMsg => "dtmrs-msg",
+            BenchMode::Outbox => "outbox",
         }
     }
 
@@ -142,12 +169,25 @@ impl BenchMode {
                 | BenchMode::ThreePc
                 | BenchMode::Saga
                 | BenchMode::DtmrsSaga
+                | BenchMode::Msg
+                | BenchMode::DtmrsMsg
         )
     }
 
-    /// Whether it runs sagas (the figures count finished sagas).
-    fn is_saga(self) -> bool {
-        matches!(self, BenchMode::Saga | BenchMode::DtmrsSaga)
+    /// What one iteration is, in the summary line.
+    fn unit(self, branches: usize) -> String {
+        match self {
+            BenchMode::Saga | BenchMode::DtmrsSaga => format!("finished {branches}-step sagas"),
+            BenchMode::Msg | BenchMode::DtmrsMsg => format!("delivered {branches}-delivery messages"),
+            BenchMode::MsgNats => "messages delivered to NATS".to_owned(),
+            BenchMode::Outbox => "outbox messages relayed to HTTP".to_owned(),
+            _ => format!("committed {branches}-branch transactions"),
+        }
+    }
+
+    /// Whether it runs against a DTM HTTP API instead of Tandem.
+    fn is_dtm(self) -> bool {
+        matches!(self, BenchMode::DtmrsSaga | BenchMode::DtmrsMsg)
     }
 }
 
@@ -176,7 +216,7 @@ async fn noop_participant(calls: Arc<AtomicU64>) -> anyhow::Result<String> {
 const APPLIED: &str = r#"{"outcome":"applied"}"#;
 
 /// Sagas whose last action the no-op participants are to announce: gid →
-/// the client waiting for it (`dtmrs-saga` only; see [`DtmSaga::run`]).
+/// the client waiting for it (`dtmrs-saga`, `dtmrs-msg`; see [`Dtm::run`]).
 type LastActionWaiters = Arc<Mutex<HashMap<String, oneshot::Sender<()>>>>;
 
 /// Starts a saga participant: `POST /action` and `POST /compensate` answer
@@ -241,8 +281,19 @@ fn saga_steps(participants: &[String]) -> Vec<(String, String)> {
     participants.iter().map(|p| (format!("{p}/action"), format!("{p}/compensate"))).collect()
 }
 
-/// `dtmrs-saga`: sagas submitted to a DTM HTTP API.
-struct DtmSaga {
+/// What a [`Dtm`] workload submits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DtmKind {
+    /// A saga: one `submit` with the steps.
+    Saga,
+    /// A two-phase message: `prepare` with the actions, then `submit`.
+    Msg,
+}
+
+/// `dtmrs-saga`, `dtmrs-msg`: sagas or messages submitted to a DTM HTTP API.
+struct Dtm {
+    /// Saga or message.
+    kind: DtmKind,
     /// Base URL of the coordinator (`http://host:port`).
     base: String,
     /// Keep-alive connections to it (as many as clients, reused).
@@ -259,7 +310,7 @@ struct DtmSaga {
     polls: AtomicU64,
 }
 
-impl DtmSaga {
+impl Dtm {
     /// Longest a saga may take, from its submission to `succeed`.
     const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -284,6 +335,18 @@ impl DtmSaga {
         r
     }
 
+    /// `POST /api/dtmsvr/{op}` with `body`; anything but 200 `SUCCESS` is an error.
+    async fn call(&self, op: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+        let answer = self.http.post(format!("{}/api/dtmsvr/{op}", self.base)).json(body).send().await?;
+        let status = answer.status();
+        let answer: serde_json::Value =
+            answer.json().await.with_context(|| format!("{op} answered {status} without JSON"))?;
+        if status != reqwest::StatusCode::OK || answer.get("dtm_result").and_then(|r| r.as_str()) != Some("SUCCESS") {
+            bail!("{op} answered {status}: {answer}");
+        }
+        Ok(())
+    }
+
     async fn submit_and_wait(&self, gid: &str, last: oneshot::Receiver<()>) -> anyhow::Result<()> {
         let deadline = Instant::now() + Self::DEADLINE;
         let steps: Vec<_> = self
@@ -292,15 +355,24 @@ impl DtmSaga {
             .map(|(action, compensate)| serde_json::json!({ "action": action, "compensate": compensate, "payload": "{}" }))
             .collect();
         let payloads: Vec<&str> = self.steps.iter().map(|_| "{}").collect();
-        let body = serde_json::json!({
-            "gid": gid, "trans_type": "saga", "steps": steps, "payloads": payloads, "wait_result": true,
-        });
-        let answer = self.http.post(format!("{}/api/dtmsvr/submit", self.base)).json(&body).send().await?;
-        let status = answer.status();
-        let answer: serde_json::Value =
-            answer.json().await.with_context(|| format!("submit answered {status} without JSON"))?;
-        if status != reqwest::StatusCode::OK || answer.get("dtm_result").and_then(|r| r.as_str()) != Some("SUCCESS") {
-            bail!("submit answered {status}: {answer}");
+        match self.kind {
+            DtmKind::Saga => {
+                let body = serde_json::json!({
+                    "gid": gid, "trans_type": "saga", "steps": steps, "payloads": payloads, "wait_result": true,
+                });
+                self.call("submit", &body).await?;
+            }
+            DtmKind::Msg => {
+                let actions: Vec<&str> = self.steps.iter().map(|(action, _)| action.as_str()).collect();
+                // The back-check is never reached: every message is submitted at once.
+                let check = self.steps.first().map(|(_, c)| c.as_str()).unwrap_or_default();
+                let body = serde_json::json!({
+                    "gid": gid, "trans_type": "msg", "actions": actions, "payloads": payloads,
+                    "query_prepared": check,
+                });
+                self.call("prepare", &body).await?;
+                self.call("submit", &serde_json::json!({ "gid": gid, "trans_type": "msg" })).await?;
+            }
         }
         // The hint may never come (an action retried, the saga failing): the
         // polls below decide in any case.
@@ -331,6 +403,70 @@ impl DtmSaga {
     }
 }
 
+/// `outbox`: one service's outbox and relay, and an HTTP consumer that
+/// tells each waiting client its message arrived.
+struct OutboxBench {
+    /// The service's database.
+    pool: PgPool,
+    /// Its outbox.
+    outbox: tandem_sdk::outbox::Outbox,
+    /// The consumer's URL.
+    url: String,
+    /// Clients waiting for their message, by message id.
+    waiters: LastActionWaiters,
+    /// Stops the relay (at the end of the process).
+    _relay: tokio_util::sync::DropGuard,
+}
+
+impl OutboxBench {
+    async fn start(database_url: &str, connections: u32, calls: Arc<AtomicU64>) -> anyhow::Result<OutboxBench> {
+        let pool = PgPoolOptions::new().max_connections(connections).connect(database_url).await?;
+        let outbox = tandem_sdk::outbox::Outbox::new(pool.clone());
+        outbox.install().await?;
+        let waiters = LastActionWaiters::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/outbox", listener.local_addr()?);
+        let w = waiters.clone();
+        let app = axum::Router::new().route(
+            "/outbox",
+            axum::routing::post(move |headers: axum::http::HeaderMap| {
+                let (w, calls) = (w.clone(), calls.clone());
+                async move {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    let id = headers.get(tandem_sdk::wire::MESSAGE_ID_HEADER).and_then(|v| v.to_str().ok());
+                    if let Some(waiter) = id.and_then(|id| w.lock().ok()?.remove(id)) {
+                        let _ = waiter.send(());
+                    }
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        serve(listener, app);
+        let cancel = tokio_util::sync::CancellationToken::new();
+        outbox.relay(tandem_brokers::Brokers::empty(), Default::default())?.spawn(cancel.clone());
+        Ok(OutboxBench { pool, outbox, url, waiters, _relay: cancel.drop_guard() })
+    }
+
+    /// One message: enqueued with its business row in a local transaction
+    /// (client `row`'s key), committed, then delivered by the relay.
+    async fn run(&self, row: i32) -> anyhow::Result<()> {
+        use tandem_sdk::outbox::{OutboxMessage, OutboxTarget};
+        let mut tx = self.pool.begin().await?;
+        let msg = OutboxMessage::new(format!("client-{row}"), OutboxTarget::http(&self.url), serde_json::json!({}));
+        let enqueued = self.outbox.enqueue(&mut tx, &msg).await?;
+        let (done, arrived) = oneshot::channel();
+        self.waiters.lock().map_err(|_| anyhow::anyhow!("waiters poisoned"))?.insert(enqueued.message_id.clone(), done);
+        tx.commit().await?;
+        self.outbox.wake();
+        let r = tokio::time::timeout(Duration::from_secs(10), arrived).await;
+        if let Ok(mut w) = self.waiters.lock() {
+            w.remove(&enqueued.message_id);
+        }
+        r.context("not delivered within 10 s")?.context("waiter dropped")?;
+        Ok(())
+    }
+}
+
 /// The per-client state of one load-generating client.
 struct Client {
     /// Its own row (`xa`, `at`, `local`...).
@@ -355,8 +491,12 @@ enum Workload {
     ThreePc(Vec<ThreePhaseParticipant>),
     /// Saga: submit the saga, wait for `committed`.
     Saga(SagaRequest),
-    /// The same saga against a DTM HTTP API.
-    DtmrsSaga(DtmSaga),
+    /// The same saga, or messages, against a DTM HTTP API.
+    Dtm(Dtm),
+    /// Messages: prepare, submit, wait for `delivered`.
+    Msg(MessageRequest),
+    /// The outbox: enqueue in a local transaction, wait for the relay's delivery.
+    Outbox(OutboxBench),
 }
 
 /// The 3PC participant's work: vote yes if the account exists; PreCommit runs [`UPDATE`].
@@ -419,8 +559,21 @@ async fn one(client: Option<&TandemClient>, work: &Workload, c: &mut Client) -> 
     let row = c.row;
     c.seq += 1;
     let mode = match work {
-        Workload::DtmrsSaga(dtm) => {
+        Workload::Dtm(dtm) => {
             dtm.run(format!("{}-{row}-{}", dtm.gid_prefix, c.seq)).await?;
+            return Ok(None);
+        }
+        Workload::Outbox(o) => {
+            o.run(c.row).await?;
+            return Ok(None);
+        }
+        Workload::Msg(req) => {
+            let client = client.context("no coordinator")?;
+            let prepared = client.prepare_message(req, None).await?;
+            let done = client.submit_message(&prepared.xid, None).await?;
+            if !done.finished || done.transaction.status != GlobalStatus::Delivered {
+                bail!("message ended {} (finished: {})", done.transaction.status, done.finished);
+            }
             return Ok(None);
         }
         Workload::Saga(req) => {
@@ -484,7 +637,12 @@ async fn one(client: Option<&TandemClient>, work: &Workload, c: &mut Client) -> 
                 p.join(&tx.xid, serde_json::json!({ "row": row })).await?;
             }
         }
-        Workload::Local(_) | Workload::Local1(_) | Workload::Saga(_) | Workload::DtmrsSaga(_) => {}
+        Workload::Local(_)
+        | Workload::Local1(_)
+        | Workload::Saga(_)
+        | Workload::Dtm(_)
+        | Workload::Msg(_)
+        | Workload::Outbox(_) => {}
     }
     let done = client.commit(&tx.xid, None).await?;
     if !done.finished || done.transaction.status != GlobalStatus::Committed {
@@ -504,8 +662,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let calls = Arc::new(AtomicU64::new(0));
-    if args.mode == BenchMode::DtmrsSaga {
-        let url = args.dtm_url.as_deref().context("--mode dtmrs-saga needs --dtm-url")?;
+    if args.mode.is_dtm() {
+        let url = args.dtm_url.as_deref().context("--mode dtmrs-saga and dtmrs-msg need --dtm-url")?;
         let waiters = LastActionWaiters::default();
         let last = format!("{:02}", args.branches); // DTM's branch id of the last step
         let mut participants = Vec::new();
@@ -513,7 +671,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             participants.push(saga_participant(calls.clone(), Some((waiters.clone(), last.clone()))).await?);
         }
         let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
-        let work = Workload::DtmrsSaga(DtmSaga {
+        let kind = if args.mode == BenchMode::DtmrsMsg { DtmKind::Msg } else { DtmKind::Saga };
+        let work = Workload::Dtm(Dtm {
+            kind,
             base: url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder().tcp_nodelay(true).pool_max_idle_per_host(args.concurrency).build()?,
             steps: saga_steps(&participants),
@@ -526,7 +686,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let database_url = args.database_url.as_deref().context("--database-url (or DATABASE_URL) is required")?;
+    if args.mode == BenchMode::Outbox {
+        let work = Workload::Outbox(OutboxBench::start(database_url, args.db_connections, calls.clone()).await?);
+        return bench(args, None, work, calls, None).await;
+    }
     let mut settings = Settings::new(database_url);
+    if args.mode == BenchMode::MsgNats {
+        let spec = format!(
+            "bench=nats://{}?subject=tandem.bench&stream=TANDEM_BENCH",
+            args.nats.trim_start_matches("nats://")
+        );
+        settings.destinations.push(spec.parse().map_err(|e| anyhow::anyhow!("--nats {}: {e}", args.nats))?);
+    }
     settings.db_max_connections = args.db_connections;
     settings.db_relaxed_connections = args.db_relaxed_connections;
     let coordinator = Application::spawn(&settings).await.context("start coordinator")?;
@@ -551,7 +722,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             Workload::Saga(SagaRequest { name: None, timeout_ms: None, retry_limit: None, steps })
         }
-        BenchMode::DtmrsSaga => bail!("dtmrs-saga starts no coordinator"),
+        BenchMode::DtmrsSaga | BenchMode::DtmrsMsg | BenchMode::Outbox => {
+            bail!("{} starts no coordinator", args.mode.as_str())
+        }
+        BenchMode::Msg | BenchMode::MsgNats => {
+            let mut deliveries = Vec::new();
+            if args.mode == BenchMode::MsgNats {
+                deliveries.push(DeliveryRequest {
+                    name: None,
+                    url: None,
+                    destination: Some("bench".into()),
+                    payload: Some(serde_json::json!({})),
+                });
+            } else {
+                for _ in 0..args.branches {
+                    let p = saga_participant(calls.clone(), None).await?;
+                    deliveries.push(DeliveryRequest {
+                        name: None,
+                        url: Some(format!("{p}/action")),
+                        destination: None,
+                        payload: Some(serde_json::json!({})),
+                    });
+                }
+            }
+            let check = saga_participant(calls.clone(), None).await?;
+            Workload::Msg(MessageRequest {
+                name: None,
+                timeout_ms: None,
+                check_url: format!("{check}/compensate"),
+                order: None,
+                deliveries,
+            })
+        }
         BenchMode::Tcc => {
             let mut callbacks = Vec::new();
             for _ in 0..args.branches {
@@ -704,7 +906,7 @@ async fn bench(
         // Iterations that succeeded, warm-up included (to divide server counters by).
         "tx_total": done.load(Ordering::Relaxed),
     });
-    if let Workload::DtmrsSaga(dtm) = &*work {
+    if let Workload::Dtm(dtm) = &*work {
         // Includes the warm-up, like the callbacks count.
         let started = done.load(Ordering::Relaxed).max(1);
         result["query_polls_per_saga"] =
@@ -717,11 +919,7 @@ async fn bench(
     println!(
         "{} {} in {}s with {} clients ({} callbacks delivered in total)",
         tx,
-        if args.mode.is_saga() {
-            format!("finished {}-step sagas", args.branches)
-        } else {
-            format!("committed {}-branch transactions", args.branches)
-        },
+        args.mode.unit(args.branches),
         args.duration_secs,
         args.concurrency,
         calls.load(Ordering::Relaxed)
