@@ -97,6 +97,25 @@ async fn a_message_is_published_to_nats_jetstream_and_to_rabbitmq_once_confirmed
     assert_eq!(got[0].properties.message_id().as_ref().map(|s| s.to_string()), Some(id(2)));
     assert_eq!(amqp_header(&got[0], "tandem-message-id"), Some(id(2)));
     assert_eq!(e.acknowledged("web").len(), 1);
+
+    // An aborted message to the same destinations publishes nothing anywhere.
+    let aborted = client.prepare_message(&req, None).await.unwrap();
+    let done = client.abort_message(&aborted.xid, Some(WAIT)).await.unwrap();
+    assert_eq!(done.transaction.status, GlobalStatus::RolledBack);
+    assert!(done.transaction.branches.iter().all(|b| b.status == tandem_sdk::wire::BranchStatus::Skipped));
+    assert_eq!(stream.count().await, 1, "nothing more in the stream");
+    assert_eq!(e.acknowledged("web").len(), 1, "nothing more over HTTP");
+    let marker = tandem_sdk::wire::DeliveryRequest {
+        name: None,
+        url: None,
+        destination: Some("billing".into()),
+        payload: Some(serde_json::json!({"marker": true})),
+    };
+    // The next message in the queue after the first is the marker's: nothing came between.
+    let last = client.prepare_message(&message(e.check_url(), vec![marker]), None).await.unwrap();
+    client.submit_message(&last.xid, Some(WAIT)).await.unwrap();
+    let next = queue.take(1).await;
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&next[0].data).unwrap(), serde_json::json!({"marker": true}));
     stream.delete().await;
     queue.delete().await;
 }
