@@ -115,7 +115,10 @@ async fn a_message_is_published_to_nats_jetstream_and_to_rabbitmq_once_confirmed
     let last = client.prepare_message(&message(e.check_url(), vec![marker]), None).await.unwrap();
     client.submit_message(&last.xid, Some(WAIT)).await.unwrap();
     let next = queue.take(1).await;
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&next[0].data).unwrap(), serde_json::json!({"marker": true}));
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&next[0].data).unwrap(),
+        serde_json::json!({"marker": true})
+    );
     stream.delete().await;
     queue.delete().await;
 }

@@ -94,7 +94,8 @@ pub struct Limits {
     pub max_timeout_ms: u64,
     /// Largest `wait_ms` of commit and rollback.
     pub max_wait_ms: u64,
-    /// The modes this coordinator serves (a begin with another is refused).
+    /// The modes a begin accepts: those this coordinator serves that start
+    /// with `POST /v1/transactions` (a begin with another is refused).
     pub served_modes: Vec<&'static str>,
 }
 
@@ -105,7 +106,7 @@ impl Limits {
         Limits {
             max_timeout_ms: u64::try_from(t.max_timeout.as_millis()).unwrap_or(u64::MAX),
             max_wait_ms: u64::try_from(t.max_wait.as_millis()).unwrap_or(u64::MAX),
-            served_modes: modes::modes_where(|_| true),
+            served_modes: modes::modes_where(|p| p.begin() == modes::Begin::Transactions),
         }
     }
 }
@@ -221,7 +222,8 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         "/components/schemas/BeginRequest/properties/mode",
         json!({
             "type": "string", "enum": limits.served_modes,
-            "description": "Transaction mode: one this coordinator serves (`Mode` lists every mode of the contract).",
+            "description": "Transaction mode: one this coordinator serves that begins here (`Mode` lists every mode \
+                of the contract; a message is prepared with `POST /v1/messages`).",
         }),
     );
     patch.extend(

@@ -105,6 +105,15 @@ pub enum OptionError {
     },
 }
 
+/// Where a mode's transactions start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// `POST /v1/transactions`.
+    Transactions,
+    /// Another operation (messages: `POST /v1/messages`).
+    Elsewhere(&'static str),
+}
+
 /// What a transaction's deadline does before a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expiry {
@@ -213,6 +222,11 @@ pub enum Step {
 pub trait Protocol: std::marker::Send + Sync + 'static {
     /// The mode.
     fn mode(&self) -> Mode;
+
+    /// Where its transactions start.
+    fn begin(&self) -> Begin {
+        Begin::Transactions
+    }
 
     /// Checks and resolves the mode's begin options.
     fn begin_options(&self, req: &BeginRequest, _limits: OptionLimits) -> Result<ModeOptions, OptionError> {

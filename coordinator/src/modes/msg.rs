@@ -23,7 +23,7 @@
 //! `rolling_back` has nothing to call: the deliveries are `skipped` and the
 //! message ends `rolled_back`.
 
-use super::{phase2_step, Delivery, OptionError, OptionLimits, Order, Protocol, Step, View};
+use super::{phase2_step, Begin, Delivery, OptionError, OptionLimits, Order, Protocol, Step, View};
 use crate::transaction::state::Decision;
 use tandem_wire::{
     BeginRequest, BranchStatus, CallbackAction, CheckOutcome, DeliveryOrder, GlobalStatus, Mode, RollbackReason,
@@ -38,9 +38,17 @@ impl Protocol for Msg {
         Mode::Msg
     }
 
-    fn begin_options(&self, _req: &BeginRequest, _limits: OptionLimits) -> Result<super::ModeOptions, OptionError> {
+    fn begin(&self) -> Begin {
         // The deliveries are part of the prepare: there is nothing to register later.
-        Err(OptionError::BegunElsewhere { mode: Mode::Msg, endpoint: "POST /v1/messages" })
+        Begin::Elsewhere("POST /v1/messages")
+    }
+
+    fn begin_options(&self, _req: &BeginRequest, _limits: OptionLimits) -> Result<super::ModeOptions, OptionError> {
+        let endpoint = match self.begin() {
+            Begin::Elsewhere(endpoint) => endpoint,
+            Begin::Transactions => "POST /v1/transactions",
+        };
+        Err(OptionError::BegunElsewhere { mode: Mode::Msg, endpoint })
     }
 
     fn commit_status(&self) -> GlobalStatus {
