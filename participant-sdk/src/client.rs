@@ -192,10 +192,17 @@ impl TandemClient {
         Ok(self.call(Method::POST, &path, Some(req), &[]).await?.1)
     }
 
-    async fn decide(&self, xid: &Xid, verb: &str, wait: Option<Duration>) -> Result<Decided, ClientError> {
+    /// `POST /v1/{collection}/{xid}/{verb}?wait_ms=`: a decision, waited for up to `wait`.
+    async fn decide(
+        &self,
+        collection: &str,
+        xid: &Xid,
+        verb: &str,
+        wait: Option<Duration>,
+    ) -> Result<Decided, ClientError> {
         let path = match wait {
-            Some(w) => format!("/v1/transactions/{xid}/{verb}?wait_ms={}", w.as_millis()),
-            None => format!("/v1/transactions/{xid}/{verb}"),
+            Some(w) => format!("/v1/{collection}/{xid}/{verb}?wait_ms={}", w.as_millis()),
+            None => format!("/v1/{collection}/{xid}/{verb}"),
         };
         let (status, transaction) = self.call::<(), Transaction>(Method::POST, &path, None, &[]).await?;
         Ok(Decided { transaction, finished: status == StatusCode::OK })
@@ -204,12 +211,12 @@ impl TandemClient {
     /// `POST /v1/transactions/{xid}/commit`. A commit that the coordinator turned
     /// into a rollback is an `invalid_state` problem carrying the transaction.
     pub async fn commit(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
-        self.decide(xid, "commit", wait).await
+        self.decide("transactions", xid, "commit", wait).await
     }
 
     /// `POST /v1/transactions/{xid}/rollback`.
     pub async fn rollback(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
-        self.decide(xid, "rollback", wait).await
+        self.decide("transactions", xid, "rollback", wait).await
     }
 
     /// `POST /v1/sagas`: submits a whole saga and waits up to `wait` for its
@@ -242,24 +249,15 @@ impl TandemClient {
         Ok(self.call(Method::POST, "/v1/messages", Some(req), &headers).await?.1)
     }
 
-    async fn decide_message(&self, xid: &Xid, verb: &str, wait: Option<Duration>) -> Result<Decided, ClientError> {
-        let path = match wait {
-            Some(w) => format!("/v1/messages/{xid}/{verb}?wait_ms={}", w.as_millis()),
-            None => format!("/v1/messages/{xid}/{verb}"),
-        };
-        let (status, transaction) = self.call::<(), Transaction>(Method::POST, &path, None, &[]).await?;
-        Ok(Decided { transaction, finished: status == StatusCode::OK })
-    }
-
     /// `POST /v1/messages/{xid}/submit`: the producer's local transaction
     /// committed; deliver. `finished` once every delivery was acknowledged
     /// within `wait` (`None`: the coordinator's default).
     pub async fn submit_message(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
-        self.decide_message(xid, "submit", wait).await
+        self.decide("messages", xid, "submit", wait).await
     }
 
     /// `POST /v1/messages/{xid}/abort`: nothing is delivered.
     pub async fn abort_message(&self, xid: &Xid, wait: Option<Duration>) -> Result<Decided, ClientError> {
-        self.decide_message(xid, "abort", wait).await
+        self.decide("messages", xid, "abort", wait).await
     }
 }

@@ -3,8 +3,7 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::openapi::{BodyProblems, QueryProblems, ServerProblems};
-use super::transactions::{idempotency_key, wait_of, WaitParams};
-use crate::transaction::service::DecideReply;
+use super::transactions::{decided, idempotency_key, wait_of, WaitParams};
 use crate::transaction::state::Decision;
 use crate::Coordinator;
 use axum::extract::{Path, State};
@@ -47,10 +46,7 @@ pub async fn prepare(
 
 async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
     let wait = wait_of(&c, &p)?;
-    Ok(match c.decide_message(&xid, d, wait).await? {
-        DecideReply::Finished(t) => (StatusCode::OK, Json(*t)).into_response(),
-        DecideReply::InProgress(t) => (StatusCode::ACCEPTED, Json(*t)).into_response(),
-    })
+    Ok(decided(c.decide_message(&xid, d, wait).await?))
 }
 
 /// Submit a prepared message: `delivering` (durably), then every delivery

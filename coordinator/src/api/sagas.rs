@@ -3,13 +3,11 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::openapi::{BodyProblems, ServerProblems};
-use super::transactions::{idempotency_key, wait_of, WaitParams};
-use crate::transaction::service::DecideReply;
+use super::transactions::{decided, idempotency_key, wait_of, WaitParams};
 use crate::Coordinator;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::response::Response;
 use tandem_wire::{Problem, SagaRequest, Transaction};
 
 /// Submit a saga: its steps' actions are called by the coordinator (in
@@ -43,10 +41,7 @@ pub async fn submit(
     let key = idempotency_key(&headers)?;
     let wait = wait_of(&c, &p)?;
     let (reply, created) = c.submit_saga(req, key, wait).await?;
-    let mut resp = match reply {
-        DecideReply::Finished(t) => (StatusCode::OK, Json(*t)).into_response(),
-        DecideReply::InProgress(t) => (StatusCode::ACCEPTED, Json(*t)).into_response(),
-    };
+    let mut resp = decided(reply);
     if !created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }

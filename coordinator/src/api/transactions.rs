@@ -177,12 +177,17 @@ pub(super) fn wait_of(c: &Coordinator, p: &WaitParams) -> Result<Duration, ApiEr
     Ok(wait)
 }
 
-async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
-    let wait = wait_of(&c, &p)?;
-    Ok(match c.decide(&xid, d, wait).await? {
+/// A decision's answer: 200 terminal, 202 still running.
+pub(super) fn decided(reply: DecideReply) -> Response {
+    match reply {
         DecideReply::Finished(t) => (StatusCode::OK, Json(*t)).into_response(),
         DecideReply::InProgress(t) => (StatusCode::ACCEPTED, Json(*t)).into_response(),
-    })
+    }
+}
+
+async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+    let wait = wait_of(&c, &p)?;
+    Ok(decided(c.decide(&xid, d, wait).await?))
 }
 
 /// Decide commit.

@@ -420,9 +420,12 @@ impl Coordinator {
         requested: Decision,
         wait: Duration,
     ) -> Result<DecideReply, CoordinatorError> {
+        let started = Instant::now();
         let parsed = parse_xid(xid)?;
         match self.store().transaction(&parsed).await? {
-            Some(row) if row.mode == Mode::Msg => self.decide(xid, requested, wait).await,
+            // The one-statement decision only moves `active` transactions,
+            // which a message never is: straight to the general path.
+            Some(row) if row.mode == Mode::Msg => self.decide_general(&parsed, requested, wait, started).await,
             _ => Err(CoordinatorError::TransactionNotFound(xid.to_owned())),
         }
     }
@@ -562,11 +565,22 @@ impl Coordinator {
             let job = Job { tx, branches, leased_at: started, resumed: Resumed::Fresh, recorded_starts: Vec::new() };
             return self.start_driving(&xid, job, requested, Overridden::No, wait, started).await;
         }
+        self.decide_general(&xid, requested, wait, started).await
+    }
 
-        // Anything else: read, ask the state machine, write if unchanged.
+    /// Any decision but the one-statement common case: read, ask the state
+    /// machine, write if unchanged. `wait` counts from `started`.
+    async fn decide_general(
+        &self,
+        xid: &Xid,
+        requested: Decision,
+        wait: Duration,
+        started: Instant,
+    ) -> Result<DecideReply, CoordinatorError> {
+        let timing = self.timing();
         let r = self
             .store()
-            .decide(&xid, self.instance_id(), timing.lease, |tx, branches| {
+            .decide(xid, self.instance_id(), timing.lease, |tx, branches| {
                 let protocol = served(tx.mode)?;
                 let statuses = branches.iter().map(|b| b.status);
                 Ok(state::decide(requested, DecisionInput::new(tx.status, tx.expired, statuses, protocol)))
@@ -585,9 +599,9 @@ impl Coordinator {
                     recorded_starts: Vec::new(),
                 };
                 let overridden = if overridden { Overridden::Yes } else { Overridden::No };
-                self.start_driving(&xid, job, requested, overridden, wait, started).await
+                self.start_driving(xid, job, requested, overridden, wait, started).await
             }
-            DecisionOutcome::AlreadyDecided => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await,
+            DecisionOutcome::AlreadyDecided => self.wait_terminal(xid, wait.saturating_sub(started.elapsed())).await,
             DecisionOutcome::Conflict => {
                 let current = r.tx.to_wire(&r.branches);
                 let verb = match requested {
