@@ -2,6 +2,7 @@
 //! decision agrees with the pure state machine, the live partial indexes
 //! match the Rust status sets, and the in-flight gauge names every status.
 
+mod operator;
 mod support;
 
 use proptest::prelude::*;
@@ -316,8 +317,11 @@ async fn the_openapi_document_lists_every_route_with_its_problems() {
             "GET /metrics",
             "GET /openapi.json",
             "GET /readyz",
+            "GET /v1/locks",
+            "GET /v1/overview",
             "GET /v1/transactions",
             "GET /v1/transactions/{xid}",
+            "GET /v1/transactions/{xid}/timeline",
             "POST /v1/locks/check",
             "POST /v1/messages",
             "POST /v1/messages/{xid}/abort",
@@ -327,7 +331,9 @@ async fn the_openapi_document_lists_every_route_with_its_problems() {
             "POST /v1/transactions/{xid}/branches",
             "POST /v1/transactions/{xid}/branches/{branch_id}/report",
             "POST /v1/transactions/{xid}/commit",
+            "POST /v1/transactions/{xid}/retry",
             "POST /v1/transactions/{xid}/rollback",
+            "POST /v1/transactions/{xid}/stop",
         ]
     );
     // Every status of the contract's enums is in the document, the 3PC branch statuses included.

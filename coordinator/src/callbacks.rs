@@ -3,13 +3,16 @@
 //! broker destinations (published through `tandem-brokers`, done once the
 //! broker confirmed them).
 
+use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::store::{BranchRow, TxRow};
 use crate::transaction::state::{classify_http, CallbackResult};
+use chrono::{DateTime, Utc};
 use std::time::{Duration, Instant};
 use tandem_brokers::{Brokers, Outgoing};
 use tandem_wire::{
-    message_id, CallbackAction, CallbackRequest, CheckOutcome, CheckReply, CheckRequest, MESSAGE_ID_HEADER, XID_HEADER,
+    message_id, AttemptOutcome, BranchId, CallbackAction, CallbackRequest, CheckOutcome, CheckReply, CheckRequest,
+    EventKind, TimelineEvent, MAX_EVENT_ERROR_BYTES, MESSAGE_ID_HEADER, XID_HEADER,
 };
 
 /// How much of a participant's answer body is kept for `last_error` (an AT
@@ -25,12 +28,19 @@ pub struct CallbackClient {
     metrics: Metrics,
     /// The configured broker destinations of message deliveries.
     brokers: Brokers,
+    /// Where every attempt is recorded (the timeline).
+    events: EventLog,
 }
 
 impl CallbackClient {
     /// A client whose requests time out after `timeout`, publishing message
     /// deliveries through `brokers`.
-    pub fn new(timeout: Duration, metrics: Metrics, brokers: Brokers) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        timeout: Duration,
+        metrics: Metrics,
+        brokers: Brokers,
+        events: EventLog,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
@@ -39,7 +49,7 @@ impl CallbackClient {
             // A participant must not send the coordinator elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()?;
-        Ok(CallbackClient { http, metrics, brokers })
+        Ok(CallbackClient { http, metrics, brokers, events })
     }
 
     /// Whether `name` is a configured broker destination.
@@ -62,25 +72,32 @@ impl CallbackClient {
         };
         let body =
             CheckRequest { xid: tx.xid.clone(), mode: tx.mode, action: CallbackAction::Check, name: tx.name.clone() };
-        let started = Instant::now();
-        let result = match self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body).send().await {
-            Ok(resp) if resp.status().as_u16() == 200 => match resp.json::<CheckReply>().await {
-                Ok(reply) => Ok(reply.outcome),
-                Err(e) => Err(format!("200 without a check reply: {e}")),
-            },
-            Ok(resp) if resp.status().as_u16() == 409 => Ok(CheckOutcome::RolledBack),
-            Ok(resp) => {
-                let status = resp.status().as_u16();
-                Err(format!("{status}: {}", read_prefix(resp).await))
-            }
-            Err(e) if e.is_timeout() => Err(format!("no answer within the callback timeout: {e}")),
-            Err(e) => Err(format!("request failed: {e}")),
+        let (started, at) = (Instant::now(), Utc::now());
+        let (result, http_status) =
+            match self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body).send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    let result = match status {
+                        200 => match resp.json::<CheckReply>().await {
+                            Ok(reply) => Ok(reply.outcome),
+                            Err(e) => Err(format!("200 without a check reply: {e}")),
+                        },
+                        409 => Ok(CheckOutcome::RolledBack),
+                        _ => Err(format!("{status}: {}", read_prefix(resp).await)),
+                    };
+                    (result, Some(status))
+                }
+                Err(e) if e.is_timeout() => (Err(format!("no answer within the callback timeout: {e}")), None),
+                Err(e) => (Err(format!("request failed: {e}")), None),
+            };
+        let (outcome, error) = match &result {
+            Ok(CheckOutcome::Unknown) => (AttemptOutcome::Unknown, Some("the producer does not know yet".to_owned())),
+            Err(e) => (AttemptOutcome::Unknown, Some(e.clone())),
+            Ok(o) => (AttemptOutcome::Done, Some(format!("the producer answered {o:?}"))),
         };
-        let outcome = match &result {
-            Ok(CheckOutcome::Unknown) | Err(_) => "unknown",
-            Ok(_) => "done",
-        };
-        self.observe(CallbackAction::Check, outcome, started);
+        self.observe(CallbackAction::Check, outcome.as_str(), started);
+        let attempt = Attempt { branch_id: None, action: CallbackAction::Check, at, started, http_status };
+        self.attempted(tx, attempt, outcome, error);
         result
     }
 
@@ -142,11 +159,11 @@ impl CallbackClient {
         action: CallbackAction,
         timeout: Option<Duration>,
     ) -> CallbackResult {
+        let (started, at) = (Instant::now(), Utc::now());
         if let Some(destination) = branch.destination.as_deref() {
-            let started = Instant::now();
             let result = self.publish(tx, branch, destination).await;
-            let outcome = if result == CallbackResult::Done { "done" } else { "unknown" };
-            self.observe(action, outcome, started);
+            let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status: None };
+            self.finished(tx, attempt, &result);
             return result;
         }
         let body = CallbackRequest {
@@ -158,7 +175,6 @@ impl CallbackClient {
             payload: branch.payload.clone(),
             three_phase: tx.three_phase,
         };
-        let started = Instant::now();
         let mut request = self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body);
         if action == CallbackAction::Deliver {
             request = request.header(MESSAGE_ID_HEADER, message_id(&tx.xid, &branch.branch_id));
@@ -166,24 +182,68 @@ impl CallbackClient {
         if let Some(t) = timeout {
             request = request.timeout(t);
         }
+        let mut http_status = None;
         let result = match request.send().await {
             Ok(resp) => {
                 let status = resp.status().as_u16();
+                http_status = Some(status);
                 let text = if (200..300).contains(&status) { String::new() } else { read_prefix(resp).await };
                 classify_http(status, &text)
             }
             Err(e) if e.is_timeout() => CallbackResult::Unknown(format!("no answer within the callback timeout: {e}")),
             Err(e) => CallbackResult::Unknown(format!("request failed: {e}")),
         };
-        let outcome = match &result {
-            CallbackResult::Done => "done",
-            CallbackResult::Refused(_) => "refused",
-            CallbackResult::HeuristicCommit(_) => "heuristic",
-            CallbackResult::Unknown(_) => "unknown",
-        };
-        self.observe(action, outcome, started);
+        let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status };
+        self.finished(tx, attempt, &result);
         result
     }
+
+    /// Times and records a callback's result.
+    fn finished(&self, tx: &TxRow, attempt: Attempt<'_>, result: &CallbackResult) {
+        let (outcome, error) = match result {
+            CallbackResult::Done => (AttemptOutcome::Done, None),
+            CallbackResult::Refused(e) => (AttemptOutcome::Refused, Some(e)),
+            CallbackResult::HeuristicCommit(e) => (AttemptOutcome::Heuristic, Some(e)),
+            CallbackResult::Unknown(e) => (AttemptOutcome::Unknown, Some(e)),
+        };
+        self.observe(attempt.action, outcome.as_str(), attempt.started);
+        self.attempted(tx, attempt, outcome, error.map(|e| truncated(e, MAX_EVENT_ERROR_BYTES)));
+    }
+
+    /// Records one attempt in the event log.
+    fn attempted(&self, tx: &TxRow, attempt: Attempt<'_>, outcome: AttemptOutcome, error: Option<String>) {
+        let mut event = TimelineEvent::new(attempt.at, EventKind::Attempt);
+        event.branch_id = attempt.branch_id.map(|b| b.as_str().to_owned());
+        event.action = Some(attempt.action);
+        event.outcome = Some(outcome);
+        event.http_status = attempt.http_status;
+        event.latency_us = Some(u64::try_from(attempt.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+        event.detail = error;
+        self.events.record(&tx.xid, event);
+    }
+}
+
+/// One callback being made, for its record.
+struct Attempt<'a> {
+    /// The branch called (none: a message's back-check).
+    branch_id: Option<&'a BranchId>,
+    /// What was asked.
+    action: CallbackAction,
+    /// When it was sent (wall clock, for the timeline).
+    at: DateTime<Utc>,
+    /// When it was sent (monotonic, for its latency).
+    started: Instant,
+    /// The participant's HTTP status, if it answered.
+    http_status: Option<u16>,
+}
+
+/// At most `max` bytes of `s`, cut on a character boundary.
+fn truncated(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// Reads at most [`MAX_ERROR_BODY`] bytes of an answer (participants' error pages can be large).

@@ -1,4 +1,7 @@
-//! Command line of the `tandem` binary.
+//! Command line of the `tandem` binary: the server (`serve`, `migrate`) and
+//! the operator's client of a running one (`tx`, `locks`, in [`ops`]).
+
+pub mod ops;
 
 use crate::config::Settings;
 use crate::startup::{shutdown_signal, Application};
@@ -36,6 +39,12 @@ pub enum Command {
         #[arg(long, env = "DATABASE_URL")]
         database_url: String,
     },
+    /// Transactions of a running coordinator: list, show, retry, stop.
+    #[command(subcommand)]
+    Tx(ops::TxCommand),
+    /// Global locks of a running coordinator.
+    #[command(subcommand)]
+    Locks(ops::LocksCommand),
 }
 
 /// Initialises logging (`RUST_LOG` filters; default `info`).
@@ -51,8 +60,25 @@ pub fn init_tracing(format: LogFormat) {
 
 /// Entry point of the binary.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    init_tracing(cli.log_format);
-    match cli.command {
+    // The client commands print their own results; no log lines between them.
+    let client = match cli.command {
+        Command::Tx(cmd) => Some(ops::tx(cmd).await),
+        Command::Locks(cmd) => Some(ops::locks(cmd).await),
+        command => {
+            serve_or_migrate(command, cli.log_format).await?;
+            None
+        }
+    };
+    if let Some(Err(e)) = client {
+        eprintln!("tandem: {e}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn serve_or_migrate(command: Command, log_format: LogFormat) -> anyhow::Result<()> {
+    init_tracing(log_format);
+    match command {
         Command::Serve(settings) => {
             let app = Application::build(&settings).await?;
             let token = app.shutdown_token();
@@ -78,6 +104,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             store.close().await;
             tracing::info!("migrations applied");
         }
+        Command::Tx(_) | Command::Locks(_) => {}
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ pub mod defaults {
     pub const REQUEST_TIMEOUT_MS: u64 = 60_000;
     /// `--shutdown-grace-ms`.
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
+    /// How long callback attempts and other timeline events are kept (7 days).
+    pub const EVENTS_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
 }
 
 /// Settings of `tandem serve`.
@@ -85,6 +87,10 @@ pub struct Settings {
     /// Name of this process in leases (default: host-pid-random).
     #[arg(long, env = "TANDEM_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// How long the timeline's recorded events (callback attempts, takeovers,
+    /// operator actions) are kept; older ones are deleted in small batches.
+    #[arg(long, env = "TANDEM_EVENTS_RETENTION_MS", default_value_t = defaults::EVENTS_RETENTION_MS)]
+    pub events_retention_ms: u64,
     /// A broker destination that message deliveries may name, as
     /// `NAME=nats://HOST:PORT?subject=SUBJECT[&stream=STREAM]` or
     /// `NAME=amqp://USER:PASS@HOST:PORT/VHOST?exchange=EXCHANGE&routing_key=KEY[&queue=QUEUE]`.
@@ -119,6 +125,7 @@ impl Settings {
             request_timeout_ms: defaults::REQUEST_TIMEOUT_MS,
             shutdown_grace_ms: defaults::SHUTDOWN_GRACE_MS,
             instance_id: None,
+            events_retention_ms: defaults::EVENTS_RETENTION_MS,
             destinations: Vec::new(),
         }
     }

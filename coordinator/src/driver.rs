@@ -605,6 +605,7 @@ impl Coordinator {
     }
 
     fn count_terminal(&self, tx: &TxRow, terminal: GlobalStatus) {
+        self.events().ended(tx.mode, terminal);
         let m = self.metrics();
         let mode = tx.mode.as_str();
         match terminal {

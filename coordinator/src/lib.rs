@@ -11,6 +11,8 @@
 //! - [`driver`]: the one driver: performs a leased transaction's steps (the
 //!   phases before a decision, phase 2) with I/O.
 //! - [`callbacks`]: the HTTP client that talks to participants.
+//! - [`events`]: the event log: callback attempts, takeovers and ends,
+//!   recorded off the hot path for the console's timeline and overview.
 //! - [`recovery`]: background worker for timeouts and interrupted phase 2.
 //! - [`store`]: all SQL; durable and relaxed commit pools.
 //! - [`metrics`]: Prometheus registry.
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod config;
 pub mod driver;
 pub mod error;
+pub mod events;
 pub mod metrics;
 pub mod modes;
 pub mod recovery;

@@ -32,6 +32,8 @@ pub struct Metrics {
     /// 3PC transactions that ended `heuristic_mixed` (a participant committed
     /// on its own timeout while the coordinator decided rollback), by mode.
     pub heuristic: IntCounterVec,
+    /// Timeline events dropped because the event log's writer fell behind.
+    pub events_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -69,6 +71,11 @@ impl Metrics {
             "AT registrations refused with lock_conflict (another transaction held a global lock)",
         )?;
         registry.register(Box::new(lock_conflicts.clone()))?;
+        let events_dropped = IntCounter::new(
+            "tandem_events_dropped_total",
+            "Timeline events (callback attempts, takeovers) dropped because the event log fell behind",
+        )?;
+        registry.register(Box::new(events_dropped.clone()))?;
         let callback_seconds = HistogramVec::new(
             HistogramOpts::new("tandem_callback_duration_seconds", "Callback round trip")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -99,6 +106,7 @@ impl Metrics {
             recovered,
             lock_conflicts,
             heuristic,
+            events_dropped,
         })
     }
 

@@ -12,6 +12,7 @@ use crate::store::{StoreError, TxRow};
 use crate::Coordinator;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tandem_wire::{EventKind, TimelineEvent};
 use tokio::sync::Semaphore;
 
 /// Transactions this worker drives at once (each holds a lease).
@@ -56,6 +57,7 @@ pub async fn pass(coordinator: &Coordinator, permits: &Arc<Semaphore>) -> Result
         let claimed_expired = expired.len();
         // Start what is claimed before claiming more: a failure later in this
         // pass must not leave claimed transactions waiting for their lease.
+        let expired = expired.into_iter().map(|t| (t, None)).collect();
         start(coordinator, permits, "timeout", expired, leased_at).await;
         let left = free - claimed_expired;
         let mut claimed_due = 0;
@@ -73,12 +75,20 @@ pub async fn pass(coordinator: &Coordinator, permits: &Arc<Semaphore>) -> Result
     }
 }
 
-async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, rows: Vec<TxRow>, leased_at: Instant) {
+/// Drives each claimed transaction; one whose lease had expired under
+/// another coordinator (`previous` owner) gets a takeover event.
+async fn start(
+    coordinator: &Coordinator,
+    permits: &Arc<Semaphore>,
+    kind: &str,
+    rows: Vec<(TxRow, Option<String>)>,
+    leased_at: Instant,
+) {
     if rows.is_empty() {
         return;
     }
     coordinator.metrics().recovered.with_label_values(&[kind]).inc_by(rows.len() as u64);
-    let xids: Vec<_> = rows.iter().map(|t| t.xid.clone()).collect();
+    let xids: Vec<_> = rows.iter().map(|(t, _)| t.xid.clone()).collect();
     let mut branches = match coordinator.store().branches_of(&xids).await {
         Ok(b) => b,
         Err(e) => {
@@ -87,7 +97,13 @@ async fn start(coordinator: &Coordinator, permits: &Arc<Semaphore>, kind: &str, 
             return;
         }
     };
-    for tx in rows {
+    for (tx, previous) in rows {
+        if let Some(previous) = previous {
+            let mut event = TimelineEvent::new(chrono::Utc::now(), EventKind::Takeover);
+            event.status = Some(tx.status);
+            event.detail = Some(format!("the lease of {previous} expired"));
+            coordinator.events().record(&tx.xid, event);
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             // Cannot happen (claims are bounded by free permits); the lease expires and it is claimed again.
             continue;

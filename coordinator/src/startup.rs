@@ -4,6 +4,7 @@
 
 use crate::callbacks::CallbackClient;
 use crate::config::Settings;
+use crate::events::{EventLog, EventWriter};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::{api, recovery, Coordinator};
@@ -42,6 +43,8 @@ pub struct Application {
     coordinator: Coordinator,
     /// The HTTP routes.
     router: axum::Router,
+    /// The event log's writer, run by [`Application::run`].
+    events: EventWriter,
 }
 
 /// A coordinator serving in a task of the caller's process
@@ -106,16 +109,18 @@ impl Application {
         if !settings.destinations.is_empty() {
             tracing::info!(destinations = ?brokers.names(), "broker destinations configured");
         }
-        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone(), brokers)?;
         let instance_id = settings.instance_id.clone().unwrap_or_else(default_instance_id);
-        let coordinator = Coordinator::new(store, metrics, callbacks, timing, instance_id);
+        let retention = Duration::from_millis(settings.events_retention_ms);
+        let (log, events) = EventLog::new(&instance_id, metrics.clone(), retention);
+        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone(), brokers, log.clone())?;
+        let coordinator = Coordinator::new(store, metrics, callbacks, log, timing, instance_id);
         let router = api::router(
             coordinator.clone(),
             settings.max_body_bytes,
             Duration::from_millis(settings.request_timeout_ms),
         );
         let listener = TcpListener::bind(settings.listen).await?;
-        Ok(Application { listener, coordinator, router })
+        Ok(Application { listener, coordinator, router, events })
     }
 
     /// Builds a coordinator with `settings` (port 0 picks a free port) and
@@ -147,8 +152,11 @@ impl Application {
     /// finishes in-flight requests, lets phase-2 passes end (releasing their
     /// leases) within the grace period, and closes the pools.
     pub async fn run(self) -> Result<(), StartupError> {
-        let Application { listener, coordinator, router } = self;
+        let Application { listener, coordinator, router, events } = self;
         let shutdown = coordinator.shutdown_token().clone();
+        // Stopped after the drivers: their last attempts are written too.
+        let events_stop = CancellationToken::new();
+        let writer = tokio::spawn(events.run(coordinator.store().clone(), events_stop.clone()));
         tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, instance = coordinator.instance_id(), "coordinator listening");
         let worker = tokio::spawn(recovery::run(coordinator.clone()));
         // Request/response traffic: never let Nagle hold a small answer back.
@@ -166,6 +174,8 @@ impl Application {
         }
         // The worker ends at its next select on the cancelled token.
         let _ = worker.await;
+        events_stop.cancel();
+        let _ = writer.await;
         coordinator.store().close().await;
         tracing::info!("coordinator stopped");
         Ok(served?)

@@ -10,6 +10,7 @@ pub mod de;
 mod ids;
 pub mod limits;
 mod msg;
+mod operator;
 mod problem;
 mod saga;
 mod status;
@@ -19,6 +20,10 @@ pub use ids::{BranchId, IdError, Xid, ID_PATTERN, MAX_ID_LEN};
 pub use msg::{
     message_id, parse_message_id, CheckOutcome, CheckReply, CheckRequest, DeliveryOrder, DeliveryRequest, MessageInfo,
     MessageRequest, MAX_DELIVERIES, MESSAGE_ID_HEADER,
+};
+pub use operator::{
+    AttemptOutcome, EventKind, LockInfo, LockList, MinuteCount, Overview, StatusCount, StopRequest, Timeline,
+    TimelineEvent, MAX_EVENT_ERROR_BYTES, MAX_NOTE_CHARS, STUCK_ATTEMPTS,
 };
 pub use problem::{ErrorCode, LockHolder, Problem, PROBLEM_CONTENT_TYPE};
 pub use saga::{ActionSide, CompensationSide, SagaRequest, SagaStep, SagaStepRequest, MAX_RETRY_LIMIT, MAX_SAGA_STEPS};

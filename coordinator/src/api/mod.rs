@@ -5,6 +5,7 @@ pub mod extract;
 pub mod locks;
 pub mod messages;
 pub mod openapi;
+pub mod operator;
 pub mod ops;
 pub mod sagas;
 pub mod transactions;
@@ -38,6 +39,11 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(messages::submit))
         .routes(routes!(messages::abort))
         .routes(routes!(locks::check))
+        .routes(routes!(operator::timeline))
+        .routes(routes!(operator::retry))
+        .routes(routes!(operator::stop))
+        .routes(routes!(operator::overview))
+        .routes(routes!(operator::locks))
         .routes(routes!(ops::healthz))
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))

@@ -36,6 +36,8 @@ use utoipa::OpenApi;
         (name = "sagas", description = "Sagas submitted whole (extension)"),
         (name = "messages", description = "Two-phase messages (extension)"),
         (name = "locks", description = "Global row locks of AT mode"),
+        (name = "operators", description = "What operators read and do: timelines, the overview, locks held, \
+            retry and stop (extension; the console and the CLI use these)"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -254,6 +256,7 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
         ("SagaStepRequest", "name", text(1, limits::MAX_RESOURCE_CHARS)),
         ("SagaStepRequest", "action_url", callback_url.clone()),
         ("MessageRequest", "name", text(0, limits::MAX_NAME_CHARS)),
+        ("StopRequest", "note", text(1, tandem_wire::MAX_NOTE_CHARS)),
         ("MessageRequest", "timeout_ms", timeout),
         ("MessageRequest", "check_url", callback_url.clone()),
         ("MessageRequest", "deliveries", json!({ "minItems": 1, "maxItems": tandem_wire::MAX_DELIVERIES })),
@@ -295,6 +298,19 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
             json!({ "type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": DEFAULT_PAGE }),
         ),
         ("/v1/transactions", "get", "after", json!({ "type": "string", "pattern": tandem_wire::ID_PATTERN })),
+        (
+            "/v1/transactions",
+            "get",
+            "name",
+            json!({ "type": "string", "maxLength": limits::MAX_NAME_CHARS, "pattern": no_nul }),
+        ),
+        (
+            "/v1/transactions",
+            "get",
+            "xid",
+            json!({ "type": "string", "maxLength": tandem_wire::MAX_ID_LEN, "pattern": no_nul }),
+        ),
+        ("/v1/locks", "get", "limit", json!({ "type": "integer", "minimum": 1, "maximum": 500, "default": 100 })),
         ("/v1/transactions/{xid}/commit", "post", "wait_ms", wait.clone()),
         ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait.clone()),
         ("/v1/sagas", "post", "wait_ms", wait.clone()),

@@ -87,10 +87,40 @@ pub struct ListParams {
     /// Only transactions of this mode.
     #[param(value_type = Option<Mode>)]
     mode: Option<String>,
+    /// Only transactions whose name starts with this. Extension.
+    name: Option<String>,
+    /// Only transactions whose xid contains this. Extension.
+    xid: Option<String>,
+    /// Only transactions created at or after this time (RFC 3339). Extension.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    created_after: Option<String>,
+    /// Only transactions created before this time (RFC 3339). Extension.
+    #[param(value_type = Option<chrono::DateTime<chrono::Utc>>)]
+    created_before: Option<String>,
     /// Page size, 1 to 500 (default 50).
     limit: Option<u32>,
     /// Cursor: the `next` of the previous page.
     after: Option<String>,
+}
+
+/// An RFC 3339 time of a query parameter.
+#[allow(clippy::result_large_err)]
+fn time_param(name: &str, v: Option<String>) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    v.map(|s| {
+        chrono::DateTime::parse_from_rfc3339(&s)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| validation(format!("{name}: not an RFC 3339 time: {e}")))
+    })
+    .transpose()
+}
+
+/// A text query parameter: at most `max` characters, no U+0000.
+#[allow(clippy::result_large_err)]
+fn text_param(name: &'static str, v: Option<String>, max: usize) -> Result<Option<String>, ApiError> {
+    if let Some(s) = &v {
+        tandem_wire::limits::check_text(name, s, 0, max).map_err(|e| validation(e.to_string()))?;
+    }
+    Ok(v.filter(|s| !s.is_empty()))
 }
 
 /// List transactions, newest first, paged.
@@ -112,7 +142,12 @@ pub async fn list(
     }
     let limit = i64::from(limit);
     let after = p.after.map(Xid::parse).transpose().map_err(|e| validation(format!("after: {e}")))?;
-    Ok(Json(c.list(ListFilter { status, mode, limit, after }).await?))
+    let name = text_param("name", p.name, tandem_wire::limits::MAX_NAME_CHARS)?;
+    let xid = text_param("xid", p.xid, tandem_wire::MAX_ID_LEN)?;
+    let created_after = time_param("created_after", p.created_after)?;
+    let created_before = time_param("created_before", p.created_before)?;
+    let filter = ListFilter { status, mode, name, xid, created_after, created_before, limit, after };
+    Ok(Json(c.list(filter).await?))
 }
 
 /// Register a branch.

@@ -4,7 +4,7 @@ use super::rows::{branch_cols, branch_cols_b, tx_cols, BranchRow, TxRow};
 use super::{Store, StoreError};
 use sqlx::{FromRow, Row};
 use std::collections::HashMap;
-use tandem_wire::{GlobalStatus, Mode, Xid};
+use tandem_wire::Xid;
 
 /// Parses rows of a transaction joined with its branches (`b_` columns).
 pub(super) fn tx_with_branches(rows: &[sqlx::postgres::PgRow]) -> Result<Option<(TxRow, Vec<BranchRow>)>, StoreError> {
@@ -86,42 +86,6 @@ impl Store {
             map.entry(r.xid.clone()).or_default().push(r);
         }
         Ok(map)
-    }
-
-    /// A page of transactions, newest first (xids are UUIDv7, time-ordered),
-    /// strictly older than `after` (an xid). The cursor is an index bound, so a
-    /// deep page costs what the first does.
-    pub async fn list_transactions(
-        &self,
-        status: Option<GlobalStatus>,
-        mode: Option<Mode>,
-        limit: i64,
-        after: Option<&Xid>,
-    ) -> Result<Vec<TxRow>, StoreError> {
-        let q = match after {
-            Some(after) => sqlx::query_as::<_, TxRow>(concat!(
-                "SELECT ",
-                tx_cols!(),
-                " FROM global_transactions WHERE xid < $4 \
-                   AND ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
-                 ORDER BY xid DESC LIMIT $3"
-            ))
-            .bind(status.map(GlobalStatus::as_str))
-            .bind(mode.map(Mode::as_str))
-            .bind(limit)
-            .bind(after.as_str()),
-            None => sqlx::query_as::<_, TxRow>(concat!(
-                "SELECT ",
-                tx_cols!(),
-                " FROM global_transactions \
-                 WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
-                 ORDER BY xid DESC LIMIT $3"
-            ))
-            .bind(status.map(GlobalStatus::as_str))
-            .bind(mode.map(Mode::as_str))
-            .bind(limit),
-        };
-        self.timed("list_transactions", q.fetch_all(&self.relaxed)).await
     }
 
     /// The transaction and its branches (registration order), read in one statement.

@@ -6,11 +6,12 @@ use crate::callbacks::CallbackClient;
 use crate::config::Timing;
 use crate::driver::{Job, Outcome};
 use crate::error::CoordinatorError;
+use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::modes::{self, saga, OptionLimits, Protocol, Resumed};
 use crate::store::{
     LockedRegistration, NewBranch, NewDelivery, NewMessage, NewSaga, NewStep, NewTransaction, ReportResult, Store,
-    StoreError,
+    StoreError, TxFilter,
 };
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,6 +37,8 @@ struct Inner {
     metrics: Metrics,
     /// Participant HTTP client.
     callbacks: CallbackClient,
+    /// Where attempts, takeovers and ends are recorded for the timeline.
+    events: EventLog,
     /// Timing knobs.
     timing: Timing,
     /// This process's name in leases.
@@ -77,6 +80,14 @@ pub struct ListFilter {
     pub status: Option<GlobalStatus>,
     /// Only this mode.
     pub mode: Option<Mode>,
+    /// Only names starting with this.
+    pub name: Option<String>,
+    /// Only xids containing this.
+    pub xid: Option<String>,
+    /// Only created at or after this.
+    pub created_after: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only created before this.
+    pub created_before: Option<chrono::DateTime<chrono::Utc>>,
     /// Page size (1..=500).
     pub limit: i64,
     /// Cursor: the last xid of the previous page.
@@ -87,7 +98,7 @@ fn invalid(detail: impl Into<String>, tx: Option<Transaction>) -> CoordinatorErr
     CoordinatorError::InvalidState { detail: detail.into(), transaction: tx.map(Box::new) }
 }
 
-fn parse_xid(xid: &str) -> Result<Xid, CoordinatorError> {
+pub(crate) fn parse_xid(xid: &str) -> Result<Xid, CoordinatorError> {
     Xid::parse(xid).map_err(|_| CoordinatorError::TransactionNotFound(xid.to_owned()))
 }
 
@@ -97,6 +108,7 @@ impl Coordinator {
         store: Store,
         metrics: Metrics,
         callbacks: CallbackClient,
+        events: EventLog,
         timing: Timing,
         instance_id: String,
     ) -> Coordinator {
@@ -105,12 +117,18 @@ impl Coordinator {
                 store,
                 metrics,
                 callbacks,
+                events,
                 timing,
                 instance_id,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
             }),
         }
+    }
+
+    /// The event log (timeline and overview).
+    pub fn events(&self) -> &EventLog {
+        &self.inner.events
     }
 
     /// Persistence handle.
@@ -442,8 +460,15 @@ impl Coordinator {
 
     /// A page of transactions, newest first.
     pub async fn list(&self, filter: ListFilter) -> Result<TransactionList, CoordinatorError> {
-        let rows =
-            self.store().list_transactions(filter.status, filter.mode, filter.limit, filter.after.as_ref()).await?;
+        let f = TxFilter {
+            status: filter.status,
+            mode: filter.mode,
+            name_prefix: filter.name.as_deref(),
+            xid_contains: filter.xid.as_deref(),
+            created_after: filter.created_after,
+            created_before: filter.created_before,
+        };
+        let rows = self.store().list_filtered(&f, filter.limit, filter.after.as_ref()).await?;
         let xids: Vec<Xid> = rows.iter().map(|r| r.xid.clone()).collect();
         let mut branches = self.store().branches_of(&xids).await?;
         let next = if rows.len() as i64 == filter.limit { xids.last().map(|x| x.to_string()) } else { None };

@@ -34,6 +34,11 @@ pub static LEASED: LazyLock<Vec<GlobalStatus>> = LazyLock::new(|| {
     set
 });
 
+/// Terminal and needing a person: a participant refused phase 2 for good, or
+/// a 3PC partition split the outcome (index `global_transactions_attention`).
+pub const NEEDS_ATTENTION: &[GlobalStatus] =
+    &[GlobalStatus::CommitFailed, GlobalStatus::RollbackFailed, GlobalStatus::HeuristicMixed];
+
 /// Not terminal: [`UNDECIDED`] and [`LEASED`] (the in-flight gauge).
 pub static IN_FLIGHT: LazyLock<Vec<GlobalStatus>> =
     LazyLock::new(|| UNDECIDED.iter().chain(LEASED.iter()).copied().collect());
@@ -156,8 +161,11 @@ mod tests {
     #[test]
     fn index_predicates_in_migrations_match_the_sets() {
         // The partial indexes on status, and the set each must cover exactly.
-        let named: [(&str, BTreeSet<String>); 2] =
-            [("global_transactions_deadline_active", set_of(UNDECIDED)), ("global_transactions_due", set_of(&LEASED))];
+        let named: [(&str, BTreeSet<String>); 3] = [
+            ("global_transactions_deadline_active", set_of(UNDECIDED)),
+            ("global_transactions_due", set_of(&LEASED)),
+            ("global_transactions_attention", set_of(NEEDS_ATTENTION)),
+        ];
         let mut latest: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
         for (file, sql) in migrations() {
             for stmt in statements(&sql) {
