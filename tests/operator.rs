@@ -122,8 +122,7 @@ async fn timelines_record_every_attempt_and_operators_retry_and_stop() {
         (t.branches[0].attempts >= STUCK_ATTEMPTS as u32).then_some(())
     })
     .await;
-    let (_, overview) = get_json::<Overview>(&format!("{base}/v1/overview")).await;
-    let overview = overview.expect("overview");
+    let overview = client.overview().await.expect("overview");
     let attention: Vec<&Xid> = overview.needs_attention.iter().map(|t| &t.xid).collect();
     assert!(attention.contains(&&refused) && attention.contains(&&stuck), "{attention:?}");
     assert!(!attention.contains(&&good));
@@ -136,8 +135,8 @@ async fn timelines_record_every_attempt_and_operators_retry_and_stop() {
 
     // Retry now: accepted, recorded, and the participant is called again.
     let before = failing_calls.load(Ordering::SeqCst);
-    let r = http.post(format!("{base}/v1/transactions/{stuck}/retry")).send().await.expect("retry");
-    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let retried = client.retry(&stuck).await.expect("retry");
+    assert_eq!(retried.status, GlobalStatus::Committing);
     eventually("the retry called the participant", Duration::from_secs(10), || async {
         (failing_calls.load(Ordering::SeqCst) > before).then_some(())
     })

@@ -5,8 +5,9 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 use tandem_wire::{
-    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, MessageRequest, Mode,
-    Problem, RegisterBranchRequest, ReportRequest, SagaRequest, Transaction, TransactionList, Xid,
+    BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, LockList,
+    MessageRequest, Mode, Overview, Problem, RegisterBranchRequest, ReportRequest, SagaRequest, StopRequest, Timeline,
+    Transaction, TransactionList, Xid,
 };
 
 /// Errors of [`TandemClient`].
@@ -174,6 +175,32 @@ impl TandemClient {
             path.push_str(&format!("after={a}&"));
         }
         Ok(self.call::<(), _>(Method::GET, path.trim_end_matches(['&', '?']), None, &[]).await?.1)
+    }
+
+    /// `GET /v1/transactions/{xid}/timeline`: the transaction and its events.
+    pub async fn timeline(&self, xid: &Xid) -> Result<Timeline, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, &format!("/v1/transactions/{xid}/timeline"), None, &[]).await?.1)
+    }
+
+    /// `POST /v1/transactions/{xid}/retry`: retry a decided, unfinished transaction now.
+    pub async fn retry(&self, xid: &Xid) -> Result<Transaction, ClientError> {
+        Ok(self.call::<(), _>(Method::POST, &format!("/v1/transactions/{xid}/retry"), None, &[]).await?.1)
+    }
+
+    /// `POST /v1/transactions/{xid}/stop`: stop retrying it, with a note.
+    pub async fn stop(&self, xid: &Xid, note: &str) -> Result<Transaction, ClientError> {
+        let body = StopRequest { note: note.to_owned() };
+        Ok(self.call(Method::POST, &format!("/v1/transactions/{xid}/stop"), Some(&body), &[]).await?.1)
+    }
+
+    /// `GET /v1/overview`.
+    pub async fn overview(&self) -> Result<Overview, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, "/v1/overview", None, &[]).await?.1)
+    }
+
+    /// `GET /v1/locks?limit=`: the AT global locks held.
+    pub async fn locks(&self, limit: u32) -> Result<LockList, ClientError> {
+        Ok(self.call::<(), _>(Method::GET, &format!("/v1/locks?limit={limit}"), None, &[]).await?.1)
     }
 
     /// `POST /v1/transactions/{xid}/branches`.
