@@ -207,7 +207,8 @@ pub struct Snapshot {
 impl Dbs {
     /// Reads every table.
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let stock = sqlx::query_as("SELECT sku, qty, reserved FROM stock ORDER BY sku").fetch_all(&self.inventory).await?;
+        let stock =
+            sqlx::query_as("SELECT sku, qty, reserved FROM stock ORDER BY sku").fetch_all(&self.inventory).await?;
         let accounts = match &self.payment {
             PaymentDb::Pg(p) => {
                 sqlx::query_as("SELECT customer, balance, frozen FROM accounts ORDER BY customer").fetch_all(p).await?

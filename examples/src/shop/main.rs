@@ -248,6 +248,8 @@ struct ModeRun {
     mode: ShopMode,
     services: BTreeMap<Kind, Service>,
     dbs: Dbs,
+    /// Where its databases are, to print under the mode's header.
+    notes: Vec<String>,
 }
 
 impl ModeRun {
@@ -304,13 +306,16 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         println!("logs: {} (-v to show them here)", logs.display());
     }
     let coordinator_db = db::fresh_pg(&pg, &format!("{prefix}_coordinator"), "").await?;
-    let coordinator = Application::spawn(&settings(coordinator_db, args.listen)).await.context("starting the coordinator")?;
+    let coordinator =
+        Application::spawn(&settings(coordinator_db, args.listen)).await.context("starting the coordinator")?;
     let url = coordinator.url.clone();
     println!("coordinator: {url} (in this process; retries every 50-400 ms, recovery scan every 100 ms)");
 
     let mariadb = mariadb_reachable(args.mariadb.trim_end_matches('/')).await;
     match &mariadb {
-        Ok(m) => println!("payment: MariaDB at {m} (PostgreSQL in TCC and 3PC: their SDK participants are PostgreSQL-only)"),
+        Ok(m) => {
+            println!("payment: MariaDB at {m} (PostgreSQL in TCC and 3PC: their SDK participants are PostgreSQL-only)")
+        }
         Err(e) => println!("payment: MariaDB not reachable ({e}); payment runs on PostgreSQL in every mode"),
     }
     let xa = if modes.iter().any(|m| matches!(m, ShopMode::Xa | ShopMode::ThreePc)) {
@@ -324,29 +329,51 @@ async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
         Err("not needed".into())
     };
     let servers = Servers { pg, xa, mariadb };
-    let ctx = Ctx { client: TandemClient::new(&url)?, http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()? };
+    let ctx = Ctx {
+        client: TandemClient::new(&url)?,
+        http: reqwest::Client::builder().timeout(Duration::from_secs(20)).build()?,
+    };
 
     let (mut expected, mut total, mut failed_explicit) = (0usize, 0usize, false);
     let mut skipped = Vec::new();
     let mut runs = Vec::new();
-    for mode in modes {
+    // Every mode's databases and services at once: most of it is waiting.
+    let log_to = (!args.verbose).then_some(logs.as_path());
+    let setups = futures::future::join_all(modes.iter().map(|&mode| {
+        let (servers, ctx, url) = (&servers, &ctx, url.as_str());
+        async move {
+            let prepared = matches!(mode, ShopMode::Xa | ShopMode::ThreePc);
+            match &servers.xa {
+                Err(why) if prepared => Err(format!(
+                    "skipped: {} needs a PostgreSQL with max_prepared_transactions > 0 ({why})",
+                    mode.as_str()
+                )),
+                _ => setup(mode, servers, prefix, url, ctx, log_to)
+                    .await
+                    .map_err(|e| format!("✗ could not start the {} services: {e:#}", mode.as_str())),
+            }
+        }
+    }))
+    .await;
+    for (mode, setup) in modes.into_iter().zip(setups) {
         header(mode);
-        if matches!(mode, ShopMode::Xa | ShopMode::ThreePc) {
-            if let Err(why) = &servers.xa {
-                println!("  skipped: {} needs a PostgreSQL with max_prepared_transactions > 0 ({why})", mode.as_str());
+        let mut run = match setup {
+            Ok(r) => r,
+            Err(why) if why.starts_with("skipped") => {
+                println!("  {why}");
                 skipped.push(mode.as_str());
                 failed_explicit |= explicit;
                 continue;
             }
-        }
-        let mut run = match setup(mode, &servers, prefix, &url, &ctx, (!args.verbose).then_some(logs.as_path())).await {
-            Ok(r) => r,
-            Err(e) => {
-                println!("  ✗ could not start the {} services: {e:#}", mode.as_str());
+            Err(why) => {
+                println!("  {why}");
                 total += Scenario::ALL.len();
                 continue;
             }
         };
+        for note in &run.notes {
+            println!("{note}");
+        }
         for (i, scenario) in Scenario::ALL.into_iter().enumerate() {
             total += 1;
             let name = format!("shop.{}.{}", mode.as_str(), scenario.as_str());
@@ -452,7 +479,9 @@ async fn xa_server(pg: &str, xa_pg: &str) -> Result<(String, String), String> {
         Err(_) => return Err(format!("{first}; {} took over 90 s", script.display())),
     }
     match max_prepared(xa_pg).await {
-        Ok(n) if n > 0 => Ok((xa_pg.to_owned(), format!("{first}; started {xa_pg} with scripts/xa-postgres.sh (= {n})"))),
+        Ok(n) if n > 0 => {
+            Ok((xa_pg.to_owned(), format!("{first}; started {xa_pg} with scripts/xa-postgres.sh (= {n})")))
+        }
         Ok(n) => Err(format!("{first}; {xa_pg} has {n} even after the script")),
         Err(e) => Err(format!("{first}; still not reachable after the script: {e}")),
     }
@@ -500,10 +529,12 @@ async fn setup(
     if let Some(s) = &shipping {
         line.push_str(&format!("   shipping: PostgreSQL {}", where_(s)));
     }
-    println!("{line}");
+    let mut notes = vec![line];
     match mode {
-        ShopMode::Tcc => println!("  (payment on PostgreSQL: the SDK's TCC participant is PostgreSQL-only)"),
-        ShopMode::ThreePc => println!("  (payment on PostgreSQL: 3PC branches are PostgreSQL-only in this SDK)"),
+        ShopMode::Tcc => notes.push("  (payment on PostgreSQL: the SDK's TCC participant is PostgreSQL-only)".into()),
+        ShopMode::ThreePc => {
+            notes.push("  (payment on PostgreSQL: 3PC branches are PostgreSQL-only in this SDK)".into())
+        }
         _ => {}
     }
 
@@ -534,7 +565,7 @@ async fn setup(
         None => None,
     };
     let dbs = Dbs { orders: db::pg_pool(&orders).await?, inventory: db::pg_pool(&inventory).await?, payment, shipping };
-    Ok(ModeRun { mode, services, dbs })
+    Ok(ModeRun { mode, services, dbs, notes })
 }
 
 /// Prints one event of a scenario.
@@ -553,24 +584,12 @@ fn wire_mode(mode: ShopMode) -> Mode {
     }
 }
 
-fn is_terminal(s: GlobalStatus) -> bool {
-    matches!(
-        s,
-        GlobalStatus::Committed
-            | GlobalStatus::RolledBack
-            | GlobalStatus::CommitFailed
-            | GlobalStatus::RollbackFailed
-            | GlobalStatus::HeuristicMixed
-            | GlobalStatus::Delivered
-    )
-}
-
 /// Polls the transaction until it is terminal (deadline 20 s).
 async fn wait_terminal(client: &TandemClient, xid: &Xid) -> anyhow::Result<Transaction> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let tx = client.get(xid).await?;
-        if is_terminal(tx.status) {
+        if tx.status.is_terminal() {
             return Ok(tx);
         }
         if Instant::now() > deadline {
@@ -629,7 +648,13 @@ async fn drive_global(run: &mut ModeRun, scenario: Scenario, name: &str, ctx: &C
     }
     let mut refused = None;
     for kind in [Kind::Orders, Kind::Inventory, Kind::Payment] {
-        let r = ctx.http.post(format!("{}/place", run.url(kind))).header(XID_HEADER, xid.as_str()).json(&line).send().await?;
+        let r = ctx
+            .http
+            .post(format!("{}/place", run.url(kind)))
+            .header(XID_HEADER, xid.as_str())
+            .json(&line)
+            .send()
+            .await?;
         if !r.status().is_success() {
             refused = Some(r.text().await.unwrap_or_default());
             break;
@@ -663,7 +688,7 @@ async fn drive_global(run: &mut ModeRun, scenario: Scenario, name: &str, ctx: &C
     let what = match run.mode {
         ShopMode::Tcc => "when the coordinator's confirm reached it",
         ShopMode::ThreePc => "when the coordinator's DoCommit reached it (its work prepared)",
-        ShopMode::Xa => "when the coordinator's commit reached it (its branch prepared in MariaDB/PostgreSQL)",
+        ShopMode::Xa => "when the coordinator's commit reached it (its XA branch prepared in its database)",
         _ => "when the coordinator's commit reached it",
     };
     say(killed(Kind::Payment, pid, status, what));
@@ -714,11 +739,8 @@ async fn drive_saga(run: &mut ModeRun, scenario: Scenario, name: &str, ctx: &Ctx
 /// msg: the client asks orders to place the order; orders is the producer.
 async fn drive_msg(run: &mut ModeRun, scenario: Scenario, name: &str, ctx: &Ctx) -> anyhow::Result<Xid> {
     let crash = scenario == Scenario::Crash;
-    let body = MsgOrder {
-        name: name.to_owned(),
-        timeout_ms: if crash { 1_000 } else { 10_000 },
-        line: scenario.line(),
-    };
+    let body =
+        MsgOrder { name: name.to_owned(), timeout_ms: if crash { 1_000 } else { 10_000 }, line: scenario.line() };
     if crash {
         run.service(Kind::Orders)?.arm(&ctx.http, DiePoint::BeforeSubmit).await?;
     }
@@ -729,7 +751,7 @@ async fn drive_msg(run: &mut ModeRun, scenario: Scenario, name: &str, ctx: &Ctx)
             Some(e) => say(format!("orders' local transaction failed ({e}) → rolled back, message aborted")),
             None => say("orders prepared the message, committed the order with its barrier row, submitted"),
         }
-        return Ok(Xid::parse(&placed.xid).map_err(|e| anyhow!("bad xid {:?}: {e}", placed.xid))?);
+        return Xid::parse(&placed.xid).map_err(|e| anyhow!("bad xid {:?}: {e}", placed.xid));
     }
     let svc = run.service(Kind::Orders)?;
     let pid = svc.pid();
@@ -810,11 +832,12 @@ fn table(before: &Snapshot, after: &Snapshot) {
     if let (Some(b), Some(a)) = (&before.shipments, &after.shipments) {
         rows_table("shipments", b, a, &mut rows);
     }
-    println!("     {:<10} {:<8} {:<26} {}", "", "", "before", "after");
-    println!("     {}", "─".repeat(72));
+    println!("     {:<19} {:<26} after", "", "before");
+    println!("     {}", "─".repeat(76));
     for [a, b, c, d] in rows {
-        let line = format!("     {a:<10} {b:<8} {c:<26} {d}");
-        println!("{}", line.trim_end());
+        let mark = if c != d { "  ◀" } else { "" };
+        let row = format!("     {a:<10} {b:<8} {c:<26} {d:<26}{mark}");
+        println!("{}", row.trim_end());
     }
 }
 

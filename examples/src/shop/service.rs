@@ -191,57 +191,71 @@ fn insufficient(l: &OrderLine) -> String {
     format!("payment declined: insufficient balance ({} cannot pay {})", l.customer, l.amount)
 }
 
-/// The plain SQL of `work` on PostgreSQL.
-async fn pg_work(c: &mut PgConnection, work: Work, xid: String, l: OrderLine) -> Result<(), BoxError> {
-    match work {
-        Work::Order => {
-            sqlx::query(
-                "INSERT INTO orders (xid, customer, sku, qty, amount, status) VALUES ($1, $2, $3, $4, $5, 'paid')",
-            )
-            .bind(xid)
-            .bind(&l.customer)
-            .bind(&l.sku)
-            .bind(l.qty)
-            .bind(l.amount)
-            .execute(&mut *c)
-            .await?;
-        }
-        Work::Stock => {
-            let n = sqlx::query("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
-                .bind(l.qty)
-                .bind(&l.sku)
-                .execute(&mut *c)
-                .await?
-                .rows_affected();
-            if n == 0 {
-                return Err(not_enough_stock(&l).into());
-            }
-        }
-        Work::Charge => {
-            let n = sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE customer = $2 AND balance >= $1")
-                .bind(l.amount)
-                .bind(&l.customer)
-                .execute(&mut *c)
-                .await?
-                .rows_affected();
-            if n == 0 {
-                return Err(insufficient(&l).into());
-            }
-        }
-    }
-    Ok(())
+/// Inserts the order with `status`; returns its id.
+async fn insert_order(c: &mut PgConnection, xid: &str, l: &OrderLine, status: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "INSERT INTO orders (xid, customer, sku, qty, amount, status) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(xid)
+    .bind(&l.customer)
+    .bind(&l.sku)
+    .bind(l.qty)
+    .bind(l.amount)
+    .bind(status)
+    .fetch_one(c)
+    .await
 }
 
-/// The charge on MySQL/MariaDB.
-async fn my_charge(c: &mut MySqlConnection, l: OrderLine) -> Result<(), BoxError> {
+/// Takes the line's quantity from stock; `false` (nothing changed) if there is not enough.
+async fn take_stock(c: &mut PgConnection, l: &OrderLine) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
+        .bind(l.qty)
+        .bind(&l.sku)
+        .execute(c)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Charges the line's amount (PostgreSQL); `false` (nothing changed) if the balance is short.
+async fn charge_pg(c: &mut PgConnection, l: &OrderLine) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE customer = $2 AND balance >= $1")
+        .bind(l.amount)
+        .bind(&l.customer)
+        .execute(c)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// Charges the line's amount (MySQL/MariaDB); `false` if the balance is short.
+async fn charge_my(c: &mut MySqlConnection, l: &OrderLine) -> Result<bool, sqlx::Error> {
     let n = sqlx::query("UPDATE accounts SET balance = balance - ? WHERE customer = ? AND balance >= ?")
         .bind(l.amount)
         .bind(&l.customer)
         .bind(l.amount)
-        .execute(&mut *c)
+        .execute(c)
         .await?
         .rows_affected();
-    if n == 0 {
+    Ok(n > 0)
+}
+
+/// The plain SQL of `work` on PostgreSQL (XA phase 1, 3PC PreCommit).
+async fn pg_work(c: &mut PgConnection, work: Work, xid: String, l: OrderLine) -> Result<(), BoxError> {
+    match work {
+        Work::Order => {
+            insert_order(c, &xid, &l, "paid").await?;
+        }
+        Work::Stock if !take_stock(c, &l).await? => return Err(not_enough_stock(&l).into()),
+        Work::Charge if !charge_pg(c, &l).await? => return Err(insufficient(&l).into()),
+        Work::Stock | Work::Charge => {}
+    }
+    Ok(())
+}
+
+/// The charge on MySQL/MariaDB (XA phase 1).
+async fn my_charge(c: &mut MySqlConnection, l: OrderLine) -> Result<(), BoxError> {
+    if !charge_my(c, &l).await? {
         return Err(insufficient(&l).into());
     }
     Ok(())
@@ -329,17 +343,7 @@ impl TccSteps for TccOrders {
         "orders"
     }
     async fn try_(&self, db: &mut PgConnection, b: &BranchContext, p: &serde_json::Value) -> Result<(), StepError> {
-        let l = line_of(p)?;
-        sqlx::query(
-            "INSERT INTO orders (xid, customer, sku, qty, amount, status) VALUES ($1, $2, $3, $4, $5, 'pending')",
-        )
-        .bind(b.xid.as_str())
-        .bind(&l.customer)
-        .bind(&l.sku)
-        .bind(l.qty)
-        .bind(l.amount)
-        .execute(&mut *db)
-        .await?;
+        insert_order(db, b.xid.as_str(), &line_of(p)?, "pending").await?;
         Ok(())
     }
     async fn confirm(&self, db: &mut PgConnection, b: &BranchContext, _: &serde_json::Value) -> Result<(), StepError> {
@@ -589,17 +593,7 @@ impl SagaSteps for CreateOrder {
         "create-order"
     }
     async fn action(&self, db: &mut PgConnection, s: &StepContext, p: &serde_json::Value) -> Result<(), StepError> {
-        let l = line_of(p)?;
-        sqlx::query(
-            "INSERT INTO orders (xid, customer, sku, qty, amount, status) VALUES ($1, $2, $3, $4, $5, 'pending')",
-        )
-        .bind(s.xid.as_str())
-        .bind(&l.customer)
-        .bind(&l.sku)
-        .bind(l.qty)
-        .bind(l.amount)
-        .execute(&mut *db)
-        .await?;
+        insert_order(db, s.xid.as_str(), &line_of(p)?, "pending").await?;
         Ok(())
     }
     async fn compensate(&self, db: &mut PgConnection, s: &StepContext, _: &serde_json::Value) -> Result<(), StepError> {
@@ -627,13 +621,7 @@ impl SagaSteps for ReserveStock {
     }
     async fn action(&self, db: &mut PgConnection, s: &StepContext, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        let n = sqlx::query("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
-            .bind(l.qty)
-            .bind(&l.sku)
-            .execute(&mut *db)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if !take_stock(db, &l).await? {
             return Err(StepError::reject(not_enough_stock(&l)));
         }
         sqlx::query("INSERT INTO stock_moves (xid, branch_id, sku, qty) VALUES ($1, $2, $3, $4)")
@@ -666,13 +654,7 @@ impl SagaSteps for PgCharge {
     }
     async fn action(&self, db: &mut PgConnection, s: &StepContext, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        let n = sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE customer = $2 AND balance >= $1")
-            .bind(l.amount)
-            .bind(&l.customer)
-            .execute(&mut *db)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if !charge_pg(db, &l).await? {
             return Err(StepError::reject(insufficient(&l)));
         }
         sqlx::query("INSERT INTO charges (xid, branch_id, customer, amount) VALUES ($1, $2, $3, $4)")
@@ -704,14 +686,7 @@ impl SagaSteps<MySql> for MyCharge {
     }
     async fn action(&self, db: &mut MySqlConnection, s: &StepContext, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        let n = sqlx::query("UPDATE accounts SET balance = balance - ? WHERE customer = ? AND balance >= ?")
-            .bind(l.amount)
-            .bind(&l.customer)
-            .bind(l.amount)
-            .execute(&mut *db)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if !charge_my(db, &l).await? {
             return Err(StepError::reject(insufficient(&l)));
         }
         sqlx::query("INSERT INTO charges (xid, branch_id, customer, amount) VALUES (?, ?, ?, ?)")
@@ -769,13 +744,7 @@ struct MyDebit;
 impl DeliveryHandler for TakeStock {
     async fn handle(&self, db: &mut PgConnection, _: &Delivery, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        let n = sqlx::query("UPDATE stock SET qty = qty - $1 WHERE sku = $2 AND qty >= $1")
-            .bind(l.qty)
-            .bind(&l.sku)
-            .execute(&mut *db)
-            .await?
-            .rows_affected();
-        if n == 0 {
+        if !take_stock(db, &l).await? {
             return Err(StepError::reject(not_enough_stock(&l)));
         }
         Ok(())
@@ -786,13 +755,15 @@ impl DeliveryHandler for TakeStock {
 impl DeliveryHandler for Ship {
     async fn handle(&self, db: &mut PgConnection, d: &Delivery, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        sqlx::query("INSERT INTO shipments (order_xid, customer, sku, qty, status) VALUES ($1, $2, $3, $4, 'scheduled')")
-            .bind(d.xid.as_str())
-            .bind(&l.customer)
-            .bind(&l.sku)
-            .bind(l.qty)
-            .execute(&mut *db)
-            .await?;
+        sqlx::query(
+            "INSERT INTO shipments (order_xid, customer, sku, qty, status) VALUES ($1, $2, $3, $4, 'scheduled')",
+        )
+        .bind(d.xid.as_str())
+        .bind(&l.customer)
+        .bind(&l.sku)
+        .bind(l.qty)
+        .execute(&mut *db)
+        .await?;
         Ok(())
     }
 }
@@ -801,11 +772,10 @@ impl DeliveryHandler for Ship {
 impl DeliveryHandler for PgDebit {
     async fn handle(&self, db: &mut PgConnection, _: &Delivery, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        sqlx::query("UPDATE accounts SET balance = balance - $1 WHERE customer = $2")
-            .bind(l.amount)
-            .bind(&l.customer)
-            .execute(&mut *db)
-            .await?;
+        if !charge_pg(db, &l).await? {
+            // Authorized before the message was submitted, short now: for an operator.
+            return Err(StepError::reject(insufficient(&l)));
+        }
         Ok(())
     }
 }
@@ -814,11 +784,9 @@ impl DeliveryHandler for PgDebit {
 impl DeliveryHandler<MySql> for MyDebit {
     async fn handle(&self, db: &mut MySqlConnection, _: &Delivery, p: &serde_json::Value) -> Result<(), StepError> {
         let l = line_of(p)?;
-        sqlx::query("UPDATE accounts SET balance = balance - ? WHERE customer = ?")
-            .bind(l.amount)
-            .bind(&l.customer)
-            .execute(&mut *db)
-            .await?;
+        if !charge_my(db, &l).await? {
+            return Err(StepError::reject(insufficient(&l)));
+        }
         Ok(())
     }
 }
@@ -827,12 +795,14 @@ impl DeliveryHandler<MySql> for MyDebit {
 /// 204 yes, 409 declined. The producer asks it inside its local transaction.
 async fn authorize(State(db): State<PayDb>, Json(l): Json<OrderLine>) -> Result<StatusCode, Refusal> {
     let ok = match db {
-        PayDb::Pg(pool) => sqlx::query_scalar::<Postgres, bool>("SELECT balance >= $1 FROM accounts WHERE customer = $2")
-            .bind(l.amount)
-            .bind(&l.customer)
-            .fetch_optional(&pool)
-            .await
-            .map(|b| b.unwrap_or(false)),
+        PayDb::Pg(pool) => {
+            sqlx::query_scalar::<Postgres, bool>("SELECT balance >= $1 FROM accounts WHERE customer = $2")
+                .bind(l.amount)
+                .bind(&l.customer)
+                .fetch_optional(&pool)
+                .await
+                .map(|b| b.unwrap_or(false))
+        }
         PayDb::My(pool) => {
             sqlx::query_scalar::<MySql, i64>("SELECT CAST(balance >= ? AS SIGNED) FROM accounts WHERE customer = ?")
                 .bind(l.amount)
@@ -920,17 +890,7 @@ async fn order_locally(
     if !r.status().is_success() {
         return Err(r.text().await.unwrap_or_else(|e| e.to_string()).into());
     }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO orders (xid, customer, sku, qty, amount, status) VALUES ($1, $2, $3, $4, $5, 'placed') RETURNING id",
-    )
-    .bind(xid.as_str())
-    .bind(&l.customer)
-    .bind(&l.sku)
-    .bind(l.qty)
-    .bind(l.amount)
-    .fetch_one(&mut *c)
-    .await?;
-    Ok(id)
+    Ok(insert_order(c, xid.as_str(), &l, "placed").await?)
 }
 
 /// The producer's business code as the SDK takes it.
