@@ -268,14 +268,14 @@ struct Ctx {
 }
 
 fn log_dir(prefix: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target").join("shop-logs").join(prefix)
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");
+    target.canonicalize().unwrap_or(target).join("shop-logs").join(prefix)
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let logs = log_dir(&args.db_prefix);
     std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-    let logs = logs.canonicalize().unwrap_or(logs);
     if args.verbose {
         tracing_subscriber::fmt().with_env_filter(env_filter()).with_writer(std::io::stderr).init();
     } else {
@@ -461,7 +461,8 @@ async fn xa_server(pg: &str, xa_pg: &str) -> Result<(String, String), String> {
         Ok(n) => return Err(format!("{first}; {xa_pg} has {n} too")),
         Err(_) => {}
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("scripts").join("xa-postgres.sh");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/xa-postgres.sh");
+    let script = script.canonicalize().unwrap_or(script);
     let port = url::Url::parse(xa_pg).ok().and_then(|u| u.port()).unwrap_or(5433);
     println!("prepared transactions: {first}; {xa_pg} does not answer: running {} once", script.display());
     let run = tokio::process::Command::new("bash")
@@ -473,7 +474,8 @@ async fn xa_server(pg: &str, xa_pg: &str) -> Result<(String, String), String> {
         Ok(Ok(out)) if out.status.success() => {}
         Ok(Ok(out)) => {
             let err = String::from_utf8_lossy(&out.stderr);
-            return Err(format!("{first}; {} failed: {}", script.display(), err.trim()));
+            let err: Vec<&str> = err.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            return Err(format!("{first}; {} failed: {}", script.display(), err.join(" / ")));
         }
         Ok(Err(e)) => return Err(format!("{first}; could not run {}: {e}", script.display())),
         Err(_) => return Err(format!("{first}; {} took over 90 s", script.display())),

@@ -65,6 +65,10 @@ impl Service {
             args.extend(["--peer".into(), p.clone()]);
         }
         let log = log_dir.map(|d| d.join(format!("{}-{}.log", mode.as_str(), kind.as_str())));
+        if let Some(log) = &log {
+            // Fresh at each run; a restart appends to it.
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        }
         let child = spawn(&args, log.as_deref())?;
         Ok(Service { kind, url: format!("http://127.0.0.1:{port}"), args, log, child })
     }
