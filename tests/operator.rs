@@ -199,6 +199,8 @@ async fn timelines_record_every_attempt_and_operators_retry_and_stop() {
     assert_eq!(names(&l.expect("list")), ["op.stuck", "op.refused", "op.good"]);
     let (_, l) = list("name=op.s".into()).await;
     assert_eq!(names(&l.expect("list")), ["op.stuck"]);
+    let q = tandem_sdk::client::ListQuery { name: Some("op.r".into()), ..Default::default() };
+    assert_eq!(names(&client.list(&q).await.expect("list")), ["op.refused"]);
     let part = &good.as_str()[good.as_str().len() - 8..];
     let (_, l) = list(format!("xid={part}")).await;
     assert_eq!(

@@ -69,6 +69,9 @@ pub struct ListQuery {
     /// Only this mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Only names starting with this (extension).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// Page size.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<u32>,
@@ -166,6 +169,10 @@ impl TandemClient {
         }
         if let Some(m) = q.mode {
             path.push_str(&format!("mode={m}&"));
+        }
+        if let Some(n) = &q.name {
+            let n: String = url::form_urlencoded::byte_serialize(n.as_bytes()).collect();
+            path.push_str(&format!("name={n}&"));
         }
         if let Some(l) = q.limit {
             path.push_str(&format!("limit={l}&"));
