@@ -10,6 +10,7 @@ bash scripts/ensure-postgres.sh
 bash scripts/xa-postgres.sh
 bash scripts/ensure-mariadb.sh
 bash scripts/ensure-brokers.sh
+bash scripts/ensure-chromium.sh
 export TANDEM_TEST_PG="${TANDEM_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 export TANDEM_TEST_XA_PG="${TANDEM_TEST_XA_PG:-postgres://postgres@127.0.0.1:${TANDEM_XA_PG_PORT:-5433}}"
 log=$(mktemp)

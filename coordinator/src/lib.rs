@@ -5,6 +5,7 @@
 //! - [`config`]: typed settings (flags and environment).
 //! - [`startup`]: builds the process (store, HTTP server, recovery worker) and shuts it down gracefully.
 //! - [`api`]: HTTP routes, middleware, problem+json errors, OpenAPI.
+//! - [`console`]: the web console at `/console` (server-rendered, compiled in).
 //! - [`transaction`]: the concept itself: pure state machine ([`transaction::state`]),
 //!   status sets ([`transaction::statuses`]) and the operations ([`transaction::service`]).
 //! - [`modes`]: one module per mode: its policy and pure steps behind [`modes::Protocol`].
@@ -23,6 +24,7 @@ pub mod api;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod driver;
 pub mod error;
 pub mod events;

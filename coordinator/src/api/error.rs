@@ -109,9 +109,14 @@ impl IntoResponse for ApiError {
 
 /// Gives bare error answers produced outside the handlers (no route, wrong
 /// method, request timeout, body limit) a problem+json body, so that every
-/// error of the API has the contract's shape.
+/// error of the API has the contract's shape. The console's pages (under
+/// `/console/`) answer HTML errors of their own.
 pub async fn problem_for_bare_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let console = req.uri().path().starts_with("/console/") || req.uri().path() == "/console";
     let resp = next.run(req).await;
+    if console && resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html")) {
+        return resp;
+    }
     let status = resp.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return resp;

@@ -56,7 +56,9 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: 
     let doc = openapi::document(doc, &openapi::Limits::of(&coordinator));
     // Serialized once: every request for it gets the same bytes.
     let doc = ops::OpenApiDocument(Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()));
-    let routes = routes.layer(Extension(doc)).with_state(coordinator);
+    let routes = routes.layer(Extension(doc)).with_state(coordinator.clone());
+    // Not in the OpenAPI document: the console's pages are HTML, and so are its errors.
+    let routes = routes.merge(crate::console::router().with_state(coordinator));
     routes.layer(DefaultBodyLimit::max(max_body_bytes)).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
