@@ -3,53 +3,13 @@
 //! running coordinator: timelines with every attempt, the overview, list
 //! filters, locks, retry and stop.
 
-use crate::support::{self, eventually, TestDb};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use crate::support::{self, answering as participant, committed_to, eventually, TestDb};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tandem_sdk::wire::{
-    BeginRequest, EventKind, GlobalStatus, LockList, Mode, Overview, RegisterBranchRequest, ReportRequest,
-    ReportStatus, Timeline, Transaction, TransactionList, Xid, STUCK_ATTEMPTS,
+    BeginRequest, EventKind, GlobalStatus, LockList, Mode, Overview, RegisterBranchRequest, Timeline, Transaction,
+    TransactionList, Xid, STUCK_ATTEMPTS,
 };
-use tandem_sdk::TandemClient;
-
-/// A participant answering every callback with `status`; counts the calls.
-async fn participant(status: u16) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/cb", listener.local_addr().expect("addr"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post(move || {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                let code = axum::http::StatusCode::from_u16(status).expect("status");
-                (code, format!("answered {status}"))
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, calls)
-}
-
-/// A TCC transaction named `name` with one prepared branch at `url`, commit requested.
-async fn committed_to(client: &TandemClient, name: &str, url: &str) -> Xid {
-    let begin = BeginRequest { mode: Mode::Tcc, name: Some(name.into()), timeout_ms: Some(60_000), three_phase: None };
-    let tx = client.begin(&begin).await.expect("begin");
-    let reg =
-        RegisterBranchRequest { resource: "svc".into(), callback_url: url.into(), payload: None, lock_keys: None };
-    let b = client.register(&tx.xid, &reg).await.expect("register");
-    client
-        .report(&tx.xid, &b.branch_id, &ReportRequest { status: ReportStatus::Prepared, detail: None })
-        .await
-        .expect("report");
-    let _ = client.commit(&tx.xid, Some(Duration::from_millis(0))).await.expect("commit");
-    tx.xid
-}
 
 async fn get_json<T: serde::de::DeserializeOwned>(url: &str) -> (u16, Option<T>) {
     let r = reqwest::get(url).await.expect("get");

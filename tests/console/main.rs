@@ -12,50 +12,10 @@ mod support;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-use support::{eventually, TestDb};
-use tandem_sdk::wire::{
-    BeginRequest, EventKind, GlobalStatus, Mode, RegisterBranchRequest, ReportRequest, ReportStatus, Xid,
-    STUCK_ATTEMPTS,
-};
-use tandem_sdk::TandemClient;
-
-/// A participant answering every callback with `status`; counts the calls.
-async fn participant(status: u16) -> (String, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("http://{}/cb", listener.local_addr().expect("addr"));
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let app = axum::Router::new().route(
-        "/cb",
-        axum::routing::post(move || {
-            let seen = seen.clone();
-            async move {
-                seen.fetch_add(1, Ordering::SeqCst);
-                (axum::http::StatusCode::from_u16(status).expect("status"), format!("answered {status}"))
-            }
-        }),
-    );
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (url, calls)
-}
-
-/// A TCC transaction with one prepared branch at `url`, commit requested.
-async fn committed_to(client: &TandemClient, name: &str, url: &str) -> Xid {
-    let begin = BeginRequest { mode: Mode::Tcc, name: Some(name.into()), timeout_ms: Some(60_000), three_phase: None };
-    let tx = client.begin(&begin).await.expect("begin");
-    let reg =
-        RegisterBranchRequest { resource: "payment".into(), callback_url: url.into(), payload: None, lock_keys: None };
-    let b = client.register(&tx.xid, &reg).await.expect("register");
-    let report = ReportRequest { status: ReportStatus::Prepared, detail: None };
-    client.report(&tx.xid, &b.branch_id, &report).await.expect("report");
-    let _ = client.commit(&tx.xid, Some(Duration::from_millis(0))).await.expect("commit");
-    tx.xid
-}
+use support::{answering as participant, committed_to, eventually, TestDb};
+use tandem_sdk::wire::{EventKind, GlobalStatus, STUCK_ATTEMPTS};
 
 /// chromedriver on a free port, and a headless Chromium session through it.
 struct Browser {

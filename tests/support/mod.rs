@@ -507,3 +507,50 @@ pub async fn recording_participant() -> (String, Arc<Mutex<Vec<String>>>) {
     });
     (url, seen)
 }
+
+/// A participant answering every callback with `status` (its body says
+/// which); counts the calls.
+pub async fn answering(status: u16) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/cb", listener.local_addr().expect("addr"));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let app = axum::Router::new().route(
+        "/cb",
+        axum::routing::post(move || {
+            let seen = seen.clone();
+            async move {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let code = axum::http::StatusCode::from_u16(status).expect("status");
+                (code, format!("answered {status}"))
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, calls)
+}
+
+/// A TCC transaction named `name` with one prepared branch at `url`, commit requested.
+pub async fn committed_to(client: &TandemClient, name: &str, url: &str) -> Xid {
+    let begin = BeginRequest { mode: Mode::Tcc, name: Some(name.into()), timeout_ms: Some(60_000), three_phase: None };
+    let tx = client.begin(&begin).await.expect("begin");
+    let reg = tandem_sdk::wire::RegisterBranchRequest {
+        resource: "svc".into(),
+        callback_url: url.into(),
+        payload: None,
+        lock_keys: None,
+    };
+    let b = client.register(&tx.xid, &reg).await.expect("register");
+    client
+        .report(
+            &tx.xid,
+            &b.branch_id,
+            &tandem_sdk::wire::ReportRequest { status: tandem_sdk::wire::ReportStatus::Prepared, detail: None },
+        )
+        .await
+        .expect("report");
+    let _ = client.commit(&tx.xid, Some(Duration::from_millis(0))).await.expect("commit");
+    tx.xid
+}
