@@ -537,7 +537,7 @@ pub async fn committed_to(client: &TandemClient, name: &str, url: &str) -> Xid {
     let begin = BeginRequest { mode: Mode::Tcc, name: Some(name.into()), timeout_ms: Some(60_000), three_phase: None };
     let tx = client.begin(&begin).await.expect("begin");
     let reg = tandem_sdk::wire::RegisterBranchRequest {
-        resource: "svc".into(),
+        resource: "payment".into(),
         callback_url: url.into(),
         payload: None,
         lock_keys: None,
