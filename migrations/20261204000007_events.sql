@@ -16,7 +16,9 @@ CREATE TABLE tx_events (
     -- The first event's time: what retention and the BRIN index go by.
     at           timestamptz NOT NULL,
     coordinator  text        NOT NULL,
-    events       jsonb       NOT NULL
+    -- json, not jsonb: stored as sent, no parse into the binary form on the
+    -- write path; it is read whole, per transaction, by the timeline only.
+    events       json        NOT NULL
 );
 CREATE INDEX tx_events_xid ON tx_events (xid);
 -- Appended in time order: a BRIN index finds old rows for retention at

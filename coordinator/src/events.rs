@@ -53,8 +53,6 @@ pub struct EventLog {
     tx: mpsc::Sender<Recorded>,
     /// Ended transactions not yet written.
     minutes: Arc<Mutex<MinuteCounts>>,
-    /// This process's instance id, stamped on every event.
-    coordinator: Arc<str>,
     /// Dropped events.
     metrics: Metrics,
 }
@@ -77,14 +75,14 @@ impl EventLog {
         let (tx, rx) = mpsc::channel(CHANNEL);
         let minutes = Arc::new(Mutex::new(HashMap::new()));
         let coordinator: Arc<str> = coordinator.into();
-        let log = EventLog { tx, minutes: minutes.clone(), coordinator: coordinator.clone(), metrics };
+        let log = EventLog { tx, minutes: minutes.clone(), metrics };
         (log, EventWriter { rx, minutes, coordinator, retention })
     }
 
-    /// Records `event` of `xid`, stamped with this coordinator; its error
-    /// text cut to [`MAX_EVENT_ERROR_BYTES`].
+    /// Records `event` of `xid`; its error text cut to
+    /// [`MAX_EVENT_ERROR_BYTES`]. The coordinator is not stamped on each
+    /// event: the row written says which one recorded them.
     pub fn record(&self, xid: &Xid, mut event: TimelineEvent) {
-        event.coordinator = Some(self.coordinator.to_string());
         if let Some(d) = event.detail.as_mut() {
             truncate_utf8(d, MAX_EVENT_ERROR_BYTES);
         }

@@ -111,13 +111,13 @@ impl Store {
             xids.push(r.xid.as_str());
             ats.push(r.at);
             coordinators.push(r.coordinator.as_str());
-            events.push(serde_json::to_value(&r.events).map_err(|e| StoreError::Internal(e.to_string()))?);
+            events.push(serde_json::to_string(&r.events).map_err(|e| StoreError::Internal(e.to_string()))?);
         }
         self.timed(
             "insert_events",
             sqlx::query(
                 "INSERT INTO tx_events (xid, at, coordinator, events) \
-                 SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::jsonb[])",
+                 SELECT x, a, c, e::json FROM unnest($1::text[], $2::timestamptz[], $3::text[], $4::text[]) AS u(x, a, c, e)",
             )
             .bind(&xids)
             .bind(&ats)
@@ -189,16 +189,20 @@ impl Store {
         let rows = self
             .timed(
                 "events_of",
-                sqlx::query("SELECT events FROM tx_events WHERE xid = $1 ORDER BY at")
+                sqlx::query("SELECT coordinator, events::text AS events FROM tx_events WHERE xid = $1 ORDER BY at")
                     .bind(xid.as_str())
                     .fetch_all(&self.relaxed),
             )
             .await?;
         let mut events = Vec::new();
         for r in &rows {
-            let value: serde_json::Value = r.try_get("events")?;
-            match serde_json::from_value::<Vec<TimelineEvent>>(value) {
-                Ok(mut e) => events.append(&mut e),
+            let text: String = r.try_get("events")?;
+            let coordinator: String = r.try_get("coordinator")?;
+            match serde_json::from_str::<Vec<TimelineEvent>>(&text) {
+                Ok(e) => events.extend(e.into_iter().map(|mut e| {
+                    e.coordinator.get_or_insert_with(|| coordinator.clone());
+                    e
+                })),
                 Err(e) => tracing::warn!(%xid, error = %e, "an event row does not parse; left out of the timeline"),
             }
         }
@@ -365,7 +369,7 @@ impl Store {
     /// reset, unless a coordinator is driving it at this moment (its lease
     /// is live); records the operator's retry. `None`: not retried.
     pub async fn retry_now(&self, xid: &Xid, event: &TimelineEvent) -> Result<Option<TxRow>, StoreError> {
-        let events = serde_json::to_value([event]).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let events = serde_json::to_string(&[event]).map_err(|e| StoreError::Internal(e.to_string()))?;
         self.timed(
             "retry_now",
             sqlx::query_as::<_, TxRow>(concat!(
@@ -374,7 +378,7 @@ impl Store {
                    RETURNING ",
                 tx_cols!(),
                 "), e AS (INSERT INTO tx_events (xid, at, coordinator, events) \
-                   SELECT xid, now(), $3, $4 FROM t) SELECT * FROM t"
+                   SELECT xid, now(), $3, $4::json FROM t) SELECT * FROM t"
             ))
             .bind(xid.as_str())
             .bind(&*DECIDED_TEXT)
@@ -394,7 +398,7 @@ impl Store {
     /// statement: durable. `None`: no such transaction, or not decided and
     /// unfinished.
     pub async fn stop(&self, xid: &Xid, error: &str, event: &TimelineEvent) -> Result<Option<TxRow>, StoreError> {
-        let events = serde_json::to_value([event]).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let events = serde_json::to_string(&[event]).map_err(|e| StoreError::Internal(e.to_string()))?;
         let from: Vec<&str> = DECIDED.iter().map(|s| s.as_str()).collect();
         let to: Vec<&str> = DECIDED
             .iter()
@@ -414,7 +418,7 @@ impl Store {
                 "), b AS (UPDATE branches SET status = t.status, last_error = $4 FROM t \
                        WHERE branches.xid = t.xid AND branches.status <> ALL($5)), \
                      e AS (INSERT INTO tx_events (xid, at, coordinator, events) \
-                       SELECT xid, now(), $6, $7 FROM t) SELECT * FROM t"
+                       SELECT xid, now(), $6, $7::json FROM t) SELECT * FROM t"
             ))
             .bind(xid.as_str())
             .bind(&from)
