@@ -13,6 +13,7 @@ mod msg;
 mod operator;
 mod problem;
 mod saga;
+pub mod signature;
 mod status;
 mod three_phase;
 

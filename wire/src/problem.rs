@@ -43,6 +43,18 @@ pub enum ErrorCode {
     /// A 3PC participant refuses a rollback because it already committed on
     /// its own timeout (409, participant → coordinator). Extension.
     HeuristicCommit,
+    /// The credentials are valid but their role may not do this (403). Extension.
+    Forbidden,
+    /// Too many requests with this token; retry after `Retry-After` seconds (429). Extension.
+    RateLimited,
+    /// A callback address outside the coordinator's allow-list (422). Extension.
+    CallbackNotAllowed,
+    /// A configured bound on a transaction is reached, such as its number of
+    /// branches (422). Extension.
+    LimitExceeded,
+    /// A callback without a valid signature, refused by a participant (401,
+    /// participant → coordinator). Extension.
+    InvalidSignature,
 }
 
 impl ErrorCode {
@@ -65,6 +77,11 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",
             ErrorCode::HeuristicCommit => "heuristic_commit",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::CallbackNotAllowed => "callback_not_allowed",
+            ErrorCode::LimitExceeded => "limit_exceeded",
+            ErrorCode::InvalidSignature => "invalid_signature",
         }
     }
 }
