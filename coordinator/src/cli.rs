@@ -29,6 +29,8 @@ pub enum LogFormat {
 }
 
 /// Subcommands.
+// Parsed once per process: the size of `Serve`'s settings costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the coordinator server (applies migrations at start).
@@ -45,6 +47,39 @@ pub enum Command {
     /// Global locks of a running coordinator.
     #[command(subcommand)]
     Locks(ops::LocksCommand),
+    /// Make API tokens and callback keys.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `tandem token …`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// A new random API token: prints the token (give it to its holder,
+    /// once) and the configuration entry holding only its hash.
+    New {
+        /// Its roles, comma-separated: client, participant, admin.
+        #[arg(long)]
+        role: String,
+        /// Its holder's name (recorded on the transactions it begins).
+        #[arg(long)]
+        name: String,
+    },
+    /// A new random callback signing key (hex), for `--callback-key` and the participants.
+    Key,
+}
+
+fn token(cmd: TokenCommand) -> anyhow::Result<()> {
+    match cmd {
+        TokenCommand::New { role, name } => {
+            let (token, entry) = crate::auth::tokens::generate_for(&role, &name)?;
+            println!("token: {token}");
+            println!("entry: {entry}");
+            eprintln!("Give the token to its holder; put the entry in --tokens-file or TANDEM_TOKENS.");
+        }
+        TokenCommand::Key => println!("{}", crate::auth::tokens::random_hex()),
+    }
+    Ok(())
 }
 
 /// Initialises logging (`RUST_LOG` filters; default `info`).
@@ -64,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let client = match cli.command {
         Command::Tx(cmd) => Some(ops::tx(cmd).await),
         Command::Locks(cmd) => Some(ops::locks(cmd).await),
+        Command::Token(cmd) => return token(cmd),
         command => {
             serve_or_migrate(command, cli.log_format).await?;
             None
@@ -97,6 +133,7 @@ async fn serve_or_migrate(command: Command, log_format: LogFormat) -> anyhow::Re
                     max_connections: 2,
                     relaxed_connections: 1,
                     acquire_timeout: std::time::Duration::from_secs(10),
+                    max_branches: crate::config::defaults::MAX_BRANCHES,
                 },
                 metrics,
             )?;
@@ -104,7 +141,7 @@ async fn serve_or_migrate(command: Command, log_format: LogFormat) -> anyhow::Re
             store.close().await;
             tracing::info!("migrations applied");
         }
-        Command::Tx(_) | Command::Locks(_) => {}
+        Command::Tx(_) | Command::Locks(_) | Command::Token(_) => {}
     }
     Ok(())
 }

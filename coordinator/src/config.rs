@@ -1,5 +1,6 @@
 //! Typed configuration: every knob is a flag and an environment variable.
 
+use crate::callbacks::allow::Rule;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tandem_brokers::Destination;
@@ -36,6 +37,10 @@ pub mod defaults {
     pub const SHUTDOWN_GRACE_MS: u64 = 10_000;
     /// How long callback attempts and other timeline events are kept (7 days).
     pub const EVENTS_RETENTION_MS: u64 = 7 * 24 * 3_600_000;
+    /// `--max-branches`.
+    pub const MAX_BRANCHES: u32 = 1_000;
+    /// `--max-payload-bytes`.
+    pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 }
 
 /// Settings of `tandem serve`.
@@ -98,6 +103,52 @@ pub struct Settings {
     /// spaces. Clients name destinations, never broker addresses.
     #[arg(long = "destination", env = "TANDEM_DESTINATIONS", value_delimiter = ' ', value_parser = parse_destination)]
     pub destinations: Vec<Destination>,
+    /// A file of API tokens, one `ROLES NAME sha256:HEX [rate=N]` per line
+    /// (`tandem token new` makes one). Without any token, the coordinator
+    /// serves only on loopback.
+    #[arg(long, env = "TANDEM_TOKENS_FILE")]
+    pub tokens_file: Option<String>,
+    /// API tokens as entries separated by `;` (same form as the file's lines).
+    #[arg(long, env = "TANDEM_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// Serve without authentication on a non-loopback address (behind a
+    /// network boundary you trust). Logged at every start.
+    #[arg(long, env = "TANDEM_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Where callbacks may go, as `SCHEME://HOST[:PORT]` (HOST an address,
+    /// a CIDR, a name or `*.name`; SCHEME http, https or *; PORT a number or
+    /// *). Repeat for several; in the environment, separate with spaces.
+    /// Default: loopback only.
+    #[arg(long = "callback-allow", env = "TANDEM_CALLBACK_ALLOW", value_delimiter = ' ', value_parser = parse_rule)]
+    pub callback_allow: Vec<Rule>,
+    /// The key callbacks are signed with, 64 or more hex digits (`tandem
+    /// token key` makes one). Required when tokens are configured.
+    #[arg(long, env = "TANDEM_CALLBACK_KEY", hide_env_values = true)]
+    pub callback_key: Option<String>,
+    /// A file holding the callback signing key (instead of `--callback-key`).
+    #[arg(long, env = "TANDEM_CALLBACK_KEY_FILE")]
+    pub callback_key_file: Option<String>,
+    /// A PEM file of certificate authorities trusted for `https` callbacks,
+    /// besides the public roots.
+    #[arg(long, env = "TANDEM_CALLBACK_CA_FILE")]
+    pub callback_ca_file: Option<String>,
+    /// Serve HTTPS with this PEM certificate chain (with `--tls-key-file`).
+    #[arg(long, env = "TANDEM_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<String>,
+    /// The PEM private key of `--tls-cert-file`.
+    #[arg(long, env = "TANDEM_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<String>,
+    /// Most branches one transaction may register (beyond: 409 `limit_exceeded`).
+    #[arg(long, env = "TANDEM_MAX_BRANCHES", default_value_t = defaults::MAX_BRANCHES)]
+    pub max_branches: u32,
+    /// Largest `payload` of a branch, a saga step or a delivery, in bytes of
+    /// JSON (larger: 413).
+    #[arg(long, env = "TANDEM_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
+    pub max_payload_bytes: usize,
+}
+
+fn parse_rule(spec: &str) -> Result<Rule, String> {
+    spec.parse::<Rule>()
 }
 
 fn parse_destination(spec: &str) -> Result<Destination, String> {
@@ -127,6 +178,17 @@ impl Settings {
             instance_id: None,
             events_retention_ms: defaults::EVENTS_RETENTION_MS,
             destinations: Vec::new(),
+            tokens_file: None,
+            tokens: None,
+            insecure_no_auth: false,
+            callback_allow: Vec::new(),
+            callback_key: None,
+            callback_key_file: None,
+            callback_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            max_branches: defaults::MAX_BRANCHES,
+            max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -147,6 +209,22 @@ impl Settings {
             max_wait: ms(self.request_timeout_ms.saturating_sub(6_000).max(100)),
             shutdown_grace: ms(self.shutdown_grace_ms),
         }
+    }
+}
+
+/// Bounds on what one transaction may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most branches of one transaction.
+    pub max_branches: u32,
+    /// Largest payload, in bytes of JSON.
+    pub max_payload_bytes: usize,
+}
+
+impl Settings {
+    /// The bounds on one transaction.
+    pub fn bounds(&self) -> Bounds {
+        Bounds { max_branches: self.max_branches.max(1), max_payload_bytes: self.max_payload_bytes }
     }
 }
 

@@ -45,6 +45,27 @@ pub enum CoordinatorError {
     /// A global lock (AT) is held by another transaction.
     #[error("lock {:?} is held by transaction {} ({})", .0.lock_key, .0.xid, .0.status)]
     LockConflict(Box<LockHolder>),
+    /// A callback address outside the allow-list.
+    #[error("{field}: {reason}")]
+    CallbackNotAllowed {
+        /// The field holding it.
+        field: &'static str,
+        /// Why it is refused.
+        reason: crate::callbacks::allow::Refused,
+    },
+    /// A payload larger than the configured bound.
+    #[error("{field} is {size} bytes of JSON; at most {max} are accepted (--max-payload-bytes)")]
+    PayloadTooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its size.
+        size: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A configured bound on a transaction reached.
+    #[error("{0}")]
+    LimitExceeded(String),
     /// The database failed.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -5,6 +5,10 @@
 //! - [`config`]: typed settings (flags and environment).
 //! - [`startup`]: builds the process (store, HTTP server, recovery worker) and shuts it down gracefully.
 //! - [`api`]: HTTP routes, middleware, problem+json errors, OpenAPI.
+//! - [`auth`]: bearer tokens with roles, the access rules of every route,
+//!   rate limits, the console's sessions.
+//! - [`tls`]: HTTPS for the server (rustls); [`server`]: the connections
+//!   (hyper, with a header-read timeout), graceful shutdown.
 //! - [`console`]: the web console at `/console` (server-rendered, compiled in).
 //! - [`transaction`]: the concept itself: pure state machine ([`transaction::state`]),
 //!   status sets ([`transaction::statuses`]) and the operations ([`transaction::service`]).
@@ -21,6 +25,7 @@
 //! - [`cli`]: the `tandem` command line (the binary is a thin wrapper).
 
 pub mod api;
+pub mod auth;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
@@ -31,8 +36,10 @@ pub mod events;
 pub mod metrics;
 pub mod modes;
 pub mod recovery;
+pub mod server;
 pub mod startup;
 pub mod store;
+pub mod tls;
 pub mod transaction;
 
 pub use config::Settings;

@@ -2,15 +2,20 @@
 //! server, recovery worker, graceful shutdown. [`Application::spawn`] runs
 //! one inside the caller's process (tests, examples, the benchmark).
 
-use crate::callbacks::CallbackClient;
+use crate::auth::tokens::TokenConfigError;
+use crate::auth::{Auth, AuthStartError, NoAuth, Tokens};
+use crate::callbacks::allow::AllowList;
+use crate::callbacks::{CallbackClient, CallbackConfig};
 use crate::config::Settings;
 use crate::events::{EventLog, EventWriter};
 use crate::metrics::Metrics;
 use crate::store::{Store, StoreConfig, StoreError};
 use crate::{api, recovery, Coordinator};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tandem_brokers::Brokers;
+use tandem_wire::signature::SigningKey;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +38,18 @@ pub enum StartupError {
     /// The broker destinations' configuration.
     #[error("--destination: {0}")]
     Destinations(#[from] tandem_brokers::DestinationError),
+    /// The API tokens' configuration.
+    #[error(transparent)]
+    Tokens(#[from] TokenConfigError),
+    /// A configuration that would serve unauthenticated or sign nothing.
+    #[error(transparent)]
+    Auth(#[from] AuthStartError),
+    /// The callback signing key or CA file.
+    #[error("{0}")]
+    Callbacks(String),
+    /// The server's certificate or key.
+    #[error("--tls-cert-file/--tls-key-file: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A built coordinator, listening, not yet serving.
@@ -45,12 +62,14 @@ pub struct Application {
     router: axum::Router,
     /// The event log's writer, run by [`Application::run`].
     events: EventWriter,
+    /// The server's TLS configuration (none: plain HTTP).
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A coordinator serving in a task of the caller's process
 /// ([`Application::spawn`]).
 pub struct RunningCoordinator {
-    /// Its base URL (`http://127.0.0.1:port`).
+    /// Its base URL (`http://127.0.0.1:port`, `https://…` with TLS).
     pub url: String,
     /// The bound address.
     addr: SocketAddr,
@@ -101,6 +120,7 @@ impl Application {
                 max_connections: settings.db_max_connections.max(2),
                 relaxed_connections: settings.db_relaxed_connections.max(1),
                 acquire_timeout: Duration::from_secs(5),
+                max_branches: settings.bounds().max_branches,
             },
             metrics.clone(),
         )?;
@@ -112,15 +132,38 @@ impl Application {
         let instance_id = settings.instance_id.clone().unwrap_or_else(default_instance_id);
         let retention = Duration::from_millis(settings.events_retention_ms);
         let (log, events) = EventLog::new(&instance_id, metrics.clone(), retention);
-        let callbacks = CallbackClient::new(timing.callback_timeout, metrics.clone(), brokers, log.clone())?;
-        let coordinator = Coordinator::new(store, metrics, callbacks, log, timing, instance_id);
+        let auth = Arc::new(Auth::new(tokens(settings)?));
+        let signing = signing_key(settings)?;
+        let tls = match (&settings.tls_cert_file, &settings.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::server_config(cert, key)?),
+            _ => None,
+        };
+        let listener = TcpListener::bind(settings.listen).await?;
+        let addr = listener.local_addr()?;
+        let no_auth = if settings.insecure_no_auth { NoAuth::Allowed } else { NoAuth::LoopbackOnly };
+        auth.check_listen(addr, no_auth, signing.is_some())?;
+        if signing.is_none() {
+            tracing::warn!("no callback signing key: callbacks go out unsigned");
+        }
+        let config = CallbackConfig {
+            timeout: timing.callback_timeout,
+            allow: AllowList::new(settings.callback_allow.clone()).with_own_port(addr.port()),
+            signing,
+            roots: callback_roots(settings)?,
+        };
+        tracing::info!(allow = %config.allow.describe(), "callback allow-list");
+        let callbacks = CallbackClient::new(config, metrics.clone(), brokers, log.clone())?;
+        let coordinator = Coordinator::new(store, metrics, callbacks, log, timing, settings.bounds(), instance_id);
         let router = api::router(
             coordinator.clone(),
-            settings.max_body_bytes,
-            Duration::from_millis(settings.request_timeout_ms),
+            auth,
+            api::Serving {
+                max_body_bytes: settings.max_body_bytes,
+                request_timeout: Duration::from_millis(settings.request_timeout_ms),
+                secure_cookies: tls.is_some(),
+            },
         );
-        let listener = TcpListener::bind(settings.listen).await?;
-        Ok(Application { listener, coordinator, router, events })
+        Ok(Application { listener, coordinator, router, events, tls })
     }
 
     /// Builds a coordinator with `settings` (port 0 picks a free port) and
@@ -128,9 +171,10 @@ impl Application {
     pub async fn spawn(settings: &Settings) -> Result<RunningCoordinator, StartupError> {
         let app = Application::build(settings).await?;
         let addr = app.local_addr()?;
+        let scheme = if app.tls.is_some() { "https" } else { "http" };
         let coordinator = app.coordinator.clone();
         let task = tokio::spawn(app.run());
-        Ok(RunningCoordinator { url: format!("http://{addr}"), addr, coordinator, task })
+        Ok(RunningCoordinator { url: format!("{scheme}://{addr}"), addr, coordinator, task })
     }
 
     /// The bound address.
@@ -152,20 +196,30 @@ impl Application {
     /// finishes in-flight requests, lets phase-2 passes end (releasing their
     /// leases) within the grace period, and closes the pools.
     pub async fn run(self) -> Result<(), StartupError> {
-        let Application { listener, coordinator, router, events } = self;
+        let Application { listener, coordinator, router, events, tls } = self;
         let shutdown = coordinator.shutdown_token().clone();
         // Stopped after the drivers: their last attempts are written too.
         let events_stop = CancellationToken::new();
         let writer = tokio::spawn(events.run(coordinator.store().clone(), events_stop.clone()));
-        tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, instance = coordinator.instance_id(), "coordinator listening");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, scheme, instance = coordinator.instance_id(), "coordinator listening");
         let worker = tokio::spawn(recovery::run(coordinator.clone()));
-        // Request/response traffic: never let Nagle hold a small answer back.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        let stop = shutdown.clone().cancelled_owned();
+        match tls {
+            Some(config) => {
+                let listener = crate::tls::TlsListener::new(listener, config)?;
+                crate::server::serve(listener, router, stop).await;
             }
-        });
-        let served = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+            None => {
+                // Request/response traffic: never let Nagle hold a small answer back.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                    }
+                });
+                crate::server::serve(listener, router, stop).await;
+            }
+        }
         shutdown.cancel();
         let tasks = coordinator.tasks();
         tasks.close();
@@ -178,8 +232,44 @@ impl Application {
         let _ = writer.await;
         coordinator.store().close().await;
         tracing::info!("coordinator stopped");
-        Ok(served?)
+        Ok(())
     }
+}
+
+/// The API tokens of the file and the environment together.
+fn tokens(settings: &Settings) -> Result<Tokens, StartupError> {
+    let mut tokens = Tokens::default();
+    if let Some(path) = &settings.tokens_file {
+        tokens.extend(Tokens::read_file(path)?)?;
+    }
+    if let Some(text) = &settings.tokens {
+        tokens.extend(Tokens::parse(text)?)?;
+    }
+    Ok(tokens)
+}
+
+/// The callback signing key, from `--callback-key` or its file.
+fn signing_key(settings: &Settings) -> Result<Option<SigningKey>, StartupError> {
+    let text = match (&settings.callback_key, &settings.callback_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(StartupError::Callbacks("give --callback-key or --callback-key-file, not both".into()))
+        }
+        (Some(k), None) => k.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| StartupError::Callbacks(format!("--callback-key-file {path}: {e}")))?,
+        (None, None) => return Ok(None),
+    };
+    SigningKey::from_hex(&text).map(Some).map_err(|e| StartupError::Callbacks(format!("callback key: {e}")))
+}
+
+/// The extra roots of `https` callbacks.
+fn callback_roots(settings: &Settings) -> Result<Vec<reqwest::Certificate>, StartupError> {
+    let Some(path) = &settings.callback_ca_file else {
+        return Ok(Vec::new());
+    };
+    let pem = std::fs::read(path).map_err(|e| StartupError::Callbacks(format!("--callback-ca-file {path}: {e}")))?;
+    reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| StartupError::Callbacks(format!("--callback-ca-file {path}: {e}")))
 }
 
 fn default_instance_id() -> String {

@@ -44,6 +44,13 @@ impl From<CoordinatorError> for ApiError {
                 err.0.lock_holder = Some(*holder);
                 err
             }
+            E::CallbackNotAllowed { .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::CallbackNotAllowed, detail)
+            }
+            E::PayloadTooLarge { .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::PayloadTooLarge, detail)
+            }
+            E::LimitExceeded(_) => ApiError::new(StatusCode::CONFLICT, ErrorCode::LimitExceeded, detail),
             E::Store(e) => {
                 // Logged here, where it is handled, and only here.
                 if e.is_transient() {

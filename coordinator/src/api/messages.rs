@@ -3,7 +3,8 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::openapi::{BodyProblems, QueryProblems, ServerProblems};
-use super::transactions::{decided, idempotency_key, wait_of, WaitParams};
+use super::transactions::{decided, idempotency_key, own, wait_of, WaitParams};
+use crate::auth::Caller;
 use crate::transaction::state::Decision;
 use crate::Coordinator;
 use axum::extract::{Path, State};
@@ -32,11 +33,12 @@ use tandem_wire::{MessageRequest, Problem, Transaction};
     ))]
 pub async fn prepare(
     State(c): State<Coordinator>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<MessageRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let (tx, created) = c.prepare_message(req, key).await?;
+    let (tx, created) = c.prepare_message(req, key, caller.name()).await?;
     let mut resp = (StatusCode::CREATED, Json(tx)).into_response();
     if !created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -44,7 +46,8 @@ pub async fn prepare(
     Ok(resp)
 }
 
-async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+async fn decide(c: Coordinator, caller: Caller, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+    own(&c, &caller, &xid).await?;
     let wait = wait_of(&c, &p)?;
     Ok(decided(c.decide_message(&xid, d, wait).await?))
 }
@@ -67,10 +70,11 @@ async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Resu
     ))]
 pub async fn submit(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(xid): Path<String>,
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    decide(c, xid, Decision::Commit, p).await
+    decide(c, caller, xid, Decision::Commit, p).await
 }
 
 /// Abort a prepared message: nothing is delivered; it ends `rolled_back`.
@@ -89,8 +93,9 @@ pub async fn submit(
     ))]
 pub async fn abort(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(xid): Path<String>,
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    decide(c, xid, Decision::Rollback, p).await
+    decide(c, caller, xid, Decision::Rollback, p).await
 }

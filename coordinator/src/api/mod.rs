@@ -10,11 +10,13 @@ pub mod ops;
 pub mod sagas;
 pub mod transactions;
 
+use crate::auth::Auth;
 use crate::Coordinator;
 use axum::body::Bytes;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
 use axum::{Extension, Router};
+use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -50,16 +52,35 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(ops::openapi))
 }
 
-/// Builds the router with its middleware.
-pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: Duration) -> Router {
+/// How the router serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Serving {
+    /// Largest request body.
+    pub max_body_bytes: usize,
+    /// Longest request.
+    pub request_timeout: Duration,
+    /// Whether the console's cookies are `Secure` (served over TLS).
+    pub secure_cookies: bool,
+}
+
+/// Builds the router with its middleware. Every API route passes the
+/// authorization layer ([`crate::auth::middleware::authorize`]); the
+/// console checks its own sessions.
+pub fn router(coordinator: Coordinator, auth: Arc<Auth>, serving: Serving) -> Router {
     let (routes, doc) = routes().split_for_parts();
     let doc = openapi::document(doc, &openapi::Limits::of(&coordinator));
     // Serialized once: every request for it gets the same bytes.
     let doc = ops::OpenApiDocument(Bytes::from(serde_json::to_vec(&doc).unwrap_or_default()));
-    let routes = routes.layer(Extension(doc)).with_state(coordinator.clone());
+    let routes = routes
+        .route_layer(axum::middleware::from_fn_with_state(auth.clone(), crate::auth::middleware::authorize))
+        .layer(Extension(doc))
+        .with_state(coordinator.clone());
     // Not in the OpenAPI document: the console's pages are HTML, and so are its errors.
-    let routes = routes.merge(crate::console::router().with_state(coordinator));
-    routes.layer(DefaultBodyLimit::max(max_body_bytes)).layer(
+    let console = crate::console::router()
+        .layer(Extension(crate::console::Access::new(auth, serving.secure_cookies)))
+        .with_state(coordinator);
+    let routes = routes.merge(console);
+    routes.layer(DefaultBodyLimit::max(serving.max_body_bytes)).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
@@ -68,6 +89,6 @@ pub fn router(coordinator: Coordinator, max_body_bytes: usize, request_timeout: 
             }))
             .layer(PropagateRequestIdLayer::x_request_id())
             .layer(axum::middleware::from_fn(error::problem_for_bare_errors))
-            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, request_timeout)),
+            .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, serving.request_timeout)),
     )
 }

@@ -117,12 +117,61 @@ impl Limits {
 /// the limits written in.
 pub fn document(routes: utoipa::openapi::OpenApi, limits: &Limits) -> Value {
     let mut doc = serde_json::to_value(routes).unwrap_or_else(|_| json!({}));
+    declare_security(&mut doc);
     let missing = declare_limits(&mut doc, limits);
     if !missing.is_empty() {
         // A bug (a renamed field or route); the unit test below fails on it.
         tracing::error!(?missing, "the OpenAPI limits name members the document does not have");
     }
     doc
+}
+
+/// Declares the bearer scheme, and on every operation what
+/// [`crate::auth::policy::access`] requires of it: no security on a public
+/// one; otherwise the bearer token, the roles it needs (in its
+/// description and `x-tandem-roles`), and the answers 401, 403 and 429.
+fn declare_security(doc: &mut Value) {
+    use crate::auth::policy::{access, Access};
+    use crate::auth::Role;
+    let scheme = json!({ "bearer": { "type": "http", "scheme": "bearer",
+        "description": "An API token (`tandem token new`). Without any token configured, the coordinator \
+            serves only on loopback and needs none." } });
+    if let Some(components) = doc.get_mut("components").and_then(Value::as_object_mut) {
+        components.insert("securitySchemes".into(), scheme);
+    }
+    let auth_problems = [
+        (401, "`unauthorized`: no bearer token, or one this coordinator does not know"),
+        (403, "`forbidden`: the token's role may not call this operation"),
+        (429, "`rate_limited`: the token is over its request rate; retry after `Retry-After` seconds"),
+    ];
+    let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) else { return };
+    for (path, item) in paths.iter_mut() {
+        let Some(item) = item.as_object_mut() else { continue };
+        for (method, op) in item.iter_mut() {
+            let Ok(m) = method.to_ascii_uppercase().parse::<axum::http::Method>() else { continue };
+            let Some(op) = op.as_object_mut() else { continue };
+            match access(&m, path).0 {
+                Access::Public => {
+                    op.insert("security".into(), json!([]));
+                }
+                Access::Roles(roles) => {
+                    op.insert("security".into(), json!([{ "bearer": [] }]));
+                    let names: Vec<&str> = Role::ALL.into_iter().filter(|r| roles.has(*r)).map(Role::as_str).collect();
+                    op.insert("x-tandem-roles".into(), json!(names));
+                    let note = format!("\n\nNeeds a token with the role {}.", names.join(" or "));
+                    let description = op.get("description").and_then(Value::as_str).unwrap_or_default().to_owned();
+                    op.insert("description".into(), Value::String(format!("{description}{note}").trim().to_owned()));
+                    let responses = op.entry("responses").or_insert_with(|| json!({}));
+                    if let Some(responses) = responses.as_object_mut() {
+                        for (status, d) in auth_problems {
+                            let r = serde_json::to_value(problem(d)).unwrap_or_else(|_| json!({}));
+                            responses.entry(status.to_string()).or_insert(r);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Edits of the generated document at JSON pointers. An edit of a member

@@ -23,7 +23,12 @@ use utoipa::IntoParams;
         (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
         ServerProblems,
     ))]
-pub async fn timeline(State(c): State<Coordinator>, Path(xid): Path<String>) -> Result<Json<Timeline>, ApiError> {
+pub async fn timeline(
+    State(c): State<Coordinator>,
+    caller: crate::auth::Caller,
+    Path(xid): Path<String>,
+) -> Result<Json<Timeline>, ApiError> {
+    super::transactions::own(&c, &caller, &xid).await?;
     Ok(Json(c.timeline(&xid).await?))
 }
 

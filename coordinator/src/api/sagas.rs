@@ -34,13 +34,14 @@ use tandem_wire::{Problem, SagaRequest, Transaction};
     ))]
 pub async fn submit(
     State(c): State<Coordinator>,
+    caller: crate::auth::Caller,
     headers: HeaderMap,
     ApiQuery(p): ApiQuery<WaitParams>,
     ApiJson(req): ApiJson<SagaRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let wait = wait_of(&c, &p)?;
-    let (reply, created) = c.submit_saga(req, key, wait).await?;
+    let (reply, created) = c.submit_saga(req, key, caller.name(), wait).await?;
     let mut resp = decided(reply);
     if !created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));

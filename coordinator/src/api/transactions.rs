@@ -3,6 +3,8 @@
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiQuery};
 use super::openapi::{BodyProblems, QueryProblems, ServerProblems};
+use crate::auth::Caller;
+use crate::error::CoordinatorError;
 use crate::transaction::service::{DecideReply, ListFilter};
 use crate::transaction::state::Decision;
 use crate::Coordinator;
@@ -37,6 +39,19 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     }
 }
 
+/// Refuses a `client` acting on a transaction it did not begin, as if the
+/// transaction did not exist (see [`crate::auth::policy::Scope`]).
+pub(super) async fn own(c: &Coordinator, caller: &Caller, xid: &str) -> Result<(), ApiError> {
+    let Some(name) = caller.only_own() else {
+        return Ok(());
+    };
+    match c.store().began_by(xid, name).await {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CoordinatorError::TransactionNotFound(xid.to_owned()).into()),
+        Err(e) => Err(CoordinatorError::from(e).into()),
+    }
+}
+
 /// Begin a global transaction.
 #[utoipa::path(post, path = "/v1/transactions", tag = "transactions",
     request_body = BeginRequest,
@@ -53,11 +68,12 @@ pub(super) fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Api
     ))]
 pub async fn begin(
     State(c): State<Coordinator>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(req): ApiJson<BeginRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
-    let (tx, created) = c.begin(req, key).await?;
+    let (tx, created) = c.begin(req, key, caller.name()).await?;
     let mut resp = (StatusCode::CREATED, Json(tx)).into_response();
     if !created {
         resp.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -73,7 +89,12 @@ pub async fn begin(
         (status = 404, description = "`transaction_not_found`", body = Problem, content_type = "application/problem+json"),
         ServerProblems,
     ))]
-pub async fn get(State(c): State<Coordinator>, Path(xid): Path<String>) -> Result<Json<Transaction>, ApiError> {
+pub async fn get(
+    State(c): State<Coordinator>,
+    caller: Caller,
+    Path(xid): Path<String>,
+) -> Result<Json<Transaction>, ApiError> {
+    own(&c, &caller, &xid).await?;
     Ok(Json(c.get(&xid).await?))
 }
 
@@ -132,6 +153,7 @@ fn text_param(name: &'static str, v: Option<String>, max: usize) -> Result<Optio
     ))]
 pub async fn list(
     State(c): State<Coordinator>,
+    caller: Caller,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<TransactionList>, ApiError> {
     let status = p.status.map(|s| s.parse::<GlobalStatus>()).transpose().map_err(|e| validation(e.to_string()))?;
@@ -146,7 +168,9 @@ pub async fn list(
     let xid = text_param("xid", p.xid, tandem_wire::MAX_ID_LEN)?;
     let created_after = time_param("created_after", p.created_after)?;
     let created_before = time_param("created_before", p.created_before)?;
-    let filter = ListFilter { status, mode, name, xid, created_after, created_before, limit, after };
+    // A client lists only what it began; an admin everything.
+    let began_by = if caller.lists_all() { None } else { caller.name().map(str::to_owned) };
+    let filter = ListFilter { status, mode, name, xid, created_after, created_before, began_by, limit, after };
     Ok(Json(c.list(filter).await?))
 }
 
@@ -220,8 +244,9 @@ pub(super) fn decided(reply: DecideReply) -> Response {
     }
 }
 
-async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
+async fn decide(c: Coordinator, caller: Caller, xid: String, d: Decision, p: WaitParams) -> Result<Response, ApiError> {
     let wait = wait_of(&c, &p)?;
+    own(&c, &caller, &xid).await?;
     Ok(decided(c.decide(&xid, d, wait).await?))
 }
 
@@ -239,10 +264,11 @@ async fn decide(c: Coordinator, xid: String, d: Decision, p: WaitParams) -> Resu
     ))]
 pub async fn commit(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(xid): Path<String>,
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    decide(c, xid, Decision::Commit, p).await
+    decide(c, caller, xid, Decision::Commit, p).await
 }
 
 /// Decide rollback.
@@ -259,8 +285,9 @@ pub async fn commit(
     ))]
 pub async fn rollback(
     State(c): State<Coordinator>,
+    caller: Caller,
     Path(xid): Path<String>,
     ApiQuery(p): ApiQuery<WaitParams>,
 ) -> Result<Response, ApiError> {
-    decide(c, xid, Decision::Rollback, p).await
+    decide(c, caller, xid, Decision::Rollback, p).await
 }

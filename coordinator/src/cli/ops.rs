@@ -20,6 +20,9 @@ pub struct Target {
     /// The coordinator's base URL.
     #[arg(long, env = "TANDEM_URL", default_value = "http://127.0.0.1:7070")]
     pub url: String,
+    /// An admin API token (needed once the coordinator has tokens configured).
+    #[arg(long, env = "TANDEM_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -120,20 +123,27 @@ struct Api {
     http: reqwest::Client,
     /// Base URL without a trailing slash.
     base: String,
+    /// The bearer token, if any.
+    token: Option<String>,
 }
 
 impl Api {
-    fn new(url: &str) -> Result<Api, OpsError> {
+    fn new(target: &Target) -> Result<Api, OpsError> {
+        let url = &target.url;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|source| OpsError::Http { url: url.to_owned(), source })?;
-        Ok(Api { http, base: url.trim_end_matches('/').to_owned() })
+        Ok(Api { http, base: url.trim_end_matches('/').to_owned(), token: target.token.clone() })
     }
 
     async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, path: &str) -> Result<T, OpsError> {
         let url = format!("{}{path}", self.base);
         let http = |source| OpsError::Http { url: url.clone(), source };
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
         let resp = req.send().await.map_err(http)?;
         let status = resp.status();
         if status.is_success() {
@@ -195,7 +205,7 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
                     Utc::now().checked_sub_signed(d).ok_or_else(|| OpsError::Usage("--since: too long".into()))?;
                 query.push(("created_after", after.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)));
             }
-            let list: TransactionList = Api::new(&target.url)?.get("/v1/transactions", &query).await?;
+            let list: TransactionList = Api::new(&target)?.get("/v1/transactions", &query).await?;
             if target.json {
                 print_json(&list);
             } else {
@@ -207,7 +217,7 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
         }
         TxCommand::Show { xid, target } => {
             let path = format!("/v1/transactions/{}/timeline", segment(&xid)?);
-            let timeline: Timeline = Api::new(&target.url)?.get(&path, &[]).await?;
+            let timeline: Timeline = Api::new(&target)?.get(&path, &[]).await?;
             if target.json {
                 print_json(&timeline);
             } else {
@@ -216,7 +226,7 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
         }
         TxCommand::Retry { xid, target } => {
             let path = format!("/v1/transactions/{}/retry", segment(&xid)?);
-            let tx: Transaction = Api::new(&target.url)?.post(&path, None).await?;
+            let tx: Transaction = Api::new(&target)?.post(&path, None).await?;
             if target.json {
                 print_json(&tx);
             } else {
@@ -225,7 +235,7 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
         }
         TxCommand::Stop { xid, note, target } => {
             let path = format!("/v1/transactions/{}/stop", segment(&xid)?);
-            let tx: Transaction = Api::new(&target.url)?.post(&path, Some(&StopRequest { note })).await?;
+            let tx: Transaction = Api::new(&target)?.post(&path, Some(&StopRequest { note })).await?;
             if target.json {
                 print_json(&tx);
             } else {
@@ -239,7 +249,7 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
 /// Runs `tandem locks …`.
 pub async fn locks(cmd: LocksCommand) -> Result<(), OpsError> {
     let LocksCommand::List { limit, target } = cmd;
-    let list: LockList = Api::new(&target.url)?.get("/v1/locks", &[("limit", limit.to_string())]).await?;
+    let list: LockList = Api::new(&target)?.get("/v1/locks", &[("limit", limit.to_string())]).await?;
     if target.json {
         print_json(&list);
         return Ok(());

@@ -5,11 +5,14 @@
 //!
 //! Mutations are POST forms reached through a confirmation page, refused
 //! cross-site (`Sec-Fetch-Site`, `Origin`); [`Operator`] is the one
-//! extractor every handler takes, where the session check of
-//! authentication will go.
+//! extractor every page takes: with authentication on, it requires a
+//! session, begun at `/console/login` with an admin token
+//! ([`crate::auth::session`]) and ended by `/console/logout`.
 
 pub mod svg;
 
+use crate::auth::session::{self, Transport};
+use crate::auth::{Auth, Role};
 use crate::error::CoordinatorError;
 use crate::transaction::service::ListFilter;
 use crate::Coordinator;
@@ -17,11 +20,12 @@ use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
-use axum::{Form, Router};
+use axum::routing::{get, post};
+use axum::{Extension, Form, Router};
 use chrono::{DateTime, NaiveDateTime, Utc};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
+use std::sync::Arc;
 use tandem_wire::{Branch, GlobalStatus, Mode, Timeline, TimelineEvent, Transaction, Xid, STUCK_ATTEMPTS};
 
 /// The stylesheet, compiled in.
@@ -41,20 +45,135 @@ pub fn router() -> Router<Coordinator> {
         .route("/console/transactions/{xid}/retry", get(confirm_retry).post(retry))
         .route("/console/transactions/{xid}/stop", get(confirm_stop).post(stop))
         .route("/console/locks", get(locks))
+        .route("/console/login", get(login_page).post(login))
+        .route("/console/logout", post(logout))
         .route("/console/assets/console.css", get(css))
 }
 
-/// Whoever uses the console. Today: anyone who reaches it (the API has no
-/// authentication yet); the place where a session will be required.
+/// What the console needs to know about authentication.
+#[derive(Clone)]
+pub struct Access {
+    /// The API's tokens (an operator logs in with an admin one).
+    auth: Arc<Auth>,
+    /// Whether cookies are `Secure`.
+    transport: Transport,
+}
+
+impl Access {
+    /// The console's access with `auth`; `secure_cookies` when served over TLS.
+    pub fn new(auth: Arc<Auth>, secure_cookies: bool) -> Access {
+        Access { auth, transport: if secure_cookies { Transport::Tls } else { Transport::Plain } }
+    }
+}
+
+/// Whoever uses the console: anyone when authentication is off, else the
+/// holder of a live session (logged in with an admin token). A request
+/// without one is sent to the login page.
 #[derive(Debug)]
 pub struct Operator;
 
-impl<S: Send + Sync> FromRequestParts<S> for Operator {
+impl FromRequestParts<Coordinator> for Operator {
     type Rejection = Response;
 
-    async fn from_request_parts(_parts: &mut Parts, _state: &S) -> Result<Self, Response> {
-        Ok(Operator)
+    async fn from_request_parts(parts: &mut Parts, c: &Coordinator) -> Result<Self, Response> {
+        let Some(access) = parts.extensions.get::<Access>() else {
+            tracing::error!("the console is served without its access layer");
+            return Err(page_error(StatusCode::INTERNAL_SERVER_ERROR, "Error", "The console is misconfigured."));
+        };
+        if access.auth.is_open() {
+            return Ok(Operator);
+        }
+        let Some(id) = session::from_cookies(&parts.headers) else {
+            return Err(Redirect::to("/console/login").into_response());
+        };
+        match c.store().session(&session::id_hash(&id)).await {
+            Ok(Some(_name)) => Ok(Operator),
+            Ok(None) => Err(Redirect::to("/console/login").into_response()),
+            Err(e) => Err(failed(e.into())),
+        }
     }
+}
+
+async fn login_page(Extension(access): Extension<Access>) -> Response {
+    if access.auth.is_open() {
+        return Redirect::to("/console").into_response();
+    }
+    login_form(StatusCode::OK, None)
+}
+
+fn login_form(status: StatusCode, error: Option<&str>) -> Response {
+    let mut resp = page_with(
+        "Log in",
+        html! {
+            h1 { "Log in" }
+            p { "The console needs an API token with the " code { "admin" } " role." }
+            @if let Some(e) = error { p.error { (e) } }
+            form.login method="post" action="/console/login" {
+                label for="token" { "Admin token" }
+                input #token type="password" name="token" autocomplete="off" required;
+                button type="submit" { "Log in" }
+            }
+        },
+        Header::Bare,
+    );
+    *resp.status_mut() = status;
+    resp
+}
+
+/// The login form's body.
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    /// The admin token.
+    token: String,
+}
+
+async fn login(
+    _: SameOrigin,
+    State(c): State<Coordinator>,
+    Extension(access): Extension<Access>,
+    Form(form): Form<LoginForm>,
+) -> Response {
+    if access.auth.is_open() {
+        return Redirect::to("/console").into_response();
+    }
+    let Some(entry) = access.auth.tokens().find(form.token.trim()) else {
+        return login_form(StatusCode::UNAUTHORIZED, Some("That is not a token this coordinator knows."));
+    };
+    if entry.admit().is_err() {
+        return login_form(StatusCode::TOO_MANY_REQUESTS, Some("Too many attempts with this token; wait a moment."));
+    }
+    if !entry.roles.has(Role::Admin) {
+        return login_form(StatusCode::FORBIDDEN, Some("That token is not an admin token."));
+    }
+    let (id, hash) = session::new_id();
+    let expires = Utc::now() + chrono::Duration::seconds(session::SESSION_TTL.as_secs() as i64);
+    if let Err(e) = c.store().insert_session(&hash, &entry.name, expires).await {
+        return failed(e.into());
+    }
+    tracing::info!(name = &*entry.name, "console login");
+    let mut resp = Redirect::to("/console").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&id, access.transport)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn logout(
+    _: SameOrigin,
+    State(c): State<Coordinator>,
+    Extension(access): Extension<Access>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(id) = session::from_cookies(&headers) {
+        if let Err(e) = c.store().delete_session(&session::id_hash(&id)).await {
+            return failed(e.into());
+        }
+    }
+    let mut resp = Redirect::to("/console/login").into_response();
+    if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(access.transport)) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
 }
 
 /// A POST from a page of this console: a browser says where a form came
@@ -84,7 +203,20 @@ impl<S: Send + Sync> FromRequestParts<S> for SameOrigin {
 }
 
 /// An HTML page with the console's headers.
+/// What a page's header bar holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Header {
+    /// The navigation and the logout button: a page behind the session.
+    Full,
+    /// The name alone: the login page.
+    Bare,
+}
+
 fn page(title: &str, body: Markup) -> Response {
+    page_with(title, body, Header::Full)
+}
+
+fn page_with(title: &str, body: Markup, header: Header) -> Response {
     let markup = html! {
         (DOCTYPE)
         html lang="en" {
@@ -97,11 +229,14 @@ fn page(title: &str, body: Markup) -> Response {
             body {
                 header.top {
                     a.brand href="/console" { "Tandem" }
-                    nav {
-                        a href="/console" { "Overview" }
-                        a href="/console/transactions" { "Transactions" }
-                        a href="/console#attention" { "Needs attention" }
-                        a href="/console/locks" { "Locks" }
+                    @if header == Header::Full {
+                        nav {
+                            a href="/console" { "Overview" }
+                            a href="/console/transactions" { "Transactions" }
+                            a href="/console#attention" { "Needs attention" }
+                            a href="/console/locks" { "Locks" }
+                        }
+                        form.logout method="post" action="/console/logout" { button type="submit" { "Log out" } }
                     }
                 }
                 main { (body) }
@@ -299,6 +434,7 @@ impl ListForm {
             xid,
             created_after: form_time("created after", &self.created_after)?,
             created_before: form_time("created before", &self.created_before)?,
+            began_by: None,
             limit: PAGE,
             after,
         })

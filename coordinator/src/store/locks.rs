@@ -61,7 +61,8 @@ impl Store {
                     sqlx::query_as::<_, BranchWithMode>(concat!(
                         "WITH t AS (UPDATE global_transactions SET version = version + 1, \
                                     branch_count = branch_count + 1, branches_unprepared = branches_unprepared + 1 \
-                                    WHERE xid = $1 AND status = $8 AND deadline > now() RETURNING xid, mode), \
+                                    WHERE xid = $1 AND status = $8 AND deadline > now() \
+                                    AND branch_count < $11 RETURNING xid, mode), \
                               ins AS (INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
                                       SELECT $2, t.xid, $3, $4, $9, $5, $7 FROM t RETURNING ",
                         branch_cols!(),
@@ -79,6 +80,7 @@ impl Store {
                     .bind(GlobalStatus::Active.as_str())
                     .bind(BranchStatus::Registered.as_str())
                     .bind(&*LOCKING_MODES)
+                    .bind(self.max_branches)
                     .fetch_optional(&self.durable),
                 )
                 .await;

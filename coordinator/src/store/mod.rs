@@ -11,6 +11,7 @@
 //!
 //! Every call is timed into `tandem_db_query_duration_seconds{query}`.
 
+mod auth;
 mod batch;
 mod decision;
 mod locks;
@@ -125,6 +126,9 @@ pub struct StoreConfig {
     pub relaxed_connections: u32,
     /// How long a request waits for a free connection.
     pub acquire_timeout: Duration,
+    /// Most branches a registration may bring a transaction to (checked in
+    /// the registering statement, so concurrent registrations cannot pass it).
+    pub max_branches: u32,
 }
 
 /// The coordinator's persistence handle. Cheap to clone.
@@ -136,6 +140,8 @@ pub struct Store {
     relaxed: PgPool,
     /// Where query timings go.
     metrics: Metrics,
+    /// [`StoreConfig::max_branches`].
+    max_branches: i32,
     /// Batched inserts of new transactions (relaxed).
     begins: batch::Batcher<NewTransaction, Option<TxRow>>,
     /// Batched branch registrations (durable).
@@ -179,6 +185,7 @@ impl Store {
             .max_connections(cfg.relaxed_connections)
             .acquire_timeout(cfg.acquire_timeout)
             .connect_lazy_with(relaxed_opts);
+        let max_branches = i32::try_from(cfg.max_branches).unwrap_or(i32::MAX);
         let begins = {
             let (pool, metrics) = (relaxed.clone(), metrics.clone());
             batch::Batcher::start(BATCH_MAX, move |items| {
@@ -192,10 +199,10 @@ impl Store {
         let registrations = {
             let (pool, metrics) = (durable.clone(), metrics.clone());
             batch::Batcher::start(BATCH_MAX, move |items| {
-                registration::insert_branches(pool.clone(), metrics.clone(), items)
+                registration::insert_branches(pool.clone(), metrics.clone(), max_branches, items)
             })
         };
-        Ok(Store { durable, relaxed, metrics, begins, registrations, finishes })
+        Ok(Store { durable, relaxed, metrics, max_branches, begins, registrations, finishes })
     }
 
     /// Applies pending migrations (serialized across processes by sqlx's advisory lock).

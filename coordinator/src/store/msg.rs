@@ -18,6 +18,8 @@ pub struct NewMessage {
     pub idempotency_key: Option<String>,
     /// The producer's back-check endpoint.
     pub check_url: String,
+    /// The name of the token that began it (none: authentication off).
+    pub began_by: Option<String>,
     /// The deliveries' order.
     pub order: DeliveryOrder,
     /// The deliveries, in list order.
@@ -56,9 +58,9 @@ impl Store {
         let q = sqlx::query_as::<_, TxRow>(concat!(
             "WITH t AS (INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, \
                             idempotency_key, next_attempt_at, check_url, delivery_order, branch_count, \
-                            branches_unprepared) \
+                            branches_unprepared, began_by) \
                         VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond', $6, \
-                                now() + $5 * interval '1 millisecond', $7, $8, $9, $9) \
+                                now() + $5 * interval '1 millisecond', $7, $8, $9, $9, $16) \
                         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *), \
              b AS (INSERT INTO branches (xid, branch_id, resource, callback_url, status, payload, destination) \
                    SELECT t.xid, d.branch_id, d.resource, d.url, $10, d.payload, d.destination \
@@ -83,7 +85,8 @@ impl Store {
         .bind(&resources)
         .bind(&urls)
         .bind(&payloads)
-        .bind(&destinations);
+        .bind(&destinations)
+        .bind(m.began_by.as_deref());
         let Some(tx) = self.timed("insert_message", q.fetch_optional(&self.durable)).await? else {
             return Ok(None);
         };

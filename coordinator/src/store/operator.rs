@@ -52,6 +52,8 @@ pub struct TxFilter<'a> {
     pub created_after: Option<DateTime<Utc>>,
     /// Only created before this.
     pub created_before: Option<DateTime<Utc>>,
+    /// Only begun by this token's name.
+    pub began_by: Option<&'a str>,
 }
 
 static DECIDED_TEXT: LazyLock<Vec<&'static str>> = LazyLock::new(|| statuses::texts(DECIDED));
@@ -59,12 +61,14 @@ static FINAL_BRANCH_TEXT: LazyLock<Vec<&'static str>> =
     LazyLock::new(|| statuses::texts(&BranchStatus::ALL.iter().copied().filter(|b| b.is_final()).collect::<Vec<_>>()));
 
 /// Filters of the list; `$1` status, `$2` mode, `$3` name prefix, `$4` xid
-/// part, `$5` created after, `$6` created before, `$7` limit (`$8` cursor).
+/// part, `$5` created after, `$6` created before, `$7` limit, `$8` began by
+/// (`$9` cursor).
 macro_rules! list_filters {
     () => {
         "($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR mode = $2) \
          AND ($3::text IS NULL OR starts_with(name, $3)) AND ($4::text IS NULL OR strpos(xid, $4) > 0) \
-         AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6)"
+         AND ($5::timestamptz IS NULL OR created_at >= $5) AND ($6::timestamptz IS NULL OR created_at < $6) \
+         AND ($8::text IS NULL OR began_by = $8)"
     };
 }
 
@@ -233,7 +237,7 @@ impl Store {
             Some(_) => sqlx::query_as::<_, TxRow>(concat!(
                 "SELECT ",
                 tx_cols!(),
-                " FROM global_transactions WHERE xid < $8 AND ",
+                " FROM global_transactions WHERE xid < $9 AND ",
                 list_filters!(),
                 " ORDER BY xid DESC LIMIT $7"
             )),
@@ -252,7 +256,8 @@ impl Store {
             .bind(filter.xid_contains)
             .bind(filter.created_after)
             .bind(filter.created_before)
-            .bind(limit);
+            .bind(limit)
+            .bind(filter.began_by);
         let q = match after {
             Some(after) => q.bind(after.as_str()),
             None => q,

@@ -22,6 +22,8 @@ pub struct NewTransaction {
     pub idempotency_key: Option<String>,
     /// Phase timeouts (`3pc` only).
     pub three_phase: Option<ThreePhaseTimeouts>,
+    /// The name of the token that began it (none: authentication off).
+    pub began_by: Option<String>,
 }
 
 /// A branch to insert.
@@ -209,6 +211,7 @@ pub(super) async fn insert_transactions(
     let names: Vec<Option<&str>> = items.iter().map(|t| t.name.as_deref()).collect();
     let timeouts: Vec<i64> = items.iter().map(|t| i64::try_from(t.timeout_ms).unwrap_or(i64::MAX)).collect();
     let keys: Vec<Option<&str>> = items.iter().map(|t| t.idempotency_key.as_deref()).collect();
+    let began_by: Vec<Option<&str>> = items.iter().map(|t| t.began_by.as_deref()).collect();
     let phase = |f: fn(&ThreePhaseTimeouts) -> u64| -> Vec<Option<i64>> {
         items.iter().map(|t| t.three_phase.as_ref().map(|p| i64::try_from(f(p)).unwrap_or(i64::MAX))).collect()
     };
@@ -219,11 +222,11 @@ pub(super) async fn insert_transactions(
         "insert_transactions",
         sqlx::query_as::<_, TxRow>(concat!(
             "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key, \
-                                             can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms) \
+                                             can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, began_by) \
              SELECT u.xid, u.mode, u.name, $6, u.timeout_ms, now() + u.timeout_ms * interval '1 millisecond', u.key, \
-                    u.can, u.pre, u.done \
+                    u.can, u.pre, u.done, u.began_by \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $7::bigint[], $8::bigint[], \
-                         $9::bigint[]) AS u(xid, mode, name, timeout_ms, key, can, pre, done) \
+                         $9::bigint[], $10::text[]) AS u(xid, mode, name, timeout_ms, key, can, pre, done, began_by) \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
             tx_cols!()
         ))
@@ -236,6 +239,7 @@ pub(super) async fn insert_transactions(
         .bind(&can)
         .bind(&pre)
         .bind(&done)
+        .bind(&began_by)
         .fetch_all(&pool),
     )
     .await?;
@@ -244,10 +248,12 @@ pub(super) async fn insert_transactions(
 }
 
 /// Registers a batch of branches in one durable statement; one result per
-/// input (`None` where the transaction is not active or past its deadline).
+/// input (`None` where the transaction is not active, past its deadline, or
+/// would pass `max_branches`).
 pub(super) async fn insert_branches(
     pool: PgPool,
     metrics: Metrics,
+    max_branches: i32,
     items: Vec<(Xid, NewBranch)>,
 ) -> Result<Vec<Option<BranchWithMode>>, StoreError> {
     let xids: Vec<&str> = items.iter().map(|(x, _)| x.as_str()).collect();
@@ -272,7 +278,8 @@ pub(super) async fn insert_branches(
                   t AS (UPDATE global_transactions g SET version = version + c.n, branch_count = branch_count + c.n, \
                                branches_unprepared = branches_unprepared + c.n \
                         FROM counts c JOIN locked l ON l.xid = c.xid \
-                        WHERE g.xid = c.xid AND g.status = $7 AND g.deadline > now() RETURNING g.xid, g.mode), \
+                        WHERE g.xid = c.xid AND g.status = $7 AND g.deadline > now() \
+                              AND g.branch_count + c.n <= $9 RETURNING g.xid, g.mode), \
                   ins AS (INSERT INTO branches (branch_id, xid, resource, callback_url, status, payload, lock_keys) \
                           SELECT i.branch_id, i.xid, i.resource, i.callback_url, $8, i.payload, \
                                  ARRAY(SELECT jsonb_array_elements_text(i.lock_keys)) \
@@ -288,6 +295,7 @@ pub(super) async fn insert_branches(
         .bind(&keys)
         .bind(GlobalStatus::Active.as_str())
         .bind(BranchStatus::Registered.as_str())
+        .bind(max_branches)
         .fetch_all(&pool),
     )
     .await?;

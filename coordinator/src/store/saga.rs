@@ -21,6 +21,8 @@ pub struct NewSaga {
     pub idempotency_key: Option<String>,
     /// Transient failures retried per action.
     pub retry_limit: Option<u32>,
+    /// The name of the token that began it (none: authentication off).
+    pub began_by: Option<String>,
     /// The steps, in definition order.
     pub steps: Vec<NewStep>,
 }
@@ -121,9 +123,10 @@ impl Store {
         let n = i32::try_from(s.steps.len()).unwrap_or(i32::MAX);
         let q = sqlx::query_as::<_, TxRow>(concat!(
             "WITH t AS (INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, \
-                            idempotency_key, owner, next_attempt_at, retry_limit, branch_count, branches_unprepared) \
+                            idempotency_key, owner, next_attempt_at, retry_limit, branch_count, branches_unprepared, \
+                            began_by) \
                         VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond', $6, $7, \
-                                now() + $8 * interval '1 millisecond', $9, $10, $10) \
+                                now() + $8 * interval '1 millisecond', $9, $10, $10, $20) \
                         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *), \
              b AS (INSERT INTO branches (xid, branch_id, resource, callback_url, status, payload, action_url, \
                                          after_steps, action_status, action_attempts) \
@@ -156,7 +159,8 @@ impl Store {
         .bind(&actions)
         .bind(&after)
         .bind(&statuses)
-        .bind(&attempts);
+        .bind(&attempts)
+        .bind(s.began_by.as_deref());
         let Some(tx) = self.timed("insert_saga", q.fetch_optional(&self.durable)).await? else {
             return Ok(None);
         };

@@ -3,7 +3,7 @@
 
 use super::state::{self, Decision, DecisionInput, DecisionOutcome, RegisterRefusal, ReportRefusal};
 use crate::callbacks::CallbackClient;
-use crate::config::Timing;
+use crate::config::{Bounds, Timing};
 use crate::driver::{Job, Outcome};
 use crate::error::CoordinatorError;
 use crate::events::EventLog;
@@ -41,6 +41,8 @@ struct Inner {
     events: EventLog,
     /// Timing knobs.
     timing: Timing,
+    /// Bounds on one transaction (branches, payload size).
+    bounds: Bounds,
     /// This process's name in leases.
     instance_id: String,
     /// Phase-2 tasks, awaited on shutdown.
@@ -88,6 +90,8 @@ pub struct ListFilter {
     pub created_after: Option<chrono::DateTime<chrono::Utc>>,
     /// Only created before this.
     pub created_before: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only begun by this token's name (a client's own listing).
+    pub began_by: Option<String>,
     /// Page size (1..=500).
     pub limit: i64,
     /// Cursor: the last xid of the previous page.
@@ -110,6 +114,7 @@ impl Coordinator {
         callbacks: CallbackClient,
         events: EventLog,
         timing: Timing,
+        bounds: Bounds,
         instance_id: String,
     ) -> Coordinator {
         Coordinator {
@@ -119,6 +124,7 @@ impl Coordinator {
                 callbacks,
                 events,
                 timing,
+                bounds,
                 instance_id,
                 tasks: TaskTracker::new(),
                 shutdown: CancellationToken::new(),
@@ -166,6 +172,7 @@ impl Coordinator {
         &self,
         req: BeginRequest,
         idempotency_key: Option<String>,
+        began_by: Option<&str>,
     ) -> Result<(Transaction, bool), CoordinatorError> {
         let Some(protocol) = modes::protocol(req.mode) else {
             return Err(CoordinatorError::ModeNotSupported(req.mode));
@@ -188,8 +195,9 @@ impl Coordinator {
             mode: req.mode,
             name: req.name,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            idempotency_key,
+            idempotency_key: scoped_key(began_by, idempotency_key),
             three_phase: options.three_phase,
+            began_by: began_by.map(str::to_owned),
         };
         if let Some(row) = self.store().insert_transaction(&new).await? {
             self.metrics().begun.with_label_values(&[row.mode.as_str()]).inc();
@@ -239,10 +247,11 @@ impl Coordinator {
         &self,
         req: SagaRequest,
         idempotency_key: Option<String>,
+        began_by: Option<&str>,
         wait: Duration,
     ) -> Result<(DecideReply, bool), CoordinatorError> {
         let started = Instant::now();
-        let new = self.saga_definition(req, idempotency_key)?;
+        let new = self.saga_definition(req, idempotency_key, began_by)?;
         let timing = self.timing();
         let Some((tx, branches)) = self.store().insert_saga(&new, self.instance_id(), timing.lease).await? else {
             let key = new.idempotency_key.as_deref().unwrap_or_default();
@@ -275,7 +284,12 @@ impl Coordinator {
     }
 
     /// Checks a saga definition and resolves it into the rows to insert.
-    fn saga_definition(&self, req: SagaRequest, idempotency_key: Option<String>) -> Result<NewSaga, CoordinatorError> {
+    fn saga_definition(
+        &self,
+        req: SagaRequest,
+        idempotency_key: Option<String>,
+        began_by: Option<&str>,
+    ) -> Result<NewSaga, CoordinatorError> {
         if let Some(name) = &req.name {
             limits::check_text("name", name, 0, limits::MAX_NAME_CHARS)?;
         }
@@ -294,10 +308,11 @@ impl Coordinator {
         for (i, (step, after)) in req.steps.into_iter().zip(deps).enumerate() {
             let resource = step.name.unwrap_or_else(|| format!("step-{}", i + 1));
             limits::check_text("steps[].name", &resource, 1, limits::MAX_RESOURCE_CHARS)?;
-            check_callback_url("steps[].action_url", &step.action_url)?;
-            check_callback_url("steps[].compensate_url", &step.compensate_url)?;
+            self.check_callback_url("steps[].action_url", &step.action_url)?;
+            self.check_callback_url("steps[].compensate_url", &step.compensate_url)?;
             if let Some(payload) = &step.payload {
                 limits::check_json("steps[].payload", payload)?;
+                self.check_payload_size("steps[].payload", payload)?;
             }
             let action = if after.is_empty() { ActionStatus::Running } else { ActionStatus::Pending };
             steps.push(NewStep {
@@ -314,8 +329,9 @@ impl Coordinator {
             xid: Xid::generate(),
             name: req.name,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            idempotency_key,
+            idempotency_key: scoped_key(began_by, idempotency_key),
             retry_limit,
+            began_by: began_by.map(str::to_owned),
             steps,
         })
     }
@@ -329,8 +345,9 @@ impl Coordinator {
         &self,
         req: MessageRequest,
         idempotency_key: Option<String>,
+        began_by: Option<&str>,
     ) -> Result<(Transaction, bool), CoordinatorError> {
-        let new = self.message_definition(req, idempotency_key)?;
+        let new = self.message_definition(req, idempotency_key, began_by)?;
         if let Some((tx, branches)) = self.store().insert_message(&new).await? {
             self.metrics().begun.with_label_values(&[Mode::Msg.as_str()]).inc();
             tracing::debug!(xid = %tx.xid, "message prepared");
@@ -366,6 +383,7 @@ impl Coordinator {
         &self,
         req: MessageRequest,
         idempotency_key: Option<String>,
+        began_by: Option<&str>,
     ) -> Result<NewMessage, CoordinatorError> {
         if let Some(name) = &req.name {
             limits::check_text("name", name, 0, limits::MAX_NAME_CHARS)?;
@@ -374,7 +392,7 @@ impl Coordinator {
         if let Some(key) = &idempotency_key {
             limits::check_idempotency_key(key)?;
         }
-        check_callback_url("check_url", &req.check_url)?;
+        self.check_callback_url("check_url", &req.check_url)?;
         if req.deliveries.is_empty() || req.deliveries.len() > MAX_DELIVERIES {
             return Err(CoordinatorError::Validation(format!(
                 "deliveries must hold 1 to {MAX_DELIVERIES} deliveries, not {}",
@@ -387,10 +405,11 @@ impl Coordinator {
             limits::check_text("deliveries[].name", &resource, 1, limits::MAX_RESOURCE_CHARS)?;
             if let Some(payload) = &d.payload {
                 limits::check_json("deliveries[].payload", payload)?;
+                self.check_payload_size("deliveries[].payload", payload)?;
             }
             let (url, destination) = match (d.url, d.destination) {
                 (Some(url), None) => {
-                    check_callback_url("deliveries[].url", &url)?;
+                    self.check_callback_url("deliveries[].url", &url)?;
                     (url, None)
                 }
                 (None, Some(name)) => {
@@ -422,8 +441,9 @@ impl Coordinator {
             xid: Xid::generate(),
             name: req.name,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            idempotency_key,
+            idempotency_key: scoped_key(began_by, idempotency_key),
             check_url: req.check_url,
+            began_by: began_by.map(str::to_owned),
             order: req.order.unwrap_or_default(),
             deliveries,
         })
@@ -467,6 +487,7 @@ impl Coordinator {
             xid_contains: filter.xid.as_deref(),
             created_after: filter.created_after,
             created_before: filter.created_before,
+            began_by: filter.began_by.as_deref(),
         };
         let rows = self.store().list_filtered(&f, filter.limit, filter.after.as_ref()).await?;
         let xids: Vec<Xid> = rows.iter().map(|r| r.xid.clone()).collect();
@@ -480,7 +501,7 @@ impl Coordinator {
     #[tracing::instrument(skip_all, fields(xid = %xid))]
     pub async fn register(&self, xid: &str, req: RegisterBranchRequest) -> Result<Branch, CoordinatorError> {
         let xid = parse_xid(xid)?;
-        validate_register(&req)?;
+        self.validate_register(&req)?;
         let new = NewBranch {
             branch_id: BranchId::generate(),
             resource: req.resource,
@@ -525,6 +546,12 @@ impl Coordinator {
             Err(RegisterRefusal::NotActive(s)) => format!("cannot register a branch: transaction is {s}"),
             Err(RegisterRefusal::Expired) => {
                 "cannot register a branch: the transaction's deadline has passed and it is rolling back".into()
+            }
+            Ok(()) if tx.branch_count >= self.inner.bounds.max_branches => {
+                return CoordinatorError::LimitExceeded(format!(
+                    "the transaction has {} branches, the most this coordinator allows (--max-branches)",
+                    tx.branch_count
+                ));
             }
             Ok(()) => "cannot register a branch right now; retry".into(),
         };
@@ -702,31 +729,76 @@ impl Coordinator {
     }
 }
 
-fn validate_register(req: &RegisterBranchRequest) -> Result<(), CoordinatorError> {
-    limits::check_text("resource", &req.resource, 1, limits::MAX_RESOURCE_CHARS)?;
-    check_callback_url("callback_url", &req.callback_url)?;
-    if let Some(payload) = &req.payload {
-        limits::check_json("payload", payload)?;
+impl Coordinator {
+    fn validate_register(&self, req: &RegisterBranchRequest) -> Result<(), CoordinatorError> {
+        limits::check_text("resource", &req.resource, 1, limits::MAX_RESOURCE_CHARS)?;
+        if let Some(payload) = &req.payload {
+            limits::check_json("payload", payload)?;
+        }
+        if let Some(keys) = &req.lock_keys {
+            limits::check_lock_keys(keys)?;
+        }
+        // The request's shape first (422 `validation_failed`), then what the
+        // configuration allows.
+        self.check_callback_url("callback_url", &req.callback_url)?;
+        if let Some(payload) = &req.payload {
+            self.check_payload_size("payload", payload)?;
+        }
+        Ok(())
     }
-    if let Some(keys) = &req.lock_keys {
-        limits::check_lock_keys(keys)?;
+
+    /// A URL the coordinator will POST to: in the documented shape, one
+    /// that parses (the pattern admits only URLs that parse; parsing again
+    /// costs little and keeps a pattern mistake from reaching the callback
+    /// client), and one the allow-list permits.
+    fn check_callback_url(&self, field: &'static str, url: &str) -> Result<(), CoordinatorError> {
+        if let Err(e) = limits::check_callback_url(url) {
+            return Err(match field {
+                "callback_url" => e.into(),
+                _ => CoordinatorError::Validation(format!("{field}: {e}")),
+            });
+        }
+        match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {}
+            _ => return Err(CoordinatorError::Validation(format!("{field} {url:?} is not an absolute http(s) URL"))),
+        }
+        self.callbacks().allowed(url).map_err(|reason| CoordinatorError::CallbackNotAllowed { field, reason })
     }
-    Ok(())
+
+    /// A payload within `--max-payload-bytes` (its JSON text).
+    fn check_payload_size(&self, field: &'static str, payload: &serde_json::Value) -> Result<(), CoordinatorError> {
+        let max = self.inner.bounds.max_payload_bytes;
+        // Counted as it is written: a registration allocates no copy of its payload.
+        let mut counter = ByteCount(0);
+        let size = serde_json::to_writer(&mut counter, payload).map(|()| counter.0).unwrap_or(usize::MAX);
+        if size > max {
+            return Err(CoordinatorError::PayloadTooLarge { field, size, max });
+        }
+        Ok(())
+    }
 }
 
-/// A URL the coordinator will POST to: in the documented shape, and one
-/// that parses. The pattern admits only URLs that parse; parsing again costs
-/// little and keeps a pattern mistake from reaching the callback client.
-fn check_callback_url(field: &'static str, url: &str) -> Result<(), CoordinatorError> {
-    if let Err(e) = limits::check_callback_url(url) {
-        return Err(match field {
-            "callback_url" => e.into(),
-            _ => CoordinatorError::Validation(format!("{field}: {e}")),
-        });
+/// A writer that only counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
     }
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Ok(()),
-        _ => Err(CoordinatorError::Validation(format!("{field} {url:?} is not an absolute http(s) URL"))),
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// An idempotency key as stored: scoped to the token that sent it, so that
+/// two clients' keys never meet (nor does one learn of the other's
+/// transaction by guessing its key).
+fn scoped_key(began_by: Option<&str>, key: Option<String>) -> Option<String> {
+    match (began_by, key) {
+        (Some(name), Some(key)) => Some(format!("{name}\u{1f}{key}")),
+        (_, key) => key,
     }
 }
 

@@ -2,14 +2,24 @@
 //! HTTP, a message's back-check, and a message's deliveries to configured
 //! broker destinations (published through `tandem-brokers`, done once the
 //! broker confirmed them).
+//!
+//! Every HTTP request goes only where the allow-list permits ([`allow`]),
+//! checked at registration, before the call, and on the resolved address;
+//! and carries a `Tandem-Signature` (`tandem_wire::signature`) when a
+//! signing key is configured.
+
+pub mod allow;
 
 use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::store::{BranchRow, TxRow};
 use crate::transaction::state::{classify_http, CallbackResult};
+use allow::{AllowList, PolicyResolver, Refused};
 use chrono::{DateTime, Utc};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tandem_brokers::{Brokers, Outgoing};
+use tandem_wire::signature::{SigningKey, SIGNATURE_HEADER};
 use tandem_wire::{
     message_id, AttemptOutcome, BranchId, CallbackAction, CallbackRequest, CheckOutcome, CheckReply, CheckRequest,
     EventKind, TimelineEvent, MAX_EVENT_ERROR_BYTES, MESSAGE_ID_HEADER, XID_HEADER,
@@ -30,26 +40,70 @@ pub struct CallbackClient {
     brokers: Brokers,
     /// Where every attempt is recorded (the timeline).
     events: EventLog,
+    /// Where requests may go.
+    allow: Arc<AllowList>,
+    /// The key callbacks are signed with (none: unsigned, only allowed
+    /// without authentication).
+    signing: Option<SigningKey>,
+}
+
+/// How the coordinator calls out.
+#[derive(Debug, Clone)]
+pub struct CallbackConfig {
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Where requests may go.
+    pub allow: AllowList,
+    /// The signing key of callbacks.
+    pub signing: Option<SigningKey>,
+    /// Certificate authorities trusted for `https` callbacks besides the
+    /// public (webpki) roots.
+    pub roots: Vec<reqwest::Certificate>,
 }
 
 impl CallbackClient {
-    /// A client whose requests time out after `timeout`, publishing message
-    /// deliveries through `brokers`.
+    /// A client calling out as `config` says, publishing message deliveries
+    /// through `brokers`.
     pub fn new(
-        timeout: Duration,
+        config: CallbackConfig,
         metrics: Metrics,
         brokers: Brokers,
         events: EventLog,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(2)))
+        let allow = Arc::new(config.allow);
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(2)))
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             // A participant must not send the coordinator elsewhere.
             .redirect(reqwest::redirect::Policy::none())
-            .build()?;
-        Ok(CallbackClient { http, metrics, brokers, events })
+            // Environment proxies would hide the real destination from the resolver's check.
+            .no_proxy()
+            .dns_resolver(Arc::new(PolicyResolver::new(allow.clone())));
+        for root in config.roots {
+            builder = builder.add_root_certificate(root);
+        }
+        let http = builder.build()?;
+        Ok(CallbackClient { http, metrics, brokers, events, allow, signing: config.signing })
+    }
+
+    /// Whether the coordinator may call `url` (registration and call time).
+    pub fn allowed(&self, url: &str) -> Result<(), Refused> {
+        self.allow.check_url(url)
+    }
+
+    /// A POST of `body` about `xid` to `url`: the body serialized once,
+    /// signed when a key is configured.
+    fn post(&self, url: &str, xid: &str, body: &impl serde::Serialize) -> Result<reqwest::RequestBuilder, String> {
+        self.allowed(url).map_err(|e| format!("not called: {e}"))?;
+        let bytes = serde_json::to_vec(body).map_err(|e| format!("body not serializable: {e}"))?;
+        let mut request =
+            self.http.post(url).header(XID_HEADER, xid).header(reqwest::header::CONTENT_TYPE, "application/json");
+        if let Some(key) = &self.signing {
+            request = request.header(SIGNATURE_HEADER, key.sign(Utc::now().timestamp(), xid, &bytes));
+        }
+        Ok(request.body(bytes))
     }
 
     /// Whether `name` is a configured broker destination.
@@ -73,23 +127,23 @@ impl CallbackClient {
         let body =
             CheckRequest { xid: tx.xid.clone(), mode: tx.mode, action: CallbackAction::Check, name: tx.name.clone() };
         let (started, at) = (Instant::now(), Utc::now());
-        let (result, http_status) =
-            match self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body).send().await {
-                Ok(resp) => {
-                    let status = resp.status().as_u16();
-                    let result = match status {
-                        200 => match resp.json::<CheckReply>().await {
-                            Ok(reply) => Ok(reply.outcome),
-                            Err(e) => Err(format!("200 without a check reply: {e}")),
-                        },
-                        409 => Ok(CheckOutcome::RolledBack),
-                        _ => Err(format!("{status}: {}", read_prefix(resp).await)),
-                    };
-                    (result, Some(status))
-                }
-                Err(e) if e.is_timeout() => (Err(format!("no answer within the callback timeout: {e}")), None),
-                Err(e) => (Err(format!("request failed: {e}")), None),
-            };
+        let request = self.post(url, tx.xid.as_str(), &body)?;
+        let (result, http_status) = match request.send().await {
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                let result = match status {
+                    200 => match resp.json::<CheckReply>().await {
+                        Ok(reply) => Ok(reply.outcome),
+                        Err(e) => Err(format!("200 without a check reply: {e}")),
+                    },
+                    409 => Ok(CheckOutcome::RolledBack),
+                    _ => Err(format!("{status}: {}", read_prefix(resp).await)),
+                };
+                (result, Some(status))
+            }
+            Err(e) if e.is_timeout() => (Err(format!("no answer within the callback timeout: {e}")), None),
+            Err(e) => (Err(format!("request failed: {}", chain(&e))), None),
+        };
         let (outcome, error) = match &result {
             Ok(CheckOutcome::Unknown) => (AttemptOutcome::Unknown, Some("the producer does not know yet".to_owned())),
             Err(e) => (AttemptOutcome::Unknown, Some(e.clone())),
@@ -175,7 +229,15 @@ impl CallbackClient {
             payload: branch.payload.clone(),
             three_phase: tx.three_phase,
         };
-        let mut request = self.http.post(url).header(XID_HEADER, tx.xid.as_str()).json(&body);
+        let mut request = match self.post(url, tx.xid.as_str(), &body) {
+            Ok(r) => r,
+            Err(e) => {
+                let result = CallbackResult::Unknown(e);
+                let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status: None };
+                self.finished(tx, attempt, &result);
+                return result;
+            }
+        };
         if action == CallbackAction::Deliver {
             request = request.header(MESSAGE_ID_HEADER, message_id(&tx.xid, &branch.branch_id));
         }
@@ -191,7 +253,7 @@ impl CallbackClient {
                 classify_http(status, &text)
             }
             Err(e) if e.is_timeout() => CallbackResult::Unknown(format!("no answer within the callback timeout: {e}")),
-            Err(e) => CallbackResult::Unknown(format!("request failed: {e}")),
+            Err(e) => CallbackResult::Unknown(format!("request failed: {}", chain(&e))),
         };
         let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status };
         self.finished(tx, attempt, &result);
@@ -235,6 +297,22 @@ struct Attempt<'a> {
     started: Instant,
     /// The participant's HTTP status, if it answered.
     http_status: Option<u16>,
+}
+
+/// An error with its causes (reqwest's own message omits them: why a
+/// connection failed, or an address the allow-list refused).
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// At most `max` bytes of `s`, cut on a character boundary.
