@@ -11,6 +11,7 @@
 //!   `application/problem+json` [`Problem`] whose status the coordinator
 //!   reads per the contract: 409 is permanent, anything else is retried.
 
+use crate::verify::Verifier;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,9 +32,14 @@ pub(crate) trait Callbacks: Clone + Send + Sync + 'static {
     fn answer(self, req: CallbackRequest) -> impl Future<Output = Result<CallbackReply, Refusal>> + Send + 'static;
 }
 
-/// A router serving `path` with `participant`'s callbacks.
-pub(crate) fn router<P: Callbacks>(path: &'static str, participant: P) -> Router {
-    Router::new().route(path, post(handle::<P>)).with_state(participant)
+/// A router serving `path` with `participant`'s callbacks, each verified
+/// by `verifier` first ([`crate::verify`]).
+pub(crate) fn router<P: Callbacks>(path: &'static str, participant: P, verifier: &Verifier) -> Router {
+    verifier.announce(P::MODE);
+    Router::new()
+        .route(path, post(handle::<P>))
+        .with_state(participant)
+        .layer(axum::middleware::from_fn_with_state(verifier.clone(), crate::verify::verify))
 }
 
 /// How a participant answers a callback it did not carry out.

@@ -1,9 +1,12 @@
 //! Typed client for the coordinator's HTTP contract.
 
+use crate::verify::Verifier;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::sync::Arc;
 use std::time::Duration;
+use tandem_wire::signature::SigningKey;
 use tandem_wire::{
     BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, LockList,
     MessageRequest, Mode, Overview, Problem, RegisterBranchRequest, ReportRequest, SagaRequest, StopRequest, Timeline,
@@ -81,12 +84,27 @@ pub struct ListQuery {
 }
 
 /// Client of one coordinator (or a load balancer in front of several). Cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TandemClient {
     /// Base URL without trailing slash, e.g. `http://127.0.0.1:7070`.
     base: String,
     /// Pooled HTTP client.
     http: reqwest::Client,
+    /// `Authorization: Bearer …` of every request (none: the coordinator
+    /// serves without authentication).
+    token: Option<Arc<str>>,
+    /// How the participants built with this client verify callbacks.
+    verifier: Verifier,
+}
+
+impl std::fmt::Debug for TandemClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TandemClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "redacted"))
+            .field("verifier", &self.verifier)
+            .finish()
+    }
 }
 
 impl TandemClient {
@@ -96,6 +114,9 @@ impl TandemClient {
             .timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
+            // The coordinator closes connections idle for 30 s; dropping
+            // ours first keeps a request off a connection being closed.
+            .pool_idle_timeout(Duration::from_secs(20))
             .build()?;
         TandemClient::with_http(base_url, http)
     }
@@ -106,7 +127,37 @@ impl TandemClient {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ClientError::BadUrl(base_url.to_owned()));
         }
-        Ok(TandemClient { base: base_url.trim_end_matches('/').to_owned(), http })
+        Ok(TandemClient {
+            base: base_url.trim_end_matches('/').to_owned(),
+            http,
+            token: None,
+            verifier: Verifier::default(),
+        })
+    }
+
+    /// Sends `token` as the bearer token of every request.
+    pub fn with_token(mut self, token: impl Into<String>) -> TandemClient {
+        self.token = Some(Arc::from(token.into()));
+        self
+    }
+
+    /// Participants built with this client accept only callbacks signed
+    /// with `key` (the coordinator's `--callback-key`).
+    pub fn with_callback_key(self, key: SigningKey) -> TandemClient {
+        self.with_callback_keys(vec![key])
+    }
+
+    /// As [`TandemClient::with_callback_key`], with several keys (while the
+    /// coordinator's key is rotated).
+    pub fn with_callback_keys(mut self, keys: Vec<SigningKey>) -> TandemClient {
+        self.verifier = Verifier::new(keys);
+        self
+    }
+
+    /// How participants built with this client verify callbacks (for a saga
+    /// participant or a message consumer: their `verify_with`).
+    pub fn verifier(&self) -> &Verifier {
+        &self.verifier
     }
 
     /// The base URL.
@@ -122,6 +173,9 @@ impl TandemClient {
         headers: &[(&str, &str)],
     ) -> Result<(StatusCode, T), ClientError> {
         let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -53,12 +53,14 @@ pub mod propagation;
 pub mod saga;
 pub mod tcc;
 pub mod three_phase;
+pub mod verify;
 pub mod xa;
 
 pub use client::{ClientError, Decided, TandemClient};
 pub use global::{in_transaction, GlobalError};
 pub use propagation::{current_xid, with_xid, GlobalXid, RequestBuilderExt};
 pub use tandem_wire as wire;
+pub use verify::Verifier;
 
 /// The error of application code the SDK runs: a TCC step's cause, XA
 /// business statements, 3PC votes and work, a saga step's cause.

@@ -357,7 +357,7 @@ impl<B: AtBackend> AtParticipant<B> {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        callback::router(CALLBACK_PATH, self.clone())
+        callback::router(CALLBACK_PATH, self.clone(), self.inner.client.verifier())
     }
 
     /// What the server can do, read once.

@@ -5,6 +5,7 @@ use crate::callback::{self, Callbacks, Refusal};
 use crate::saga::barrier::{self, ActionGate, BarrierDb};
 use crate::saga::StepContext;
 use crate::tcc::StepError;
+use crate::verify::Verifier;
 use async_trait::async_trait;
 use axum::Router;
 use sqlx::{Pool, Postgres};
@@ -70,11 +71,13 @@ pub struct Consumer<DB: BarrierDb = Postgres> {
     pool: Pool<DB>,
     /// The work.
     handler: Arc<dyn DeliveryHandler<DB>>,
+    /// How its callbacks are verified.
+    verifier: Verifier,
 }
 
 impl<DB: BarrierDb> Clone for Consumer<DB> {
     fn clone(&self) -> Self {
-        Consumer { pool: self.pool.clone(), handler: self.handler.clone() }
+        Consumer { pool: self.pool.clone(), handler: self.handler.clone(), verifier: self.verifier.clone() }
     }
 }
 
@@ -87,7 +90,14 @@ impl<DB: BarrierDb> std::fmt::Debug for Consumer<DB> {
 impl<DB: BarrierDb> Consumer<DB> {
     /// A consumer running `handler` on `pool`.
     pub fn new(pool: Pool<DB>, handler: impl DeliveryHandler<DB>) -> Consumer<DB> {
-        Consumer { pool, handler: Arc::new(handler) }
+        Consumer { pool, handler: Arc::new(handler), verifier: Verifier::default() }
+    }
+
+    /// Verifies the coordinator's `deliver` callbacks with `verifier` (as
+    /// [`crate::TandemClient::verifier`] does for the participants that hold a client).
+    pub fn verify_with(mut self, verifier: Verifier) -> Consumer<DB> {
+        self.verifier = verifier;
+        self
     }
 
     /// Creates the dedupe table (`tandem_barrier`) if it does not exist.
@@ -97,7 +107,7 @@ impl<DB: BarrierDb> Consumer<DB> {
 
     /// A router serving POST `path`: the coordinator's `deliver` callbacks.
     pub fn router(&self, path: &'static str) -> Router {
-        callback::router(path, self.clone())
+        callback::router(path, self.clone(), &self.verifier)
     }
 
     /// Handles a message read from a broker or an outbox relay, by its

@@ -179,7 +179,12 @@ impl<DB: BarrierDb> Producer<DB> {
 
     /// A router serving POST [`CHECK_PATH`]: the coordinator's back-check.
     pub fn router(&self) -> Router {
-        Router::new().route(CHECK_PATH, post(check_endpoint::<DB>)).with_state(self.clone())
+        let verifier = self.inner.client.verifier().clone();
+        verifier.announce("message producer");
+        Router::new()
+            .route(CHECK_PATH, post(check_endpoint::<DB>))
+            .with_state(self.clone())
+            .layer(axum::middleware::from_fn_with_state(verifier, crate::verify::verify))
     }
 }
 

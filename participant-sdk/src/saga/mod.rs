@@ -103,6 +103,7 @@ pub use builder::{Saga, StepIndex};
 pub use router::CALLBACK_PATH;
 
 use crate::client::{ClientError, TandemClient};
+use crate::verify::Verifier;
 use async_trait::async_trait;
 use sqlx::{Pool, Postgres};
 use std::collections::HashMap;
@@ -245,6 +246,8 @@ struct Inner<DB: BarrierDb> {
     base_url: String,
     /// The steps, by name.
     steps: HashMap<String, Arc<dyn SagaSteps<DB>>>,
+    /// How the coordinator's calls are verified.
+    verifier: Verifier,
 }
 
 /// Builder of [`SagaParticipant`] ([`SagaParticipant::builder`]).
@@ -255,6 +258,8 @@ pub struct SagaParticipantBuilder<DB: BarrierDb = Postgres> {
     base_url: String,
     /// The steps added, in order.
     steps: Vec<Arc<dyn SagaSteps<DB>>>,
+    /// How the coordinator's calls are verified.
+    verifier: Verifier,
 }
 
 impl<DB: BarrierDb> std::fmt::Debug for SagaParticipantBuilder<DB> {
@@ -271,6 +276,13 @@ impl<DB: BarrierDb> SagaParticipantBuilder<DB> {
         self
     }
 
+    /// Verifies the coordinator's calls with `verifier` (the client's:
+    /// [`crate::TandemClient::verifier`]).
+    pub fn verify_with(mut self, verifier: Verifier) -> Self {
+        self.verifier = verifier;
+        self
+    }
+
     /// The participant; refused if a step's name cannot be a URL path
     /// segment (see [`SagaSteps::name`]) or two steps share one.
     pub fn build(self) -> Result<SagaParticipant<DB>, SagaError> {
@@ -282,7 +294,9 @@ impl<DB: BarrierDb> SagaParticipantBuilder<DB> {
                 return Err(SagaError::InvalidStep(format!("two steps are named {name:?}")));
             }
         }
-        Ok(SagaParticipant { inner: Arc::new(Inner { pool: self.pool, base_url: self.base_url, steps }) })
+        Ok(SagaParticipant {
+            inner: Arc::new(Inner { pool: self.pool, base_url: self.base_url, steps, verifier: self.verifier }),
+        })
     }
 }
 
@@ -311,6 +325,7 @@ impl<DB: BarrierDb> SagaParticipant<DB> {
             pool,
             base_url: format!("{}{}", public_base_url.trim_end_matches('/'), CALLBACK_PATH),
             steps: Vec::new(),
+            verifier: Verifier::default(),
         }
     }
 

@@ -22,8 +22,12 @@ impl<DB: BarrierDb> SagaParticipant<DB> {
         let mut router = Router::new().route(&format!("{CALLBACK_PATH}/{{step}}/{{op}}"), post(unknown_step));
         for step in self.inner.steps.keys() {
             let endpoint = |op| Endpoint { participant: self.clone(), step: step.clone(), op };
-            let step_router = callback::router("/action", endpoint(Op::Action))
-                .merge(callback::router("/compensate", endpoint(Op::Compensate)));
+            let v = &self.inner.verifier;
+            let step_router = callback::router("/action", endpoint(Op::Action), v).merge(callback::router(
+                "/compensate",
+                endpoint(Op::Compensate),
+                v,
+            ));
             // Step names are checked path segments (`check_step_name`).
             router = router.nest(&format!("{CALLBACK_PATH}/{step}"), step_router);
         }

@@ -11,7 +11,7 @@ pub const CALLBACK_PATH: &str = "/tandem/tcc/callback";
 impl TccParticipant {
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        callback::router(CALLBACK_PATH, self.clone())
+        callback::router(CALLBACK_PATH, self.clone(), self.inner.client.verifier())
     }
 }
 

@@ -442,7 +442,7 @@ impl ThreePhaseParticipant {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        callback::router(CALLBACK_PATH, self.clone())
+        callback::router(CALLBACK_PATH, self.clone(), self.inner.client.verifier())
     }
 
     async fn lock(&self, xid: &Xid, branch: &BranchId) -> tokio::sync::OwnedMutexGuard<()> {

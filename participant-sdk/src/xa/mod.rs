@@ -337,7 +337,7 @@ impl<B: XaBackend> XaParticipant<B> {
 
     /// A router serving [`CALLBACK_PATH`]; merge it into the service's router.
     pub fn router(&self) -> Router {
-        callback::router(CALLBACK_PATH, self.clone())
+        callback::router(CALLBACK_PATH, self.clone(), self.inner.client.verifier())
     }
 }
 
