@@ -3,6 +3,7 @@
 //! match the Rust status sets, and the in-flight gauge names every status.
 
 mod operator;
+mod security;
 mod support;
 
 use proptest::prelude::*;
@@ -22,6 +23,7 @@ async fn store(db: &TestDb) -> Store {
         max_connections: 4,
         relaxed_connections: 4,
         acquire_timeout: Duration::from_secs(10),
+        max_branches: 1_000,
     };
     let store = Store::connect(&cfg, Metrics::new().expect("metrics")).expect("store");
     store.migrate().await.expect("migrate");
@@ -70,6 +72,7 @@ async fn check(store: &Store, db: &sqlx::PgPool, case: &Case) -> Result<(), Test
         timeout_ms: 600_000,
         idempotency_key: None,
         three_phase: (mode == tandem_sdk::wire::Mode::ThreePc).then(ThreePhaseTimeouts::default),
+        began_by: None,
     };
     store.insert_transaction(&new).await.map_err(fail)?.ok_or_else(|| fail("inserted"))?;
     for report in &case.reports {

@@ -134,6 +134,16 @@ async fn timelines_record_every_attempt_and_operators_retry_and_stop() {
         .await
         .expect("stop");
     assert_eq!(r.status(), 422);
+    // A one-character note is valid whatever the character (the schema's
+    // rule; U+0085 was once trimmed away and refused): here the committed
+    // transaction's state refuses the stop, not the note.
+    let r = http
+        .post(format!("{base}/v1/transactions/{good}/stop"))
+        .json(&serde_json::json!({"note": "\u{85}"}))
+        .send()
+        .await
+        .expect("stop");
+    assert_eq!(r.status(), 409);
     let r = http.post(format!("{base}/v1/transactions/nope/retry")).send().await.expect("retry");
     assert_eq!(r.status(), 404);
     assert_eq!(get_json::<serde_json::Value>(&format!("{base}/v1/transactions/nope/timeline")).await.0, 404);

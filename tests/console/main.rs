@@ -15,6 +15,7 @@ use std::process::Stdio;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{answering as participant, committed_to, eventually, TestDb};
+use tandem_coordinator::auth::tokens::{generate, Role, Roles};
 use tandem_sdk::wire::{EventKind, GlobalStatus, STUCK_ATTEMPTS};
 
 /// chromedriver on a free port, and a headless Chromium session through it.
@@ -66,6 +67,20 @@ impl Browser {
         self.client.goto(url).await.expect("goto");
     }
 
+    /// Clicks `css` and waits until the page it leads to, whose path ends
+    /// with `url_part` or whose query contains it, is the one shown (a click returns before its
+    /// navigation ends).
+    async fn click_to(&self, css: &str, url_part: &str) {
+        self.client.find(Locator::Css(css)).await.expect(css).click().await.expect("click");
+        eventually(&format!("the page after clicking {css}"), Duration::from_secs(10), || async {
+            let url = self.client.current_url().await.ok()?;
+            let ready = self.client.execute("return document.readyState", vec![]).await.ok()?;
+            let arrived = url.path().ends_with(url_part) || url.query().is_some_and(|q| q.contains(url_part));
+            (arrived && ready == "complete").then_some(())
+        })
+        .await;
+    }
+
     async fn text(&self, css: &str) -> String {
         self.client.find(Locator::Css(css)).await.expect(css).text().await.expect("text")
     }
@@ -94,7 +109,13 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     let db = TestDb::new("console").await;
-    let (app, client) = support::spawn_coordinator(support::fast_settings(&db.url)).await;
+    // Authentication on, as in production: the console needs an admin's login.
+    let (token, entry) = generate(Roles::of(&[Role::Admin]), "ops");
+    let mut settings = support::fast_settings(&db.url);
+    settings.tokens = Some(entry);
+    settings.callback_key = Some("5a".repeat(32));
+    let (app, client) = support::spawn_coordinator(settings).await;
+    let client = client.with_token(&token);
     let base = app.url.clone();
     let (ok, _) = participant(200).await;
     let (refusing, _) = participant(409).await;
@@ -110,6 +131,14 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     })
     .await;
     let b = Browser::start().await;
+
+    // Any page sends a visitor without a session to the login page.
+    b.open(&format!("{base}/console")).await;
+    assert_eq!(b.client.title().await.expect("title"), "Log in · Tandem");
+    b.shot("login").await;
+    b.client.find(Locator::Css("#token")).await.expect("token field").send_keys(&token).await.expect("type");
+    b.click_to("form.login button", "/console").await;
+    assert_eq!(b.client.title().await.expect("title"), "Overview · Tandem");
 
     // The overview: counts, charts, and the stuck transactions under "needs attention".
     eventually("ended transactions in the overview's counts", Duration::from_secs(10), || async {
@@ -133,7 +162,7 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     b.shot("list").await;
     let select = b.client.find(Locator::Css("select[name=status]")).await.expect("status select");
     select.select_by_value("commit_failed").await.expect("choose a status");
-    b.client.find(Locator::Css("form.filters button")).await.expect("filter").click().await.expect("click");
+    b.click_to("form.filters button", "status=commit_failed").await;
     let rows = b.texts("table.list tbody tr").await;
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert!(rows[0].contains(refused.as_str()));
@@ -164,11 +193,11 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     let why = b.text("section.why").await;
     assert!(why.contains("answered 500"), "{why}");
     b.shot("stuck").await;
-    b.client.find(Locator::Css("#retry")).await.expect("retry").click().await.expect("click");
+    b.click_to("#retry", "/retry").await;
     assert!(b.text(".consequence").await.contains("due now"));
     b.shot("confirm").await;
     let before = failing_calls.load(Ordering::SeqCst);
-    b.client.find(Locator::Css("#confirm")).await.expect("confirm").click().await.expect("click");
+    b.click_to("#confirm", "done=").await;
     assert!(b.text("#flash").await.contains("Retry requested"));
     let timeline = client.timeline(&stuck).await.expect("timeline");
     assert!(timeline.events.iter().any(|e| e.kind == EventKind::OperatorRetry));
@@ -179,11 +208,11 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
 
     // Stop with a note, through its confirmation.
     b.open(&format!("{base}/console/transactions/{stuck}")).await;
-    b.client.find(Locator::Css("#stop")).await.expect("stop").click().await.expect("click");
+    b.click_to("#stop", "/stop").await;
     assert!(b.text(".consequence").await.contains("commit_failed"));
     let note = b.client.find(Locator::Css("textarea[name=note]")).await.expect("note");
     note.send_keys("payment retired; charged by hand (OPS-7)").await.expect("type");
-    b.client.find(Locator::Css("#confirm")).await.expect("confirm").click().await.expect("click");
+    b.click_to("#confirm", "done=").await;
     assert!(b.text("#flash").await.contains("Stopped"));
     assert!(b.text("#status").await.contains("commit_failed"));
     let t = client.get(&stuck).await.expect("get");
@@ -203,9 +232,14 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     // A cross-site POST is refused and changes nothing.
     let again = committed_to(&client, "shop.order.again", &failing).await;
     support::wait_status(&client, &again, "committing", Duration::from_secs(10)).await;
+    // With the operator's own session cookie, as a forged form would carry it
+    // were it not SameSite=Strict.
+    let session = b.client.get_named_cookie("tandem_session").await.expect("the session cookie");
+    let cookie = format!("tandem_session={}", session.value());
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{base}/console/transactions/{again}/stop"))
+        .header("cookie", &cookie)
         .header("origin", "http://evil.example")
         .form(&[("note", "csrf")])
         .send()
@@ -214,14 +248,23 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     assert_eq!(r.status(), 403);
     let r = http
         .post(format!("{base}/console/transactions/{again}/retry"))
+        .header("cookie", &cookie)
         .header("sec-fetch-site", "cross-site")
         .send()
         .await
         .expect("post");
     assert_eq!(r.status(), 403);
     assert_eq!(client.get(&again).await.expect("get").status, GlobalStatus::Committing);
-    let r = http.get(format!("{base}/console")).send().await.expect("get");
+    let r = http.get(format!("{base}/console")).header("cookie", &cookie).send().await.expect("get");
     assert!(r.headers()["content-security-policy"].to_str().unwrap_or("").contains("default-src 'self'"));
+
+    // Logging out ends the session: the next page asks for the token again.
+    b.open(&format!("{base}/console")).await;
+    b.click_to("form.logout button", "/console/login").await;
+    b.open(&format!("{base}/console/locks")).await;
+    assert_eq!(b.client.title().await.expect("title"), "Log in · Tandem");
+    let r = http.get(format!("{base}/console")).header("cookie", &cookie).send().await.expect("get");
+    assert!(r.url().path().ends_with("/console/login"), "the old cookie opens nothing: {}", r.url());
 
     b.client.clone().close().await.expect("close the browser");
     app.stop().await.expect("coordinator stops");
