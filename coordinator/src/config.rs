@@ -41,6 +41,8 @@ pub mod defaults {
     pub const MAX_BRANCHES: u32 = 1_000;
     /// `--max-payload-bytes`.
     pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+    /// `--dtm-listen` given without an address: DTM's own port, on loopback.
+    pub const DTM_LISTEN: &str = "127.0.0.1:36789";
 }
 
 /// Settings of `tandem serve`.
@@ -145,6 +147,17 @@ pub struct Settings {
     /// JSON (larger: 413).
     #[arg(long, env = "TANDEM_MAX_PAYLOAD_BYTES", default_value_t = defaults::MAX_PAYLOAD_BYTES)]
     pub max_payload_bytes: usize,
+    /// Also serve DTM's HTTP protocol (`/api/dtmsvr`, `/api/ping`) on this
+    /// address, for DTM clients pointed at it; given without an address,
+    /// 127.0.0.1:36789 (DTM's port). The main listener serves it too.
+    #[arg(long, env = "TANDEM_DTM_LISTEN", num_args = 0..=1, default_missing_value = defaults::DTM_LISTEN)]
+    pub dtm_listen: Option<SocketAddr>,
+    /// What a request without a token may do on the DTM listener (DTM's
+    /// clients send none): `ROLES [rate=N]`, e.g. `client,participant`.
+    /// Without it, the DTM listener needs tokens as the main one does. Bind
+    /// that listener to an address only your services reach.
+    #[arg(long, env = "TANDEM_DTM_GRANT")]
+    pub dtm_grant: Option<String>,
 }
 
 fn parse_rule(spec: &str) -> Result<Rule, String> {
@@ -189,6 +202,8 @@ impl Settings {
             tls_key_file: None,
             max_branches: defaults::MAX_BRANCHES,
             max_payload_bytes: defaults::MAX_PAYLOAD_BYTES,
+            dtm_listen: None,
+            dtm_grant: None,
         }
     }
 

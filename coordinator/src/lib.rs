@@ -15,7 +15,9 @@
 //! - [`modes`]: one module per mode: its policy and pure steps behind [`modes::Protocol`].
 //! - [`driver`]: the one driver: performs a leased transaction's steps (the
 //!   phases before a decision, phase 2) with I/O.
-//! - [`callbacks`]: the HTTP client that talks to participants.
+//! - [`callbacks`]: the HTTP client that talks to participants (Tandem's
+//!   callbacks, and DTM's way of calling branches).
+//! - [`dtm`]: DTM's HTTP protocol (`/api/dtmsvr`) on the same engine.
 //! - [`events`]: the event log: callback attempts, takeovers and ends,
 //!   recorded off the hot path for the console's timeline and overview.
 //! - [`recovery`]: background worker for timeouts and interrupted phase 2.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod console;
 pub mod driver;
+pub mod dtm;
 pub mod error;
 pub mod events;
 pub mod metrics;

@@ -2,7 +2,7 @@
 //! server, recovery worker, graceful shutdown. [`Application::spawn`] runs
 //! one inside the caller's process (tests, examples, the benchmark).
 
-use crate::auth::tokens::TokenConfigError;
+use crate::auth::tokens::{Entry, TokenConfigError};
 use crate::auth::{Auth, AuthStartError, NoAuth, Tokens};
 use crate::callbacks::allow::AllowList;
 use crate::callbacks::{CallbackClient, CallbackConfig};
@@ -64,6 +64,8 @@ pub struct Application {
     events: EventWriter,
     /// The server's TLS configuration (none: plain HTTP).
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// The DTM listener (`--dtm-listen`) and its routes.
+    dtm: Option<(TcpListener, axum::Router)>,
 }
 
 /// A coordinator serving in a task of the caller's process
@@ -73,6 +75,8 @@ pub struct RunningCoordinator {
     pub url: String,
     /// The bound address.
     addr: SocketAddr,
+    /// The DTM listener's base URL (`http://127.0.0.1:port`), if it serves one.
+    pub dtm_url: Option<String>,
     /// The running coordinator (metrics, shutdown token).
     coordinator: Coordinator,
     /// The task serving it; ends after a graceful shutdown.
@@ -142,28 +146,45 @@ impl Application {
         let addr = listener.local_addr()?;
         let no_auth = if settings.insecure_no_auth { NoAuth::Allowed } else { NoAuth::LoopbackOnly };
         auth.check_listen(addr, no_auth, signing.is_some())?;
+        let signed = signing.is_some();
         if signing.is_none() {
             tracing::warn!("no callback signing key: callbacks go out unsigned");
         }
-        let config = CallbackConfig {
-            timeout: timing.callback_timeout,
-            allow: AllowList::new(settings.callback_allow.clone()).with_own_port(addr.port()),
-            signing,
-            roots: callback_roots(settings)?,
+        // Bound now: its port is the coordinator's own too, never a callback's.
+        let dtm_listener = match settings.dtm_listen {
+            Some(at) => Some(TcpListener::bind(at).await?),
+            None => None,
         };
+        let mut allow = AllowList::new(settings.callback_allow.clone()).with_own_port(addr.port());
+        if let Some(l) = &dtm_listener {
+            allow = allow.with_own_port(l.local_addr()?.port());
+        }
+        let config =
+            CallbackConfig { timeout: timing.callback_timeout, allow, signing, roots: callback_roots(settings)? };
         tracing::info!(allow = %config.allow.describe(), "callback allow-list");
         let callbacks = CallbackClient::new(config, metrics.clone(), brokers, log.clone())?;
         let coordinator = Coordinator::new(store, metrics, callbacks, log, timing, settings.bounds(), instance_id);
-        let router = api::router(
-            coordinator.clone(),
-            auth,
-            api::Serving {
-                max_body_bytes: settings.max_body_bytes,
-                request_timeout: Duration::from_millis(settings.request_timeout_ms),
-                secure_cookies: tls.is_some(),
-            },
-        );
-        Ok(Application { listener, coordinator, router, events, tls })
+        let serving = api::Serving {
+            max_body_bytes: settings.max_body_bytes,
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            secure_cookies: tls.is_some(),
+        };
+        let router = api::router(coordinator.clone(), auth, serving);
+        let dtm = match dtm_listener {
+            Some(listener) => {
+                let bound = listener.local_addr()?;
+                let grant = settings.dtm_grant.as_deref().map(|g| Entry::grant(g, DTM_GRANT_NAME)).transpose()?;
+                let dtm_auth = Auth::with_grant(tokens(settings)?, grant);
+                dtm_auth.check_listen(bound, no_auth, signed)?;
+                if let Some(g) = dtm_auth.grant().filter(|_| !dtm_auth.is_open()) {
+                    tracing::warn!(addr = %bound, roles = %g.roles.names(),
+                        "DTM listener: requests without a token act with these roles; only your services should reach it");
+                }
+                Some((listener, api::dtm_router(coordinator.clone(), Arc::new(dtm_auth), serving)))
+            }
+            None => None,
+        };
+        Ok(Application { listener, coordinator, router, events, tls, dtm })
     }
 
     /// Builds a coordinator with `settings` (port 0 picks a free port) and
@@ -173,8 +194,12 @@ impl Application {
         let addr = app.local_addr()?;
         let scheme = if app.tls.is_some() { "https" } else { "http" };
         let coordinator = app.coordinator.clone();
+        let dtm_url = match &app.dtm {
+            Some((l, _)) => Some(format!("{scheme}://{}", l.local_addr()?)),
+            None => None,
+        };
         let task = tokio::spawn(app.run());
-        Ok(RunningCoordinator { url: format!("{scheme}://{addr}"), addr, coordinator, task })
+        Ok(RunningCoordinator { url: format!("{scheme}://{addr}"), addr, dtm_url, coordinator, task })
     }
 
     /// The bound address.
@@ -196,7 +221,7 @@ impl Application {
     /// finishes in-flight requests, lets phase-2 passes end (releasing their
     /// leases) within the grace period, and closes the pools.
     pub async fn run(self) -> Result<(), StartupError> {
-        let Application { listener, coordinator, router, events, tls } = self;
+        let Application { listener, coordinator, router, events, tls, dtm } = self;
         let shutdown = coordinator.shutdown_token().clone();
         // Stopped after the drivers: their last attempts are written too.
         let events_stop = CancellationToken::new();
@@ -204,20 +229,16 @@ impl Application {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, scheme, instance = coordinator.instance_id(), "coordinator listening");
         let worker = tokio::spawn(recovery::run(coordinator.clone()));
-        let stop = shutdown.clone().cancelled_owned();
-        match tls {
-            Some(config) => {
-                let listener = crate::tls::TlsListener::new(listener, config)?;
-                crate::server::serve(listener, router, stop).await;
+        let dtm = dtm.map(|(listener, router)| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, scheme, "DTM protocol listening (/api/dtmsvr)");
             }
-            None => {
-                // Request/response traffic: never let Nagle hold a small answer back.
-                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "could not set TCP_NODELAY");
-                    }
-                });
-                crate::server::serve(listener, router, stop).await;
+            tokio::spawn(serve_on(listener, router, tls.clone(), shutdown.clone()))
+        });
+        serve_on(listener, router, tls, shutdown.clone()).await?;
+        if let Some(task) = dtm {
+            if let Ok(Err(e)) = task.await {
+                tracing::warn!(error = %e, "the DTM listener stopped with an error");
             }
         }
         shutdown.cancel();
@@ -234,6 +255,35 @@ impl Application {
         tracing::info!("coordinator stopped");
         Ok(())
     }
+}
+
+/// The name transactions begun through the DTM listener's grant carry.
+const DTM_GRANT_NAME: &str = "dtm-listener";
+
+/// Serves `router` on `listener` (with TLS if configured) until `shutdown`.
+async fn serve_on(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    shutdown: CancellationToken,
+) -> Result<(), StartupError> {
+    let stop = shutdown.cancelled_owned();
+    match tls {
+        Some(config) => {
+            let listener = crate::tls::TlsListener::new(listener, config)?;
+            crate::server::serve(listener, router, stop).await;
+        }
+        None => {
+            // Request/response traffic: never let Nagle hold a small answer back.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "could not set TCP_NODELAY");
+                }
+            });
+            crate::server::serve(listener, router, stop).await;
+        }
+    }
+    Ok(())
 }
 
 /// The API tokens of the file and the environment together.

@@ -120,7 +120,12 @@ impl IntoResponse for ApiError {
 /// `/console/`) answer HTML errors of their own.
 pub async fn problem_for_bare_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let console = req.uri().path().starts_with("/console/") || req.uri().path() == "/console";
+    // DTM's protocol answers its errors in its own JSON shapes (`crate::dtm::api`).
+    let dtm = req.uri().path().starts_with("/api/");
     let resp = next.run(req).await;
+    if dtm && resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes() == b"application/json") {
+        return resp;
+    }
     if console && resp.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html")) {
         return resp;
     }

@@ -50,6 +50,26 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(ops::readyz))
         .routes(routes!(ops::metrics))
         .routes(routes!(ops::openapi))
+        .merge(dtm_routes())
+}
+
+/// DTM's protocol (`crate::dtm`), served on the main listener and on the
+/// DTM listener.
+fn dtm_routes() -> OpenApiRouter<Coordinator> {
+    use crate::dtm::api as dtm;
+    OpenApiRouter::new()
+        .routes(routes!(dtm::new_gid))
+        .routes(routes!(dtm::version))
+        .routes(routes!(dtm::prepare))
+        .routes(routes!(dtm::submit))
+        .routes(routes!(dtm::abort))
+        .routes(routes!(dtm::force_stop))
+        .routes(routes!(dtm::register_branch))
+        .routes(routes!(dtm::register_tcc_branch))
+        .routes(routes!(dtm::register_xa_branch))
+        .routes(routes!(dtm::query))
+        .routes(routes!(dtm::all))
+        .routes(routes!(dtm::ping, dtm::ping_post))
 }
 
 /// How the router serves.
@@ -80,6 +100,22 @@ pub fn router(coordinator: Coordinator, auth: Arc<Auth>, serving: Serving) -> Ro
         .layer(Extension(crate::console::Access::new(auth, serving.secure_cookies)))
         .with_state(coordinator);
     let routes = routes.merge(console);
+    with_layers(routes, serving)
+}
+
+/// The DTM listener's router (`--dtm-listen`): DTM's routes only, through
+/// the same authorization, with `auth`'s grant for requests without a token.
+pub fn dtm_router(coordinator: Coordinator, auth: Arc<Auth>, serving: Serving) -> Router {
+    let (routes, _) = dtm_routes().split_for_parts();
+    let routes = routes
+        .route_layer(axum::middleware::from_fn_with_state(auth, crate::auth::middleware::authorize))
+        .with_state(coordinator);
+    with_layers(routes, serving)
+}
+
+/// The middleware every listener's routes pass: body limit, request ids,
+/// tracing, problem+json for bare errors, the request timeout.
+fn with_layers(routes: Router, serving: Serving) -> Router {
     routes.layer(DefaultBodyLimit::max(serving.max_body_bytes)).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -27,6 +27,9 @@ pub use tokens::{Role, Roles, Tokens};
 pub struct Auth {
     /// The configured tokens; empty: authentication is off.
     tokens: Tokens,
+    /// Who a request without a token is on this listener (the DTM
+    /// listener's `--dtm-grant`); none: it needs a token.
+    grant: Option<Arc<tokens::Entry>>,
 }
 
 /// Why the coordinator refuses to serve with this configuration.
@@ -60,7 +63,17 @@ pub enum NoAuth {
 impl Auth {
     /// Authentication with `tokens` (none: off).
     pub fn new(tokens: Tokens) -> Auth {
-        Auth { tokens }
+        Auth { tokens, grant: None }
+    }
+
+    /// The same tokens, on a listener that grants `grant` to requests without one.
+    pub fn with_grant(tokens: Tokens, grant: Option<tokens::Entry>) -> Auth {
+        Auth { tokens, grant: grant.map(Arc::new) }
+    }
+
+    /// The identity of requests without a token, if this listener grants one.
+    pub fn grant(&self) -> Option<&tokens::Entry> {
+        self.grant.as_deref()
     }
 
     /// Whether requests are served without a token (none configured).

@@ -58,6 +58,19 @@ pub fn access(method: &Method, route: &str) -> (Access, Scope) {
             (roles(&[PARTICIPANT, ADMIN]), Any)
         }
         ("POST", "/v1/locks/check") => (roles(&[PARTICIPANT, ADMIN]), Any),
+        // DTM's protocol (`crate::dtm`): the same roles as their /v1 counterparts.
+        (_, "/api/ping") => (Access::Public, Any),
+        ("GET", "/api/dtmsvr/newGid" | "/api/dtmsvr/version") => (roles(&[CLIENT, PARTICIPANT, ADMIN]), Any),
+        ("POST", "/api/dtmsvr/prepare" | "/api/dtmsvr/submit" | "/api/dtmsvr/abort") => {
+            (roles(&[CLIENT, ADMIN]), OwnedByClient)
+        }
+        // A TCC client registers its own branches; so do participants (nested, XA).
+        ("POST", "/api/dtmsvr/registerBranch" | "/api/dtmsvr/registerTccBranch" | "/api/dtmsvr/registerXaBranch") => {
+            (roles(&[CLIENT, PARTICIPANT, ADMIN]), OwnedByClient)
+        }
+        ("GET", "/api/dtmsvr/query") => (roles(&[CLIENT, PARTICIPANT, ADMIN]), OwnedByClient),
+        // A client's listing holds only its own.
+        ("GET", "/api/dtmsvr/all") => (roles(&[CLIENT, ADMIN]), OwnedByClient),
         // Everything else: operators' actions and views, metrics, and any
         // route added without a rule.
         _ => (roles(&[ADMIN]), Any),

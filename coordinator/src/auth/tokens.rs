@@ -176,6 +176,17 @@ impl std::fmt::Debug for Entry {
 }
 
 impl Entry {
+    /// The identity a listener grants requests without a token (the DTM
+    /// listener's `--dtm-grant`): `spec` is `ROLES [rate=N]`, the holder's
+    /// name `name`. It matches no token.
+    pub fn grant(spec: &str, name: &str) -> Result<Entry, TokenConfigError> {
+        let mut parts = spec.split_whitespace();
+        let roles = parts.next().unwrap_or_default();
+        let rest: Vec<&str> = parts.collect();
+        let line = format!("{roles} {name} sha256:{} {}", "0".repeat(64), rest.join(" "));
+        parse_entry(&line).map_err(|reason| TokenConfigError::Entry { line: 1, reason })
+    }
+
     /// Takes one request from the token's budget, or says how long to wait.
     pub fn admit(&self) -> Result<(), Duration> {
         self.limiter.check().map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))

@@ -155,24 +155,24 @@ pub struct AllowList {
     rules: Vec<Rule>,
     /// Whether the rules are the built-in loopback default.
     default: bool,
-    /// The coordinator's own port, refused on loopback.
-    own_port: Option<u16>,
+    /// The coordinator's own ports (its API, its DTM listener), refused on loopback.
+    own_ports: Vec<u16>,
 }
 
 impl AllowList {
     /// The list of `rules`; empty: the loopback default.
     pub fn new(rules: Vec<Rule>) -> AllowList {
         if !rules.is_empty() {
-            return AllowList { rules, default: false, own_port: None };
+            return AllowList { rules, default: false, own_ports: Vec::new() };
         }
         let defaults = ["*://127.0.0.0/8", "*://[::1]", "*://localhost"];
         let rules = defaults.iter().filter_map(|r| r.parse().ok()).collect();
-        AllowList { rules, default: true, own_port: None }
+        AllowList { rules, default: true, own_ports: Vec::new() }
     }
 
-    /// Refuses the coordinator's own `port` on loopback.
+    /// Refuses the coordinator's own `port` on loopback (once per listener).
     pub fn with_own_port(mut self, port: u16) -> AllowList {
-        self.own_port = Some(port);
+        self.own_ports.push(port);
         self
     }
 
@@ -222,7 +222,7 @@ impl AllowList {
             HostRef::Ip(ip) => ip.is_loopback(),
             HostRef::Name(n) => n == "localhost",
         };
-        if is_self_host && Some(port) == self.own_port {
+        if is_self_host && self.own_ports.contains(&port) {
             return Err(Refused::Itself(target));
         }
         if let HostRef::Ip(ip) = host {

@@ -9,7 +9,9 @@
 //! signing key is configured.
 
 pub mod allow;
+pub mod dtm;
 
+use crate::dtm::DtmOptions;
 use crate::events::EventLog;
 use crate::metrics::Metrics;
 use crate::store::{BranchRow, TxRow};
@@ -124,6 +126,9 @@ impl CallbackClient {
         let Some(url) = tx.check_url.as_deref() else {
             return Err("the message has no check_url".into());
         };
+        if let Some(options) = &tx.dtm {
+            return self.check_dtm(tx, url, options).await;
+        }
         let body =
             CheckRequest { xid: tx.xid.clone(), mode: tx.mode, action: CallbackAction::Check, name: tx.name.clone() };
         let (started, at) = (Instant::now(), Utc::now());
@@ -144,14 +149,8 @@ impl CallbackClient {
             Err(e) if e.is_timeout() => (Err(format!("no answer within the callback timeout: {e}")), None),
             Err(e) => (Err(format!("request failed: {}", chain(&e))), None),
         };
-        let (outcome, error) = match &result {
-            Ok(CheckOutcome::Unknown) => (AttemptOutcome::Unknown, Some("the producer does not know yet".to_owned())),
-            Err(e) => (AttemptOutcome::Unknown, Some(e.clone())),
-            Ok(o) => (AttemptOutcome::Done, Some(format!("the producer answered {o:?}"))),
-        };
-        self.observe(CallbackAction::Check, outcome.as_str(), started);
         let attempt = Attempt { branch_id: None, action: CallbackAction::Check, at, started, http_status };
-        self.attempted(tx, attempt, outcome, error);
+        self.checked(tx, attempt, &result);
         result
     }
 
@@ -220,6 +219,9 @@ impl CallbackClient {
             self.finished(tx, attempt, &result);
             return result;
         }
+        if let Some(options) = &tx.dtm {
+            return self.send_dtm(tx, branch, url, action, options, timeout).await;
+        }
         let body = CallbackRequest {
             xid: tx.xid.clone(),
             branch_id: branch.branch_id.clone(),
@@ -258,6 +260,134 @@ impl CallbackClient {
         let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status };
         self.finished(tx, attempt, &result);
         result
+    }
+
+    /// A DTM request to `url` (see [`dtm`]): its query parameters, headers
+    /// and signature; `None` body: a GET.
+    fn dtm_request(
+        &self,
+        tx: &TxRow,
+        url: &str,
+        params: [(&str, &str); 4],
+        body: Option<Vec<u8>>,
+        options: &DtmOptions,
+    ) -> Result<reqwest::RequestBuilder, String> {
+        self.allowed(url).map_err(|e| format!("not called: {e}"))?;
+        let bytes = body.as_deref().unwrap_or_default();
+        let mut request = match &body {
+            Some(_) => self.http.post(url),
+            None => self.http.get(url),
+        };
+        request = request
+            .query(&params)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(XID_HEADER, tx.xid.as_str());
+        for (name, value) in &options.branch_headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
+        if let Some(key) = &self.signing {
+            request = request.header(SIGNATURE_HEADER, key.sign(Utc::now().timestamp(), tx.xid.as_str(), bytes));
+        }
+        if options.request_timeout > 0 {
+            request = request.timeout(Duration::from_secs(options.request_timeout));
+        }
+        Ok(match body {
+            Some(b) => request.body(b),
+            None => request,
+        })
+    }
+
+    /// Calls a branch of a DTM transaction the way DTM does ([`dtm`]).
+    async fn send_dtm(
+        &self,
+        tx: &TxRow,
+        branch: &BranchRow,
+        url: &str,
+        action: CallbackAction,
+        options: &DtmOptions,
+        timeout: Option<Duration>,
+    ) -> CallbackResult {
+        let (started, at) = (Instant::now(), Utc::now());
+        // A TCC branch's confirm has its own URL; its callback URL is the cancel.
+        let url = match (action, branch.action_url.as_deref()) {
+            (CallbackAction::Commit, Some(confirm)) => confirm,
+            _ => url,
+        };
+        let mut http_status = None;
+        let result = if url.is_empty() {
+            CallbackResult::Done
+        } else {
+            let payload = crate::dtm::view::payload_text(branch.payload.as_ref());
+            let body = dtm::is_post(tx.mode, &payload).then(|| payload.into_bytes());
+            let params = [
+                ("gid", tx.xid.as_str()),
+                ("trans_type", crate::dtm::view::trans_type_name(tx.mode)),
+                ("branch_id", branch.branch_id.as_str()),
+                ("op", dtm::op(tx.mode, action)),
+            ];
+            match self.dtm_request(tx, url, params, body, options) {
+                Err(e) => CallbackResult::Unknown(e),
+                Ok(mut request) => {
+                    if let Some(t) = timeout {
+                        request = request.timeout(t);
+                    }
+                    match request.send().await {
+                        Ok(resp) => {
+                            let status = resp.status().as_u16();
+                            http_status = Some(status);
+                            dtm::classify(status, &read_prefix(resp).await)
+                        }
+                        Err(e) if e.is_timeout() => {
+                            CallbackResult::Unknown(format!("no answer within the callback timeout: {e}"))
+                        }
+                        Err(e) => CallbackResult::Unknown(format!("request failed: {}", chain(&e))),
+                    }
+                }
+            }
+        };
+        let attempt = Attempt { branch_id: Some(&branch.branch_id), action, at, started, http_status };
+        self.finished(tx, attempt, &result);
+        result
+    }
+
+    /// Back-checks a DTM message: `GET query_prepared?…&branch_id=00&op=msg`.
+    async fn check_dtm(&self, tx: &TxRow, url: &str, options: &DtmOptions) -> Result<CheckOutcome, String> {
+        if url.is_empty() {
+            // DTM's rule: a msg without query_prepared counts as committed.
+            return Ok(CheckOutcome::Committed);
+        }
+        let (started, at) = (Instant::now(), Utc::now());
+        let params = [
+            ("gid", tx.xid.as_str()),
+            ("trans_type", "msg"),
+            ("branch_id", crate::dtm::plan::CHECK_BRANCH_ID),
+            ("op", dtm::op(tx.mode, CallbackAction::Check)),
+        ];
+        let (result, http_status) = match self.dtm_request(tx, url, params, None, options) {
+            Err(e) => (Err(e), None),
+            Ok(request) => match request.send().await {
+                Ok(resp) => {
+                    let status = resp.status().as_u16();
+                    (dtm::check_outcome(status, &read_prefix(resp).await), Some(status))
+                }
+                Err(e) if e.is_timeout() => (Err(format!("no answer within the callback timeout: {e}")), None),
+                Err(e) => (Err(format!("request failed: {}", chain(&e))), None),
+            },
+        };
+        let attempt = Attempt { branch_id: None, action: CallbackAction::Check, at, started, http_status };
+        self.checked(tx, attempt, &result);
+        result
+    }
+
+    /// Times and records a back-check's answer.
+    fn checked(&self, tx: &TxRow, attempt: Attempt<'_>, result: &Result<CheckOutcome, String>) {
+        let (outcome, error) = match result {
+            Ok(CheckOutcome::Unknown) => (AttemptOutcome::Unknown, Some("the producer does not know yet".to_owned())),
+            Err(e) => (AttemptOutcome::Unknown, Some(e.clone())),
+            Ok(o) => (AttemptOutcome::Done, Some(format!("the producer answered {o:?}"))),
+        };
+        self.observe(CallbackAction::Check, outcome.as_str(), attempt.started);
+        self.attempted(tx, attempt, outcome, error);
     }
 
     /// Times and records a callback's result.

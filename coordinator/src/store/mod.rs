@@ -14,6 +14,7 @@
 mod auth;
 mod batch;
 mod decision;
+mod dtm;
 mod locks;
 mod msg;
 mod operator;
@@ -26,6 +27,7 @@ mod saga;
 mod sql;
 
 pub use decision::DecideResult;
+pub use dtm::{DtmRegistration, NewDtmBranch};
 pub use locks::LockedRegistration;
 pub use msg::{NewDelivery, NewMessage};
 pub use operator::{EventRow, MinuteRow, TxFilter};

@@ -3,6 +3,7 @@
 
 use super::rows::{tx_cols, BranchRow, TxRow};
 use super::{Store, StoreError};
+use crate::dtm::DtmOptions;
 use tandem_wire::{BranchId, BranchStatus, DeliveryOrder, GlobalStatus, Mode, Xid};
 
 /// A prepared message to insert.
@@ -24,6 +25,8 @@ pub struct NewMessage {
     pub order: DeliveryOrder,
     /// The deliveries, in list order.
     pub deliveries: Vec<NewDelivery>,
+    /// Prepared through DTM's protocol: its options.
+    pub dtm: Option<DtmOptions>,
 }
 
 /// One delivery of a [`NewMessage`].
@@ -58,9 +61,9 @@ impl Store {
         let q = sqlx::query_as::<_, TxRow>(concat!(
             "WITH t AS (INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, \
                             idempotency_key, next_attempt_at, check_url, delivery_order, branch_count, \
-                            branches_unprepared, began_by) \
+                            branches_unprepared, began_by, dtm) \
                         VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond', $6, \
-                                now() + $5 * interval '1 millisecond', $7, $8, $9, $9, $16) \
+                                now() + $5 * interval '1 millisecond', $7, $8, $9, $9, $16, $17) \
                         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *), \
              b AS (INSERT INTO branches (xid, branch_id, resource, callback_url, status, payload, destination) \
                    SELECT t.xid, d.branch_id, d.resource, d.url, $10, d.payload, d.destination \
@@ -86,7 +89,8 @@ impl Store {
         .bind(&urls)
         .bind(&payloads)
         .bind(&destinations)
-        .bind(m.began_by.as_deref());
+        .bind(m.began_by.as_deref())
+        .bind(m.dtm.as_ref().map(sqlx::types::Json));
         let Some(tx) = self.timed("insert_message", q.fetch_optional(&self.durable)).await? else {
             return Ok(None);
         };

@@ -403,15 +403,28 @@ impl Store {
     /// statement: durable. `None`: no such transaction, or not decided and
     /// unfinished.
     pub async fn stop(&self, xid: &Xid, error: &str, event: &TimelineEvent) -> Result<Option<TxRow>, StoreError> {
-        let events = serde_json::to_string(&[event]).map_err(|e| StoreError::Internal(e.to_string()))?;
-        let from: Vec<&str> = DECIDED.iter().map(|s| s.as_str()).collect();
-        let to: Vec<&str> = DECIDED
+        let moves: Vec<(GlobalStatus, GlobalStatus)> = DECIDED
             .iter()
-            .map(|s| match s {
-                GlobalStatus::RollingBack => GlobalStatus::RollbackFailed.as_str(),
-                _ => GlobalStatus::CommitFailed.as_str(),
+            .map(|&s| match s {
+                GlobalStatus::RollingBack => (s, GlobalStatus::RollbackFailed),
+                _ => (s, GlobalStatus::CommitFailed),
             })
             .collect();
+        self.stop_moving(xid, &moves, error, event).await
+    }
+
+    /// [`Store::stop`] from any status of `moves` to its pair (the caller's
+    /// policy: which statuses may be stopped and what each becomes).
+    pub async fn stop_moving(
+        &self,
+        xid: &Xid,
+        moves: &[(GlobalStatus, GlobalStatus)],
+        error: &str,
+        event: &TimelineEvent,
+    ) -> Result<Option<TxRow>, StoreError> {
+        let events = serde_json::to_string(&[event]).map_err(|e| StoreError::Internal(e.to_string()))?;
+        let from: Vec<&str> = moves.iter().map(|(f, _)| f.as_str()).collect();
+        let to: Vec<&str> = moves.iter().map(|(_, t)| t.as_str()).collect();
         self.timed(
             "stop",
             sqlx::query_as::<_, TxRow>(concat!(

@@ -2,6 +2,7 @@
 
 use super::rows::{branch_cols, tx_cols, BranchRow, BranchWithMode, TxRow};
 use super::{Store, StoreError};
+use crate::dtm::DtmOptions;
 use crate::metrics::Metrics;
 use sqlx::PgPool;
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub struct NewTransaction {
     pub three_phase: Option<ThreePhaseTimeouts>,
     /// The name of the token that began it (none: authentication off).
     pub began_by: Option<String>,
+    /// Begun through DTM's protocol: its options.
+    pub dtm: Option<DtmOptions>,
 }
 
 /// A branch to insert.
@@ -212,6 +215,8 @@ pub(super) async fn insert_transactions(
     let timeouts: Vec<i64> = items.iter().map(|t| i64::try_from(t.timeout_ms).unwrap_or(i64::MAX)).collect();
     let keys: Vec<Option<&str>> = items.iter().map(|t| t.idempotency_key.as_deref()).collect();
     let began_by: Vec<Option<&str>> = items.iter().map(|t| t.began_by.as_deref()).collect();
+    let dtm: Vec<Option<sqlx::types::Json<&DtmOptions>>> =
+        items.iter().map(|t| t.dtm.as_ref().map(sqlx::types::Json)).collect();
     let phase = |f: fn(&ThreePhaseTimeouts) -> u64| -> Vec<Option<i64>> {
         items.iter().map(|t| t.three_phase.as_ref().map(|p| i64::try_from(f(p)).unwrap_or(i64::MAX))).collect()
     };
@@ -222,11 +227,12 @@ pub(super) async fn insert_transactions(
         "insert_transactions",
         sqlx::query_as::<_, TxRow>(concat!(
             "INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, idempotency_key, \
-                                             can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, began_by) \
+                                             can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, began_by, dtm) \
              SELECT u.xid, u.mode, u.name, $6, u.timeout_ms, now() + u.timeout_ms * interval '1 millisecond', u.key, \
-                    u.can, u.pre, u.done, u.began_by \
+                    u.can, u.pre, u.done, u.began_by, u.dtm \
              FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[], $7::bigint[], $8::bigint[], \
-                         $9::bigint[], $10::text[]) AS u(xid, mode, name, timeout_ms, key, can, pre, done, began_by) \
+                         $9::bigint[], $10::text[], $11::jsonb[]) \
+                  AS u(xid, mode, name, timeout_ms, key, can, pre, done, began_by, dtm) \
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING ",
             tx_cols!()
         ))
@@ -240,6 +246,7 @@ pub(super) async fn insert_transactions(
         .bind(&pre)
         .bind(&done)
         .bind(&began_by)
+        .bind(&dtm)
         .fetch_all(&pool),
     )
     .await?;

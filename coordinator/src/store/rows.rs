@@ -1,5 +1,6 @@
 //! Row types and their conversion to wire types.
 
+use crate::dtm::DtmOptions;
 use crate::modes::{self, Locking};
 use crate::transaction::statuses;
 use chrono::{DateTime, Utc};
@@ -16,7 +17,7 @@ macro_rules! tx_cols {
     () => {
         "xid, mode, name, status, rollback_reason, timeout_ms, created_at, deadline, decided_at, \
          finished_at, owner, attempts, version, branch_count, (deadline <= now()) AS expired, \
-         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, retry_limit, check_url, delivery_order"
+         can_commit_timeout_ms, pre_commit_timeout_ms, do_commit_timeout_ms, retry_limit, check_url, delivery_order, dtm"
     };
 }
 /// Column list of [`BranchRow`].
@@ -79,6 +80,9 @@ pub struct TxRow {
     pub check_url: Option<String>,
     /// Message: its deliveries' order.
     pub delivery_order: Option<DeliveryOrder>,
+    /// Begun through DTM's protocol: its options, and its branches are
+    /// called the way DTM calls them (`None`: Tandem's own callbacks).
+    pub dtm: Option<DtmOptions>,
 }
 
 /// A `branches` row.
@@ -180,6 +184,7 @@ impl<'r> FromRow<'r, PgRow> for TxRow {
                 .map_err(|e| decode_err("retry_limit", e))?,
             check_url: row.try_get("check_url")?,
             delivery_order: parsed_opt(row, "delivery_order")?,
+            dtm: row.try_get::<Option<sqlx::types::Json<DtmOptions>>, _>("dtm")?.map(|j| j.0),
         })
     }
 }

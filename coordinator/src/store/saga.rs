@@ -5,6 +5,7 @@
 use super::rows::{tx_cols, BranchRow, TxRow};
 use super::sql::ms;
 use super::{Store, StoreError};
+use crate::dtm::DtmOptions;
 use std::time::Duration;
 use tandem_wire::{ActionStatus, BranchId, BranchStatus, GlobalStatus, Mode, RollbackReason, Xid};
 
@@ -25,6 +26,8 @@ pub struct NewSaga {
     pub began_by: Option<String>,
     /// The steps, in definition order.
     pub steps: Vec<NewStep>,
+    /// Submitted through DTM's protocol: its options.
+    pub dtm: Option<DtmOptions>,
 }
 
 /// One step of a [`NewSaga`].
@@ -124,9 +127,9 @@ impl Store {
         let q = sqlx::query_as::<_, TxRow>(concat!(
             "WITH t AS (INSERT INTO global_transactions (xid, mode, name, status, timeout_ms, deadline, \
                             idempotency_key, owner, next_attempt_at, retry_limit, branch_count, branches_unprepared, \
-                            began_by) \
+                            began_by, dtm) \
                         VALUES ($1, $2, $3, $4, $5, now() + $5 * interval '1 millisecond', $6, $7, \
-                                now() + $8 * interval '1 millisecond', $9, $10, $10, $20) \
+                                now() + $8 * interval '1 millisecond', $9, $10, $10, $20, $21) \
                         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING *), \
              b AS (INSERT INTO branches (xid, branch_id, resource, callback_url, status, payload, action_url, \
                                          after_steps, action_status, action_attempts) \
@@ -160,7 +163,8 @@ impl Store {
         .bind(&after)
         .bind(&statuses)
         .bind(&attempts)
-        .bind(s.began_by.as_deref());
+        .bind(s.began_by.as_deref())
+        .bind(s.dtm.as_ref().map(sqlx::types::Json));
         let Some(tx) = self.timed("insert_saga", q.fetch_optional(&self.durable)).await? else {
             return Ok(None);
         };

@@ -198,6 +198,7 @@ impl Coordinator {
             idempotency_key: scoped_key(began_by, idempotency_key),
             three_phase: options.three_phase,
             began_by: began_by.map(str::to_owned),
+            dtm: None,
         };
         if let Some(row) = self.store().insert_transaction(&new).await? {
             self.metrics().begun.with_label_values(&[row.mode.as_str()]).inc();
@@ -252,22 +253,37 @@ impl Coordinator {
     ) -> Result<(DecideReply, bool), CoordinatorError> {
         let started = Instant::now();
         let new = self.saga_definition(req, idempotency_key, began_by)?;
+        if let Some(reply) = self.start_saga(&new, wait).await? {
+            return Ok((saga_reply(reply)?, true));
+        }
+        let key = new.idempotency_key.as_deref().unwrap_or_default();
+        let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
+            return Err(CoordinatorError::Store(StoreError::Contended));
+        };
+        if row.mode != Mode::Saga
+            || row.name != new.name
+            || row.timeout_ms != new.timeout_ms
+            || row.retry_limit != new.retry_limit
+            || row.branch_count as usize != new.steps.len()
+        {
+            return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
+        }
+        let reply = self.wait_terminal(&row.xid, wait.saturating_sub(started.elapsed())).await?;
+        Ok((saga_reply(reply)?, false))
+    }
+
+    /// Stores a checked saga `running` (durably, with the start of its first
+    /// steps), drives it, and waits up to `wait` for its end. `None`: its
+    /// idempotency key is taken (nothing stored).
+    pub(crate) async fn start_saga(
+        &self,
+        new: &NewSaga,
+        wait: Duration,
+    ) -> Result<Option<DecideReply>, CoordinatorError> {
+        let started = Instant::now();
         let timing = self.timing();
-        let Some((tx, branches)) = self.store().insert_saga(&new, self.instance_id(), timing.lease).await? else {
-            let key = new.idempotency_key.as_deref().unwrap_or_default();
-            let Some(row) = self.store().transaction_by_idempotency_key(key).await? else {
-                return Err(CoordinatorError::Store(StoreError::Contended));
-            };
-            if row.mode != Mode::Saga
-                || row.name != new.name
-                || row.timeout_ms != new.timeout_ms
-                || row.retry_limit != new.retry_limit
-                || row.branch_count as usize != new.steps.len()
-            {
-                return Err(CoordinatorError::IdempotencyKeyReused(row.xid.to_string()));
-            }
-            let reply = self.wait_terminal(&row.xid, wait.saturating_sub(started.elapsed())).await?;
-            return Ok((saga_reply(reply)?, false));
+        let Some((tx, branches)) = self.store().insert_saga(new, self.instance_id(), timing.lease).await? else {
+            return Ok(None);
         };
         self.metrics().begun.with_label_values(&[Mode::Saga.as_str()]).inc();
         tracing::debug!(xid = %tx.xid, "saga stored");
@@ -280,7 +296,7 @@ impl Coordinator {
             Ok(Ok(Outcome::Finished(t))) => DecideReply::Finished(t),
             _ => self.wait_terminal(&xid, wait.saturating_sub(started.elapsed())).await?,
         };
-        Ok((saga_reply(reply)?, true))
+        Ok(Some(reply))
     }
 
     /// Checks a saga definition and resolves it into the rows to insert.
@@ -333,6 +349,7 @@ impl Coordinator {
             retry_limit,
             began_by: began_by.map(str::to_owned),
             steps,
+            dtm: None,
         })
     }
 
@@ -446,6 +463,7 @@ impl Coordinator {
             began_by: began_by.map(str::to_owned),
             order: req.order.unwrap_or_default(),
             deliveries,
+            dtm: None,
         })
     }
 
@@ -712,7 +730,7 @@ impl Coordinator {
     }
 
     /// Polls until the transaction is terminal or `wait` has passed.
-    async fn wait_terminal(&self, xid: &Xid, wait: Duration) -> Result<DecideReply, CoordinatorError> {
+    pub(crate) async fn wait_terminal(&self, xid: &Xid, wait: Duration) -> Result<DecideReply, CoordinatorError> {
         let deadline = Instant::now() + wait;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -751,7 +769,7 @@ impl Coordinator {
     /// that parses (the pattern admits only URLs that parse; parsing again
     /// costs little and keeps a pattern mistake from reaching the callback
     /// client), and one the allow-list permits.
-    fn check_callback_url(&self, field: &'static str, url: &str) -> Result<(), CoordinatorError> {
+    pub(crate) fn check_callback_url(&self, field: &'static str, url: &str) -> Result<(), CoordinatorError> {
         if let Err(e) = limits::check_callback_url(url) {
             return Err(match field {
                 "callback_url" => e.into(),
@@ -766,7 +784,11 @@ impl Coordinator {
     }
 
     /// A payload within `--max-payload-bytes` (its JSON text).
-    fn check_payload_size(&self, field: &'static str, payload: &serde_json::Value) -> Result<(), CoordinatorError> {
+    pub(crate) fn check_payload_size(
+        &self,
+        field: &'static str,
+        payload: &serde_json::Value,
+    ) -> Result<(), CoordinatorError> {
         let max = self.inner.bounds.max_payload_bytes;
         // Counted as it is written: a registration allocates no copy of its payload.
         let mut counter = ByteCount(0);
