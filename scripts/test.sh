@@ -11,6 +11,8 @@ bash scripts/xa-postgres.sh
 bash scripts/ensure-mariadb.sh
 bash scripts/ensure-brokers.sh
 bash scripts/ensure-chromium.sh
+# The unmodified dtmcli from PyPI, for the DTM compatibility tests (tests/dtm).
+bash scripts/ensure-dtmcli.sh
 export TANDEM_TEST_PG="${TANDEM_TEST_PG:-postgres://postgres@127.0.0.1:5432}"
 export TANDEM_TEST_XA_PG="${TANDEM_TEST_XA_PG:-postgres://postgres@127.0.0.1:${TANDEM_XA_PG_PORT:-5433}}"
 log=$(mktemp)
