@@ -2,6 +2,8 @@
 # Tandem against dtmrs, side by side (BENCHMARKS.md). Usage:
 #   scripts/bench-dtmrs.sh saga [tandem-bench args...]   (issue 12)
 #   scripts/bench-dtmrs.sh msg  [tandem-bench args...]   (issue 13)
+#   scripts/bench-dtmrs.sh dtm  [tandem-bench args...]   (issue 16: the same DTM
+#     client, the same 2-step saga, against Tandem's /api/dtmsvr and dtmrs)
 # In one run, on the same PostgreSQL:
 #   1. pgbench, one single-row INSERT per transaction, 8 clients (the server's
 #      durable-commit rate, as scripts/bench.sh);
@@ -34,9 +36,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kind="${1:-saga}"
 case "$kind" in
-  saga) branches=2 ;;
+  saga | dtm) branches=2 ;;
   msg) branches=1 ;;
-  *) echo "usage: $0 saga|msg [tandem-bench args...]" >&2; exit 2 ;;
+  *) echo "usage: $0 saga|msg|dtm [tandem-bench args...]" >&2; exit 2 ;;
 esac
 shift || true
 server="${TANDEM_BENCH_PG:-postgres://postgres@127.0.0.1:5432}"
@@ -137,6 +139,9 @@ echo "pgbench      $pg_tps single-row inserts/s (8 clients)"
 if [ "$kind" = saga ]; then
   fresh_db tandem_bench
   measure tcc --mode tcc --database-url "$server/tandem_bench"
+elif [ "$kind" = dtm ]; then
+  fresh_db tandem_bench
+  measure native --mode saga --database-url "$server/tandem_bench"
 else
   fresh_db tandem_bench
   measure msg-nats --mode msg-nats --database-url "$server/tandem_bench"
@@ -146,9 +151,13 @@ fi
 
 for round in $(seq 1 "$rounds"); do
   fresh_db tandem_bench
-  measure "tandem-$round" --mode "$kind" --database-url "$server/tandem_bench"
+  if [ "$kind" = dtm ]; then
+    measure "tandem-$round" --mode dtm-saga --database-url "$server/tandem_bench"
+  else
+    measure "tandem-$round" --mode "$kind" --database-url "$server/tandem_bench"
+  fi
   start_dtmrs
-  measure "dtmrs-$round" --mode "dtmrs-$kind" --dtm-url "$dtm_url"
+  measure "dtmrs-$round" --mode "dtmrs-${kind/dtm/saga}" --dtm-url "$dtm_url"
   stop_dtmrs
 done
 
@@ -166,6 +175,8 @@ runs = {
     "saga": [("tcc (2 branches)", "tcc"), ("Tandem saga (2 steps)", "tandem-"), ("dtmrs saga (2 steps)", "dtmrs-")],
     "msg": [("Tandem msg to NATS JetStream", "msg-nats"), ("SDK outbox relay to HTTP", "outbox"),
             ("Tandem msg to HTTP", "tandem-"), ("dtmrs msg to HTTP", "dtmrs-")],
+    "dtm": [("Tandem saga, POST /v1/sagas (2 steps)", "native"), ("Tandem saga, DTM client on /api/dtmsvr", "tandem-"),
+            ("dtmrs saga, the same DTM client", "dtmrs-")],
 }[kind]
 for name, prefix in runs:
     errors = sum(r["errors"] for r in rows if r["label"].startswith(prefix))

@@ -125,6 +125,9 @@ enum BenchMode {
     Saga,
     /// The same saga against a DTM HTTP API (dtmrs), no-op participants.
     DtmrsSaga,
+    /// The same DTM saga, the same client, against Tandem's own DTM API
+    /// (`/api/dtmsvr` of a coordinator this benchmark starts).
+    DtmSaga,
     /// Two-phase messages: prepare, submit, every delivery acknowledged by
     /// a no-op HTTP consumer (`--branches` deliveries).
     Msg,
@@ -152,6 +155,7 @@ impl BenchMode {
             BenchMode::ThreePc => "3pc",
             BenchMode::Saga => "saga",
             BenchMode::DtmrsSaga => "dtmrs-saga",
+            BenchMode::DtmSaga => "dtm-saga",
             BenchMode::Msg => "msg",
             BenchMode::MsgNats => "msg-nats",
             BenchMode::DtmrsMsg => "dtmrs-msg",
@@ -169,6 +173,7 @@ impl BenchMode {
                 | BenchMode::ThreePc
                 | BenchMode::Saga
                 | BenchMode::DtmrsSaga
+                | BenchMode::DtmSaga
                 | BenchMode::Msg
                 | BenchMode::DtmrsMsg
         )
@@ -177,7 +182,7 @@ impl BenchMode {
     /// What one iteration is, in the summary line.
     fn unit(self, branches: usize) -> String {
         match self {
-            BenchMode::Saga | BenchMode::DtmrsSaga => format!("finished {branches}-step sagas"),
+            BenchMode::Saga | BenchMode::DtmrsSaga | BenchMode::DtmSaga => format!("finished {branches}-step sagas"),
             BenchMode::Msg | BenchMode::DtmrsMsg => format!("delivered {branches}-delivery messages"),
             BenchMode::MsgNats => "messages delivered to NATS".to_owned(),
             BenchMode::Outbox => "outbox messages relayed to HTTP".to_owned(),
@@ -187,7 +192,7 @@ impl BenchMode {
 
     /// Whether it runs against a DTM HTTP API instead of Tandem.
     fn is_dtm(self) -> bool {
-        matches!(self, BenchMode::DtmrsSaga | BenchMode::DtmrsMsg)
+        matches!(self, BenchMode::DtmrsSaga | BenchMode::DtmrsMsg | BenchMode::DtmSaga)
     }
 }
 
@@ -663,7 +668,22 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let calls = Arc::new(AtomicU64::new(0));
     if args.mode.is_dtm() {
-        let url = args.dtm_url.as_deref().context("--mode dtmrs-saga and dtmrs-msg need --dtm-url")?;
+        // dtm-saga: Tandem's DTM API, on a coordinator started here as for every Tandem mode.
+        let tandem = match args.mode {
+            BenchMode::DtmSaga => {
+                let database_url =
+                    args.database_url.as_deref().context("--database-url (or DATABASE_URL) is required")?;
+                let mut settings = Settings::new(database_url);
+                settings.db_max_connections = args.db_connections;
+                settings.db_relaxed_connections = args.db_relaxed_connections;
+                Some(Application::spawn(&settings).await.context("start coordinator")?)
+            }
+            _ => None,
+        };
+        let url = match &tandem {
+            Some(c) => c.url.clone(),
+            None => args.dtm_url.clone().context("--mode dtmrs-saga and dtmrs-msg need --dtm-url")?,
+        };
         let waiters = LastActionWaiters::default();
         let last = format!("{:02}", args.branches); // DTM's branch id of the last step
         let mut participants = Vec::new();
@@ -682,7 +702,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             gid_prefix: format!("bench-{started}"),
             polls: AtomicU64::new(0),
         });
-        return bench(args, None, work, calls, None).await;
+        return bench(args, None, work, calls, tandem).await;
     }
 
     let database_url = args.database_url.as_deref().context("--database-url (or DATABASE_URL) is required")?;
@@ -722,7 +742,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .collect();
             Workload::Saga(SagaRequest { name: None, timeout_ms: None, retry_limit: None, steps })
         }
-        BenchMode::DtmrsSaga | BenchMode::DtmrsMsg | BenchMode::Outbox => {
+        BenchMode::DtmrsSaga | BenchMode::DtmrsMsg | BenchMode::DtmSaga | BenchMode::Outbox => {
             bail!("{} starts no coordinator", args.mode.as_str())
         }
         BenchMode::Msg | BenchMode::MsgNats => {
