@@ -44,6 +44,9 @@ for _ in $(seq 1 100); do
   sleep 0.1
 done
 export TANDEM_FUZZ_TOKEN="$token"
+TANDEM_CALLBACK_URL_PATTERN=$(curl -sf "$url/openapi.json" | python3 -c \
+  'import json, sys; print(json.load(sys.stdin)["components"]["schemas"]["RegisterBranchRequest"]["properties"]["callback_url"]["pattern"])')
+export TANDEM_CALLBACK_URL_PATTERN
 export SCHEMATHESIS_HOOKS=schemathesis_hooks PYTHONPATH=scripts TANDEM_TAKEOVER_MS=16000
 set +e
 report=$(mktemp)

@@ -11,8 +11,9 @@ written in JSON Schema, or where a request would leave the machine:
   compare fields, which JSON Schema cannot. A schema-valid request that
   breaks them is sent without its `three_phase` (the defaults).
 - `callback_url`, a saga step's `action_url` and `compensate_url`: the
-  coordinator calls them. A valid URL keeps its shape but points at
-  127.0.0.1:9 (nothing listens), so no callback leaves the machine.
+  coordinator calls them. A valid URL (of the document's pattern) keeps its
+  shape but points at 127.0.0.1:9 (nothing listens), so no callback leaves
+  the machine; an invalid one is left as generated, to be refused.
 - A saga's `after`: JSON Schema cannot say "an index of another step, and
   no cycle". Indexes of a schema-valid `after` are kept only where they name
   an earlier step (which can make no cycle). A saga submit without `wait_ms`
@@ -37,6 +38,8 @@ TAKEOVER_MS = int(os.environ.get("TANDEM_TAKEOVER_MS", "16000"))
 MAX_TIMEOUT_MS = int(os.environ.get("TANDEM_MAX_TIMEOUT_MS", "86400000"))
 MAX_SAGA_STEPS = 256
 KEY = re.compile(r"^[!-~]{1,255}$")
+# The `pattern` of `callback_url` in the served document (scripts/schemathesis.sh).
+URL_SHAPE = re.compile(os.environ["TANDEM_CALLBACK_URL_PATTERN"]) if os.environ.get("TANDEM_CALLBACK_URL_PATTERN") else None
 URL_HOST = re.compile(r"^(https?)://(\[[^\]]*\]|[^/:?\[]*)(:[0-9]+)?(.*)$", re.S)
 
 
@@ -63,7 +66,9 @@ def _fix_three_phase(body):
 
 
 def _local(url):
-    if isinstance(url, str):
+    # Only a URL of the documented shape is pointed at the machine: one
+    # outside it is meant to be refused, and is (nothing is called).
+    if isinstance(url, str) and (URL_SHAPE is None or URL_SHAPE.fullmatch(url)):
         m = URL_HOST.match(url)
         if m:
             return f"{m.group(1)}://127.0.0.1:9{m.group(4)}"

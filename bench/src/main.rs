@@ -395,9 +395,12 @@ impl Dtm {
             if status != reqwest::StatusCode::OK {
                 bail!("query answered {status}: {answer}");
             }
-            match answer.get("status").and_then(|s| s.as_str()) {
+            // DTM answers `{"transaction": {"status"…}, "branches"}` (Tandem
+            // too); dtmrs 0.13 answers the transaction's fields flat.
+            let tx = answer.get("transaction").filter(|t| t.is_object()).unwrap_or(&answer);
+            match tx.get("status").and_then(|s| s.as_str()) {
                 Some("succeed") => return Ok(()),
-                Some("failed") => bail!("saga {gid} failed: {}", answer["rollback_reason"]),
+                Some("failed") => bail!("saga {gid} failed: {}", tx["rollback_reason"]),
                 other => {
                     if Instant::now() >= deadline {
                         bail!("saga {gid} still {other:?} after {:?}", Self::DEADLINE);

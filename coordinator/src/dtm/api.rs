@@ -204,6 +204,8 @@ pub async fn ping_post() -> Response {
 #[utoipa::path(post, path = "/api/dtmsvr/prepare", tag = "dtm", request_body = DtmTrans,
     responses(
         (status = 200, description = "Prepared (durably)", body = DtmResult),
+        (status = 408, description = "`request_timeout`: the request took longer than the server's request timeout \
+            (a wait_result longer than it)", body = tandem_wire::Problem, content_type = "application/problem+json"),
         (status = 400, description = "The body is not JSON", body = DtmMessage),
         (status = 409, description = "FAILURE: the gid exists in another state", body = DtmResult),
         (status = 413, description = "The body or a payload is too large", body = DtmMessage),
@@ -225,6 +227,8 @@ pub async fn prepare(State(c): State<Coordinator>, caller: Caller, body: Result<
 #[utoipa::path(post, path = "/api/dtmsvr/submit", tag = "dtm", request_body = DtmTrans,
     responses(
         (status = 200, description = "Submitted (durably); with wait_result, finished", body = DtmResult),
+        (status = 408, description = "`request_timeout`: the request took longer than the server's request timeout \
+            (a wait_result longer than it)", body = tandem_wire::Problem, content_type = "application/problem+json"),
         (status = 400, description = "The body is not JSON", body = DtmMessage),
         (status = 409, description = "FAILURE: a state that cannot be submitted, or rolled back", body = DtmResult),
         (status = 413, description = "The body or a payload is too large", body = DtmMessage),
@@ -245,6 +249,8 @@ pub async fn submit(State(c): State<Coordinator>, caller: Caller, body: Result<B
 #[utoipa::path(post, path = "/api/dtmsvr/abort", tag = "dtm", request_body = DtmTrans,
     responses(
         (status = 200, description = "Rollback decided (durably)", body = DtmResult),
+        (status = 408, description = "`request_timeout`: the request took longer than the server's request timeout \
+            (a wait_result longer than it)", body = tandem_wire::Problem, content_type = "application/problem+json"),
         (status = 400, description = "The body is not JSON", body = DtmMessage),
         (status = 404, description = "No such gid", body = DtmMessage),
         (status = 409, description = "FAILURE: a state or type that cannot be aborted", body = DtmResult),
@@ -265,6 +271,8 @@ pub async fn abort(State(c): State<Coordinator>, caller: Caller, body: Result<By
 #[utoipa::path(post, path = "/api/dtmsvr/forceStop", tag = "dtm", request_body = DtmTrans,
     responses(
         (status = 200, description = "Stopped", body = DtmResult),
+        (status = 408, description = "`request_timeout`: the request took longer than the server's request timeout \
+            (a wait_result longer than it)", body = tandem_wire::Problem, content_type = "application/problem+json"),
         (status = 400, description = "The body is not JSON", body = DtmMessage),
         (status = 404, description = "No such gid", body = DtmMessage),
         (status = 409, description = "FAILURE: it had finished", body = DtmResult),

@@ -297,13 +297,23 @@ impl Coordinator {
         let t = dtm_type(&req.trans_type)?;
         let xid = gid(&req.gid)?;
         let wait = if req.wait_result { plan::wait(req.request_timeout) } else { Duration::ZERO };
-        if let Some(tx) = self.dtm_own(&xid, caller).await? {
-            return self.dtm_submit_existing(&tx, t, wait).await;
+        // A saga is nearly always new: stored at once, the gid's key (or the
+        // xid) telling a repeat apart, without a read before.
+        if t != TransType::Saga {
+            if let Some(tx) = self.dtm_own(&xid, caller).await? {
+                return self.dtm_submit_existing(&tx, t, wait).await;
+            }
         }
         match t {
             TransType::Saga => {
                 let new = self.dtm_saga(&req, &xid, caller)?;
-                match self.start_saga(&new, wait).await? {
+                let started = match self.start_saga(&new, wait).await {
+                    Err(CoordinatorError::Store(crate::store::StoreError::UniqueViolation { .. })) => {
+                        return Err(DtmError::Failure(format!("gid {xid} is taken by a transaction begun through /v1")))
+                    }
+                    other => other?,
+                };
+                match started {
                     Some(reply) => outcome(reply, wait),
                     None => match self.dtm_own(&xid, caller).await? {
                         Some(tx) => self.dtm_submit_existing(&tx, t, wait).await,
@@ -469,12 +479,14 @@ impl Coordinator {
         let Ok(xid) = Xid::parse(gid_text) else {
             return Ok(empty);
         };
-        if self.dtm_existing(&xid, caller).await?.is_none() {
-            return Ok(empty);
-        }
         let Some((tx, branches)) = self.store().transaction_with_branches(&xid).await? else {
             return Ok(empty);
         };
+        if let Some(name) = caller.only_own() {
+            if !self.store().began_by(xid.as_str(), name).await? {
+                return Ok(empty);
+            }
+        }
         Ok(json!({"transaction": view::transaction(&tx, &branches), "branches": view::branches(&tx, &branches)}))
     }
 
