@@ -36,6 +36,7 @@ pub mod driver;
 pub mod dtm;
 pub mod error;
 pub mod events;
+pub mod locks;
 pub mod metrics;
 pub mod modes;
 pub mod recovery;

@@ -34,6 +34,11 @@ pub struct Metrics {
     pub heuristic: IntCounterVec,
     /// Timeline events dropped because the event log's writer fell behind.
     pub events_dropped: IntCounter,
+    /// Waiting named-lock acquires of this process woken by a grant
+    /// announcement (one per release or expiry with a queue: no herd).
+    pub lock_wakeups: IntCounter,
+    /// Named-lock grants, by how (`new`, `reentry`, `handoff`).
+    pub lock_grants: IntCounterVec,
 }
 
 impl Metrics {
@@ -76,6 +81,12 @@ impl Metrics {
             "Timeline events (callback attempts, takeovers) dropped because the event log fell behind",
         )?;
         registry.register(Box::new(events_dropped.clone()))?;
+        let lock_wakeups = IntCounter::new(
+            "tandem_named_lock_wakeups_total",
+            "Waiting named-lock acquires woken because they were handed the lock",
+        )?;
+        registry.register(Box::new(lock_wakeups.clone()))?;
+        let lock_grants = counter("tandem_named_lock_grants_total", "Named-lock grants", &["how"])?;
         let callback_seconds = HistogramVec::new(
             HistogramOpts::new("tandem_callback_duration_seconds", "Callback round trip")
                 .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
@@ -107,6 +118,8 @@ impl Metrics {
             lock_conflicts,
             heuristic,
             events_dropped,
+            lock_wakeups,
+            lock_grants,
         })
     }
 

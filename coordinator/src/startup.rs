@@ -229,6 +229,11 @@ impl Application {
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(addr = %tokio::net::TcpListener::local_addr(&listener)?, scheme, instance = coordinator.instance_id(), "coordinator listening");
         let worker = tokio::spawn(recovery::run(coordinator.clone()));
+        let locks = tokio::spawn(crate::locks::run(
+            coordinator.named_locks().clone(),
+            coordinator.metrics().clone(),
+            shutdown.clone(),
+        ));
         let dtm = dtm.map(|(listener, router)| {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, scheme, "DTM protocol listening (/api/dtmsvr)");
@@ -249,6 +254,7 @@ impl Application {
         }
         // The worker ends at its next select on the cancelled token.
         let _ = worker.await;
+        let _ = locks.await;
         events_stop.cancel();
         let _ = writer.await;
         coordinator.store().close().await;

@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tandem_wire::signature::SigningKey;
 use tandem_wire::{
+    AcquireLockRequest, LockGrant, LockName, LockReleased, LockWaiting, NamedLockList, ReleaseLockRequest,
+    RenewLockRequest,
+};
+use tandem_wire::{
     BeginRequest, Branch, BranchId, ErrorCode, GlobalStatus, LockCheckRequest, LockCheckResponse, LockList,
     MessageRequest, Mode, Overview, Problem, RegisterBranchRequest, ReportRequest, SagaRequest, StopRequest, Timeline,
     Transaction, TransactionList, Xid,
@@ -52,6 +56,15 @@ impl ClientError {
             ClientError::BadUrl(_) => None,
         }
     }
+}
+
+/// The answer to [`TandemClient::acquire_lock`].
+#[derive(Debug, Clone)]
+pub enum LockAcquire {
+    /// 200: granted (or re-entered).
+    Granted(LockGrant),
+    /// 202: still queued; ask again within `keep_place_ms` to keep the place.
+    Waiting(LockWaiting),
 }
 
 /// Result of commit or rollback.
@@ -272,6 +285,44 @@ impl TandemClient {
     /// `POST /v1/locks/check` (AT mode).
     pub async fn check_locks(&self, req: &LockCheckRequest) -> Result<LockCheckResponse, ClientError> {
         Ok(self.call(Method::POST, "/v1/locks/check", Some(req), &[]).await?.1)
+    }
+
+    /// `POST /v1/named-locks/{name}/acquire`: granted (200) or still
+    /// waiting with the place kept (202); another owner holding it when the
+    /// wait ends is the problem `lock_held`.
+    pub async fn acquire_lock(&self, name: &LockName, req: &AcquireLockRequest) -> Result<LockAcquire, ClientError> {
+        let path = format!("/v1/named-locks/{name}/acquire");
+        let (status, body) = self.call::<_, serde_json::Value>(Method::POST, &path, Some(req), &[]).await?;
+        let unexpected = |body: &serde_json::Value| ClientError::Unexpected {
+            status: status.as_u16(),
+            body: body.to_string().chars().take(512).collect(),
+        };
+        if status == StatusCode::ACCEPTED {
+            serde_json::from_value(body.clone()).map(LockAcquire::Waiting).map_err(|_| unexpected(&body))
+        } else {
+            serde_json::from_value(body.clone()).map(LockAcquire::Granted).map_err(|_| unexpected(&body))
+        }
+    }
+
+    /// `POST /v1/named-locks/{name}/renew`.
+    pub async fn renew_lock(&self, name: &LockName, req: &RenewLockRequest) -> Result<LockGrant, ClientError> {
+        let path = format!("/v1/named-locks/{name}/renew");
+        Ok(self.call(Method::POST, &path, Some(req), &[]).await?.1)
+    }
+
+    /// `POST /v1/named-locks/{name}/release`.
+    pub async fn release_lock(&self, name: &LockName, req: &ReleaseLockRequest) -> Result<LockReleased, ClientError> {
+        let path = format!("/v1/named-locks/{name}/release");
+        Ok(self.call(Method::POST, &path, Some(req), &[]).await?.1)
+    }
+
+    /// `GET /v1/named-locks`: the named locks held or waited for (operators).
+    pub async fn named_locks(&self, limit: Option<u32>) -> Result<NamedLockList, ClientError> {
+        let path = match limit {
+            Some(l) => format!("/v1/named-locks?limit={l}"),
+            None => "/v1/named-locks".to_owned(),
+        };
+        Ok(self.call::<(), _>(Method::GET, &path, None, &[]).await?.1)
     }
 
     /// `POST /v1/transactions/{xid}/branches/{branch_id}/report`.

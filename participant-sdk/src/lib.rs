@@ -44,6 +44,7 @@ pub mod at;
 mod callback;
 pub mod client;
 pub mod global;
+pub mod locks;
 pub mod migrations;
 pub mod msg;
 /// The outbox (local message table): messages enqueued in the business
@@ -56,7 +57,7 @@ pub mod three_phase;
 pub mod verify;
 pub mod xa;
 
-pub use client::{ClientError, Decided, TandemClient};
+pub use client::{ClientError, Decided, LockAcquire, TandemClient};
 pub use global::{in_transaction, GlobalError};
 pub use propagation::{current_xid, with_xid, GlobalXid, RequestBuilderExt};
 pub use tandem_wire as wire;

@@ -24,6 +24,9 @@ pub const OUTBOX_POSTGRES: &str = include_str!("../migrations/postgres/202612170
 /// The outbox (`tandem_outbox`, `tandem_outbox_key`), MySQL and MariaDB.
 pub const OUTBOX_MYSQL: &str = include_str!("../migrations/mysql/20261217000003_tandem_outbox.sql");
 
+/// The fencing-token table of resources behind a lock (`tandem_lock_fence`), PostgreSQL.
+pub const LOCK_FENCE: &str = include_str!("../migrations/postgres/20261218000006_tandem_lock_fence.sql");
+
 /// Every migration file, by its path under `participant-sdk/migrations/`.
 pub const ALL: &[(&str, &str)] = &[
     ("postgres/20261122000001_tandem_tcc_fence.sql", TCC_FENCE),
@@ -31,6 +34,7 @@ pub const ALL: &[(&str, &str)] = &[
     ("postgres/20261215000003_tandem_three_phase.sql", THREE_PHASE),
     ("postgres/20261216000004_tandem_barrier.sql", SAGA_BARRIER_POSTGRES),
     ("postgres/20261217000005_tandem_outbox.sql", OUTBOX_POSTGRES),
+    ("postgres/20261218000006_tandem_lock_fence.sql", LOCK_FENCE),
     ("mysql/20261215000001_tandem_undo_log.sql", AT_UNDO_LOG_MYSQL),
     ("mysql/20261216000002_tandem_barrier.sql", SAGA_BARRIER_MYSQL),
     ("mysql/20261217000003_tandem_outbox.sql", OUTBOX_MYSQL),

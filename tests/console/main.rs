@@ -222,10 +222,35 @@ async fn the_console_lists_shows_and_acts_in_a_real_browser() {
     assert!(stop.detail.as_deref().unwrap_or("").contains("OPS-7"));
     assert!(b.texts("#events tbody tr").await.iter().any(|r| r.contains("operator_stop") && r.contains("OPS-7")));
 
-    // Locks page, and a 404 page for an unknown xid.
+    // Locks page, with a named lock held and waited for, and a 404 page for an unknown xid.
+    use tandem_sdk::wire::{AcquireLockRequest, LockName, LockOwner};
+    let lock = LockName::parse("console:order-1").expect("name");
+    let acquire = |owner: &str, wait_ms: u64| AcquireLockRequest {
+        owner: LockOwner::parse(owner).expect("owner"),
+        ttl_ms: 60_000,
+        wait_ms,
+    };
+    client.acquire_lock(&lock, &acquire("console-holder", 0)).await.expect("acquire");
+    let waiter = {
+        let (client, lock, req) = (client.clone(), lock.clone(), acquire("console-waiter", 15_000));
+        tokio::spawn(async move { client.acquire_lock(&lock, &req).await })
+    };
+    eventually("the waiter queued", Duration::from_secs(10), || async {
+        let l = client.named_locks(None).await.ok()?;
+        l.locks.iter().find(|l| l.name == lock).filter(|l| l.waiters.len() == 1).map(|_| ())
+    })
+    .await;
     b.open(&format!("{base}/console/locks")).await;
     assert!(b.text("#lock-total").await.starts_with("0 held"));
+    assert!(b.text("#named-lock-total").await.starts_with("1 held or waited for"));
+    let rows = b.texts("#named-locks tbody tr").await;
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("console:order-1") && r.contains("console-holder") && r.contains("console-waiter")),
+        "{rows:?}"
+    );
     b.shot("locks").await;
+    waiter.abort();
     b.open(&format!("{base}/console/transactions/nope")).await;
     assert!(b.text("main").await.contains("No transaction nope"));
 

@@ -61,6 +61,13 @@ pub fn opt_u64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     d.deserialize_option(OptU64)
 }
 
+/// `#[serde(deserialize_with = "crate::de::integer")]`: a required
+/// non-negative integer (integral floats such as `2.0` count, as JSON
+/// Schema's `integer` does).
+pub fn integer<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(U64)
+}
+
 struct OptU64;
 
 impl<'de> Visitor<'de> for OptU64 {

@@ -10,6 +10,7 @@ pub mod de;
 mod ids;
 pub mod limits;
 mod msg;
+mod named_locks;
 mod operator;
 mod problem;
 mod saga;
@@ -21,6 +22,11 @@ pub use ids::{BranchId, IdError, Xid, ID_PATTERN, MAX_ID_LEN};
 pub use msg::{
     message_id, parse_message_id, CheckOutcome, CheckReply, CheckRequest, DeliveryOrder, DeliveryRequest, MessageInfo,
     MessageRequest, MAX_DELIVERIES, MESSAGE_ID_HEADER,
+};
+pub use named_locks::{
+    AcquireLockRequest, LockGrant, LockName, LockNameError, LockOwner, LockReleased, LockWaiterInfo, LockWaiting,
+    NamedLockInfo, NamedLockList, ReleaseLockRequest, RenewLockRequest, LOCK_NAME_PATTERN, MAX_LOCK_NAME_LEN,
+    MAX_LOCK_POLL_MS, MAX_LOCK_TTL_MS, MAX_LOCK_WAIT_MS, MIN_LOCK_TTL_MS,
 };
 pub use operator::{
     AttemptOutcome, EventKind, LockInfo, LockList, MinuteCount, Overview, StatusCount, StopRequest, Timeline,

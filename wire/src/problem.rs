@@ -55,6 +55,12 @@ pub enum ErrorCode {
     /// A callback without a valid signature, refused by a participant (401,
     /// participant → coordinator). Extension.
     InvalidSignature,
+    /// A named lock is held by another owner and the wait asked for ended
+    /// (409). Extension.
+    LockHeld,
+    /// A renew or release by an owner that does not hold the named lock
+    /// (never did, released it, or its lease ended) (409). Extension.
+    LockNotHeld,
 }
 
 impl ErrorCode {
@@ -82,6 +88,8 @@ impl ErrorCode {
             ErrorCode::CallbackNotAllowed => "callback_not_allowed",
             ErrorCode::LimitExceeded => "limit_exceeded",
             ErrorCode::InvalidSignature => "invalid_signature",
+            ErrorCode::LockHeld => "lock_held",
+            ErrorCode::LockNotHeld => "lock_not_held",
         }
     }
 }

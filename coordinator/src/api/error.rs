@@ -69,6 +69,20 @@ impl From<CoordinatorError> for ApiError {
     }
 }
 
+impl From<crate::locks::LockServiceError> for ApiError {
+    fn from(e: crate::locks::LockServiceError) -> ApiError {
+        use crate::locks::LockServiceError as E;
+        let detail = e.to_string();
+        match e {
+            E::Held(_) => ApiError::new(StatusCode::CONFLICT, ErrorCode::LockHeld, detail),
+            E::NotHeld { .. } => ApiError::new(StatusCode::CONFLICT, ErrorCode::LockNotHeld, detail),
+            E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail),
+            E::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, detail),
+            E::Store(e) => CoordinatorError::Store(e).into(),
+        }
+    }
+}
+
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> ApiError {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {

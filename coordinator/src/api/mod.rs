@@ -4,6 +4,7 @@ pub mod error;
 pub mod extract;
 pub mod locks;
 pub mod messages;
+pub mod named_locks;
 pub mod openapi;
 pub mod operator;
 pub mod ops;
@@ -41,6 +42,10 @@ fn routes() -> OpenApiRouter<Coordinator> {
         .routes(routes!(messages::submit))
         .routes(routes!(messages::abort))
         .routes(routes!(locks::check))
+        .routes(routes!(named_locks::acquire))
+        .routes(routes!(named_locks::renew))
+        .routes(routes!(named_locks::release))
+        .routes(routes!(named_locks::list))
         .routes(routes!(operator::timeline))
         .routes(routes!(operator::retry))
         .routes(routes!(operator::stop))

@@ -36,6 +36,8 @@ use utoipa::OpenApi;
         (name = "sagas", description = "Sagas submitted whole (extension)"),
         (name = "messages", description = "Two-phase messages (extension)"),
         (name = "locks", description = "Global row locks of AT mode"),
+        (name = "named-locks", description = "Distributed locks for users: leases, renewal, owner-checked \
+            release, re-entrancy, FIFO waiting and fencing tokens (extension; docs/locks.md)"),
         (name = "operators", description = "What operators read and do: timelines, the overview, locks held, \
             retry and stop (extension; the console and the CLI use these)"),
         (name = "operations", description = "Health, metrics and this document"),

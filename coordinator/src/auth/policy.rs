@@ -58,6 +58,12 @@ pub fn access(method: &Method, route: &str) -> (Access, Scope) {
             (roles(&[PARTICIPANT, ADMIN]), Any)
         }
         ("POST", "/v1/locks/check") => (roles(&[PARTICIPANT, ADMIN]), Any),
+        // Named locks: any service with a token (clients and participants
+        // alike); the owner check protects one holder from another.
+        (
+            "POST",
+            "/v1/named-locks/{name}/acquire" | "/v1/named-locks/{name}/renew" | "/v1/named-locks/{name}/release",
+        ) => (roles(&[CLIENT, PARTICIPANT, ADMIN]), Any),
         // DTM's protocol (`crate::dtm`): the same roles as their /v1 counterparts.
         (_, "/api/ping") => (Access::Public, Any),
         ("GET", "/api/dtmsvr/newGid" | "/api/dtmsvr/version") => (roles(&[CLIENT, PARTICIPANT, ADMIN]), Any),

@@ -11,7 +11,8 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tandem_wire::{
-    GlobalStatus, LockList, Mode, Problem, StopRequest, Timeline, TimelineEvent, Transaction, TransactionList,
+    GlobalStatus, LockList, Mode, NamedLockList, Problem, StopRequest, Timeline, TimelineEvent, Transaction,
+    TransactionList,
 };
 
 /// Where the coordinator is.
@@ -82,6 +83,15 @@ pub enum TxCommand {
 pub enum LocksCommand {
     /// List the global locks (AT) held, oldest first.
     List {
+        /// How many (1 to 500).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the named locks (`/v1/named-locks`) held or waited for, by
+    /// name: holder, holds, token, lease end and the queue in order.
+    Named {
         /// How many (1 to 500).
         #[arg(long, default_value_t = 100)]
         limit: u32,
@@ -248,7 +258,10 @@ pub async fn tx(cmd: TxCommand) -> Result<(), OpsError> {
 
 /// Runs `tandem locks …`.
 pub async fn locks(cmd: LocksCommand) -> Result<(), OpsError> {
-    let LocksCommand::List { limit, target } = cmd;
+    let (limit, target) = match cmd {
+        LocksCommand::List { limit, target } => (limit, target),
+        LocksCommand::Named { limit, target } => return named_locks(limit, target).await,
+    };
     let list: LockList = Api::new(&target)?.get("/v1/locks", &[("limit", limit.to_string())]).await?;
     if target.json {
         print_json(&list);
@@ -260,6 +273,25 @@ pub async fn locks(cmd: LocksCommand) -> Result<(), OpsError> {
     }
     println!("{t}");
     println!("{} of {} locks held", list.locks.len(), list.total);
+    Ok(())
+}
+
+/// Prints the named locks held or waited for (`tandem locks named`).
+async fn named_locks(limit: u32, target: Target) -> Result<(), OpsError> {
+    let named: NamedLockList = Api::new(&target)?.get("/v1/named-locks", &[("limit", limit.to_string())]).await?;
+    if target.json {
+        print_json(&named);
+        return Ok(());
+    }
+    let mut t = table(&["NAME", "OWNER", "HOLDS", "TOKEN", "EXPIRES", "WAITERS"]);
+    for l in &named.locks {
+        let owner = l.owner.as_ref().map(|o| o.to_string()).unwrap_or_else(|| "-".into());
+        let expires = l.expires_at.map(time).unwrap_or_else(|| "-".into());
+        let waiters = l.waiters.iter().map(|w| w.owner.to_string()).collect::<Vec<_>>().join(" ");
+        t.add_row(vec![l.name.to_string(), owner, l.holds.to_string(), l.token.to_string(), expires, waiters]);
+    }
+    println!("{t}");
+    println!("{} of {} named locks held or waited for", named.locks.len(), named.total);
     Ok(())
 }
 

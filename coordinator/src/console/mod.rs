@@ -725,6 +725,11 @@ async fn locks(_: Operator, State(c): State<Coordinator>) -> Response {
         Ok(l) => l,
         Err(e) => return failed(e),
     };
+    let named = match c.named_locks().list(crate::transaction::operator::MAX_LOCKS).await {
+        Ok(n) => n,
+        Err(crate::locks::LockServiceError::Store(e)) => return failed(CoordinatorError::Store(e)),
+        Err(e) => return failed(CoordinatorError::Store(crate::store::StoreError::Internal(e.to_string()))),
+    };
     page(
         "Locks",
         html! {
@@ -736,6 +741,18 @@ async fn locks(_: Operator, State(c): State<Coordinator>) -> Response {
                     td { (k.resource) } td.mono { (k.lock_key) }
                     td.mono { a href=(format!("/console/transactions/{}", k.xid)) { (k.xid) } }
                     td.mono { (k.branch_id) } td { (time(k.since)) }
+                } } }
+            }
+            h1 { "Named locks" }
+            p #named-lock-total { (named.total) " held or waited for" @if (named.locks.len() as i64) < named.total { " (first " (named.locks.len()) " by name shown)" } "." }
+            table.list #named-locks {
+                thead { tr { th { "name" } th { "owner" } th { "holds" } th { "token" } th { "expires" } th { "waiters, in order" } } }
+                tbody { @for k in &named.locks { tr {
+                    td.mono { (k.name) }
+                    td.mono { @if let Some(o) = &k.owner { (o) } @else { "-" } }
+                    td { (k.holds) } td.mono { (k.token) }
+                    td { @if let Some(t) = k.expires_at { (time(t)) } @else { "-" } }
+                    td.mono { @for (i, w) in k.waiters.iter().enumerate() { @if i > 0 { ", " } (w.owner) } }
                 } } }
             }
         },

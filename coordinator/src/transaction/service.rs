@@ -49,6 +49,8 @@ struct Inner {
     tasks: TaskTracker,
     /// Cancelled on shutdown: drivers release their leases, workers stop.
     shutdown: CancellationToken,
+    /// The named-lock service (`/v1/named-locks`), on the same store.
+    locks: crate::locks::LockService,
 }
 
 /// Result of a commit or rollback request.
@@ -117,8 +119,11 @@ impl Coordinator {
         bounds: Bounds,
         instance_id: String,
     ) -> Coordinator {
+        let shutdown = CancellationToken::new();
+        let locks = crate::locks::LockService::new(store.clone(), metrics.clone(), timing.max_wait, shutdown.clone());
         Coordinator {
             inner: Arc::new(Inner {
+                locks,
                 store,
                 metrics,
                 callbacks,
@@ -127,9 +132,14 @@ impl Coordinator {
                 bounds,
                 instance_id,
                 tasks: TaskTracker::new(),
-                shutdown: CancellationToken::new(),
+                shutdown,
             }),
         }
+    }
+
+    /// The named-lock service.
+    pub fn named_locks(&self) -> &crate::locks::LockService {
+        &self.inner.locks
     }
 
     /// The event log (timeline and overview).
