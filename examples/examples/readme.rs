@@ -88,6 +88,31 @@ async fn at_participant(
     Ok(())
 }
 
+/// The README's distributed lock with a fencing token.
+async fn lock_and_fence(client: tandem_sdk::TandemClient, pool: sqlx::PgPool) -> anyhow::Result<()> {
+    use std::time::Duration;
+    // README {
+    use tandem_sdk::locks::coordinator::CoordinatorLocks; // or redis::RedisLocks, redlock::RedLock
+    use tandem_sdk::locks::fencing::{Fence, FenceCheck};
+    use tandem_sdk::locks::{LockName, LockOptions, Locks};
+
+    let locks = Locks::new(CoordinatorLocks::new(client));
+    let name = LockName::parse("inventory:sku-1")?;
+    let guard = locks.lock(&name, &LockOptions::ttl(Duration::from_secs(10))).await?;
+
+    let mut tx = pool.begin().await?;
+    if Fence::new(pool.clone()).check(&mut tx, name.as_str(), guard.token()).await? == FenceCheck::Accepted {
+        tokio::select! {
+            _ = guard.lost() => anyhow::bail!("lock lost: stop, the writes are no longer protected"),
+            r = sqlx::query("UPDATE stock SET qty = qty - 1 WHERE sku = 'sku-1'").execute(&mut *tx) => { r?; }
+        }
+        tx.commit().await?;
+    }
+    guard.release().await?;
+    // README }
+    Ok(())
+}
+
 fn main() {
     // Compiled, not run: the functions above need a coordinator and databases.
     // `cargo run -p tandem-examples --bin transfer-demo` / `--bin order-demo` run the real thing.
