@@ -331,3 +331,35 @@ async fn single_flight_one_acquisition_at_a_time_for_a_hundred_tasks() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_local_waiter_that_gives_up_does_not_keep_the_lock_held() {
+    let db = TestDb::new("locks_giveup").await;
+    let (c, _) = spawn_coordinator(fast_settings(&db.url)).await;
+    let locks = locks_at(&[&c.url]);
+    let n = name("giveup");
+    let opts = LockOptions::ttl(Duration::from_millis(600)).wait(Duration::from_secs(10));
+    let g = locks.lock(&n, &opts).await.unwrap();
+    // A second task of the process waits for its turn, then is cancelled.
+    let waiting = {
+        let (locks, n) = (locks.clone(), n.clone());
+        tokio::spawn(async move { locks.lock(&n, &opts).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    drop(g);
+    // Released at the backend: another process's client gets it at once.
+    let other = locks_at(&[&c.url]);
+    let g2 = eventually("released", Duration::from_secs(3), || {
+        let (other, n) = (other.clone(), n.clone());
+        async move {
+            other
+                .lock_as(&owner("other"), &n, &LockOptions::ttl(Duration::from_secs(5)).wait(Duration::ZERO))
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(!g2.is_lost());
+}

@@ -232,3 +232,33 @@ async fn operators_list_holders_and_queues_with_the_cli() {
     assert_eq!(json.locks[0].waiters[0].owner, w);
     waiting.abort();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_that_stops_waiting_leaves_the_queue_and_renewal_never_shortens() {
+    let db = TestDb::new("locks_leave").await;
+    let mut s = fast_settings(&db.url);
+    // One request is held open at most 600 ms here: a longer wait is answered 202.
+    s.request_timeout_ms = 6_600;
+    let (_c, client) = spawn_coordinator(s).await;
+    let (n, a, b, c2) = (name("leave"), owner("a"), owner("b"), owner("c"));
+    let g = granted(&client, &n, &a, 60_000, 0).await;
+    match acquire(&client, &n, &b, 60_000, 5_000).await.unwrap() {
+        LockAcquire::Waiting(w) => assert_eq!((w.position, w.keep_place_ms), (1, 5_000)),
+        other => panic!("{other:?}"),
+    }
+    // b asks again without a wait: refused, and out of the queue.
+    let e = acquire(&client, &n, &b, 60_000, 0).await.unwrap_err();
+    assert_eq!(code(&e), Some(ErrorCode::LockHeld));
+    let l = client.named_locks(None).await.unwrap();
+    assert!(l.locks.iter().find(|l| l.name == n).unwrap().waiters.is_empty());
+    // A re-entry or a renewal with a shorter lease does not shorten it.
+    let r = granted(&client, &n, &a, 1_000, 0).await;
+    assert!(r.remaining_ms > 50_000, "{r:?}");
+    let r = client.renew_lock(&n, &RenewLockRequest { owner: a.clone(), ttl_ms: 1_000 }).await.unwrap();
+    assert!(r.remaining_ms > 50_000, "{r:?}");
+    client.release_lock(&n, &ReleaseLockRequest { owner: a.clone() }).await.unwrap();
+    client.release_lock(&n, &ReleaseLockRequest { owner: a.clone() }).await.unwrap();
+    // Free for the next newcomer: nobody gone is handed it.
+    let g2 = granted(&client, &n, &c2, 10_000, 0).await;
+    assert!(g2.token > g.token);
+}

@@ -77,7 +77,6 @@ impl From<crate::locks::LockServiceError> for ApiError {
             E::Held(_) => ApiError::new(StatusCode::CONFLICT, ErrorCode::LockHeld, detail),
             E::NotHeld { .. } => ApiError::new(StatusCode::CONFLICT, ErrorCode::LockNotHeld, detail),
             E::Invalid(_) => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ValidationFailed, detail),
-            E::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable, detail),
             E::Store(e) => CoordinatorError::Store(e).into(),
         }
     }

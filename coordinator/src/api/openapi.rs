@@ -362,6 +362,7 @@ fn declare_limits(doc: &mut Value, limits: &Limits) -> Vec<String> {
             json!({ "type": "string", "maxLength": tandem_wire::MAX_ID_LEN, "pattern": no_nul }),
         ),
         ("/v1/locks", "get", "limit", json!({ "type": "integer", "minimum": 1, "maximum": 500, "default": 100 })),
+        ("/v1/named-locks", "get", "limit", json!({ "type": "integer", "minimum": 1, "maximum": 500, "default": 100 })),
         ("/v1/transactions/{xid}/commit", "post", "wait_ms", wait.clone()),
         ("/v1/transactions/{xid}/rollback", "post", "wait_ms", wait.clone()),
         ("/v1/sagas", "post", "wait_ms", wait.clone()),

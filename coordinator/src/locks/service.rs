@@ -38,9 +38,6 @@ pub enum LockServiceError {
     /// A lease or wait out of bounds.
     #[error("{0}")]
     Invalid(String),
-    /// The coordinator is shutting down.
-    #[error("the coordinator is shutting down")]
-    ShuttingDown,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -171,10 +168,11 @@ impl LockService {
             }
         }
         abandon.disarm();
-        if last_poll || self.shutdown.is_cancelled() {
+        // A coordinator shutting down answers 202: the waiter keeps its
+        // place and asks again, at another coordinator.
+        if last_poll && !self.shutdown.is_cancelled() {
             return match self.give_up(&name, &owner, Answering::Yes).await? {
                 Some(g) => Ok(AcquireReply::Granted(grant(&name, &owner, g))),
-                None if self.shutdown.is_cancelled() && !last_poll => Err(LockServiceError::ShuttingDown),
                 None => Err(LockServiceError::Held(name)),
             };
         }
@@ -216,7 +214,11 @@ impl LockService {
                 tx.join_queue(owner, ttl_ms, keep_ms.unwrap_or(KEEP_PLACE_MS)).await?;
                 Look::Queued { position, holder_left_ms: state.left_ms }
             }
-            AcquireStep::Busy => Look::Queued { position: 0, holder_left_ms: state.left_ms },
+            AcquireStep::Busy => {
+                // An acquire that no longer waits leaves its place (if it had one).
+                tx.leave_queue(owner).await?;
+                Look::Queued { position: 0, holder_left_ms: state.left_ms }
+            }
         };
         tx.commit().await?;
         Ok(look)
@@ -241,7 +243,7 @@ impl LockService {
         tx.delete_waiters(&gone).await?;
         queue.retain(|w| !gone.contains(&w.id));
         if let Some(w) = s.hand_to {
-            let g = tx.grant(&w.owner, w.ttl_ms, Claimed::No).await?;
+            let g = tx.grant(&w.owner, w.ttl_ms, Claimed::No { keep_ms: KEEP_PLACE_MS }).await?;
             tx.notify(&w.owner).await?;
             self.count_grant("handoff");
             *state =

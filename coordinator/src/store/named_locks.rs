@@ -117,7 +117,8 @@ impl Store {
                      VALUES ($1, $2, 1, nextval('named_lock_tokens'), now(), now() + $3 * interval '1 millisecond', $3, true, 0) \
                      ON CONFLICT (name) DO UPDATE SET \
                        holds = CASE WHEN l.owner = $2 AND l.expires_at > now() THEN l.holds + 1 ELSE 1 END, \
-                       token = CASE WHEN l.owner = $2 AND l.expires_at > now() THEN l.token ELSE excluded.token END, \
+                       token = CASE WHEN l.owner = $2 AND l.expires_at > now() THEN l.token \
+                                    ELSE nextval('named_lock_tokens') END, \
                        granted_at = CASE WHEN l.owner = $2 AND l.expires_at > now() THEN l.granted_at ELSE now() END, \
                        expires_at = CASE WHEN l.owner = $2 AND l.expires_at > now() \
                                          THEN greatest(l.expires_at, excluded.expires_at) ELSE excluded.expires_at END, \
@@ -149,7 +150,8 @@ impl Store {
             .timed(
                 "lock_renew",
                 sqlx::query(concat!(
-                    "UPDATE named_locks SET expires_at = now() + $3 * interval '1 millisecond', ttl_ms = $3 \
+                    "UPDATE named_locks SET ttl_ms = $3, \
+                       expires_at = greatest(expires_at, now() + $3 * interval '1 millisecond') \
                      WHERE name = $1 AND owner = $2 AND expires_at > now() AND claimed \
                      RETURNING ",
                     grant_cols!()
@@ -402,7 +404,7 @@ impl LockTx {
                 "lock_grant",
                 sqlx::query(concat!(
                     "UPDATE named_locks SET owner = $2, holds = 1, token = nextval('named_lock_tokens'), \
-                       granted_at = now(), expires_at = now() + $3 * interval '1 millisecond', ttl_ms = $3, claimed = $4 \
+                       granted_at = now(), expires_at = now() + $5 * interval '1 millisecond', ttl_ms = $3, claimed = $4 \
                      WHERE name = $1 RETURNING ",
                     grant_cols!()
                 ))
@@ -410,6 +412,10 @@ impl LockTx {
                 .bind(owner.as_str())
                 .bind(ms(ttl_ms))
                 .bind(claimed == Claimed::Yes)
+                .bind(ms(match claimed {
+                    Claimed::Yes => ttl_ms,
+                    Claimed::No { keep_ms } => keep_ms.min(ttl_ms),
+                }))
                 .fetch_one(&mut *self.tx),
             )
             .await?;
@@ -436,15 +442,22 @@ impl LockTx {
         grant_row(&r)
     }
 
-    /// Marks a handed-over grant as answered, and returns it.
+    /// Marks a handed-over grant as answered, its lease now the whole
+    /// `ttl_ms` the waiter asked for (until then it was kept short: see
+    /// [`Claimed::No`]), and returns it.
     pub async fn claim(&mut self) -> Result<GrantRow, StoreError> {
         let r = self
             .store
             .timed(
                 "lock_claim",
-                sqlx::query(concat!("UPDATE named_locks SET claimed = true WHERE name = $1 RETURNING ", grant_cols!()))
-                    .bind(self.name.as_str())
-                    .fetch_one(&mut *self.tx),
+                sqlx::query(concat!(
+                    "UPDATE named_locks SET claimed = true, \
+                       expires_at = greatest(expires_at, now() + ttl_ms * interval '1 millisecond') \
+                     WHERE name = $1 RETURNING ",
+                    grant_cols!()
+                ))
+                .bind(self.name.as_str())
+                .fetch_one(&mut *self.tx),
             )
             .await?;
         grant_row(&r)
@@ -503,8 +516,13 @@ impl LockTx {
 pub enum Claimed {
     /// Its acquire answered it (a grant to the requester itself).
     Yes,
-    /// Handed to a waiter; its acquire claims it.
-    No,
+    /// Handed to a waiter; its acquire claims it. Until then its lease is
+    /// at most `keep_ms`, so that a waiter that has gone away holds the
+    /// lock no longer than its place would have been kept.
+    No {
+        /// The lease until claimed.
+        keep_ms: u64,
+    },
 }
 
 impl Store {

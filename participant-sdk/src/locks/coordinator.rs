@@ -27,19 +27,22 @@ pub struct CoordinatorLocks {
 enum Failure {
     /// The coordinator did not answer, or answered 503: try another.
     Unreachable(String),
-    /// An answer that stands.
-    Final(LockError),
+    /// A problem answer that stands, by its code.
+    Refused(ErrorCode, String),
 }
 
 fn classify(e: ClientError) -> Failure {
     match &e {
+        ClientError::Problem(p) if p.status < 500 && !matches!(p.status, 408 | 429) => {
+            Failure::Refused(p.code, e.to_string())
+        }
         ClientError::Http(_) => Failure::Unreachable(e.to_string()),
         ClientError::Problem(p) if p.status >= 500 || p.code == ErrorCode::Unavailable => {
             Failure::Unreachable(e.to_string())
         }
         ClientError::Problem(p) if p.status == 408 || p.status == 429 => Failure::Unreachable(e.to_string()),
         ClientError::Unexpected { status, .. } if *status >= 500 => Failure::Unreachable(e.to_string()),
-        _ => Failure::Final(LockError::Invalid(e.to_string())),
+        _ => Failure::Refused(ErrorCode::Internal, e.to_string()),
     }
 }
 
@@ -77,9 +80,9 @@ impl CoordinatorLocks {
                 }
                 Err(e) => match classify(e) {
                     Failure::Unreachable(why) => last = why,
-                    Failure::Final(e) => {
+                    refused @ Failure::Refused(..) => {
                         self.current.store(at, Ordering::Relaxed);
-                        return Err(Failure::Final(e));
+                        return Err(refused);
                     }
                 },
             }
@@ -121,10 +124,8 @@ impl LockBackend for CoordinatorLocks {
                 }
                 // Still queued: ask again at once to keep the place.
                 Ok(LockAcquire::Waiting(_)) => continue,
-                Err(Failure::Final(LockError::Invalid(why))) if why.contains(ErrorCode::LockHeld.as_str()) => {
-                    return Ok(Acquired::Busy)
-                }
-                Err(Failure::Final(e)) => return Err(e),
+                Err(Failure::Refused(ErrorCode::LockHeld, _)) => return Ok(Acquired::Busy),
+                Err(Failure::Refused(_, why)) => return Err(LockError::Invalid(why)),
                 Err(Failure::Unreachable(why)) => {
                     // No coordinator answered. The place in the queue is kept
                     // for a few seconds: try again shortly while the wait lasts.
@@ -148,10 +149,8 @@ impl LockBackend for CoordinatorLocks {
             .await
         {
             Ok(g) => Ok(Renewal::Renewed { valid_until: sent + Duration::from_millis(g.remaining_ms) }),
-            Err(Failure::Final(LockError::Invalid(why))) if why.contains(ErrorCode::LockNotHeld.as_str()) => {
-                Ok(Renewal::Lost)
-            }
-            Err(Failure::Final(e)) => Err(e),
+            Err(Failure::Refused(ErrorCode::LockNotHeld, _)) => Ok(Renewal::Lost),
+            Err(Failure::Refused(_, why)) => Err(LockError::Invalid(why)),
             Err(Failure::Unreachable(why)) => Err(LockError::Unavailable(why)),
         }
     }
@@ -166,10 +165,8 @@ impl LockBackend for CoordinatorLocks {
             .await
         {
             Ok(r) => Ok(Release::Released { holds: r.holds }),
-            Err(Failure::Final(LockError::Invalid(why))) if why.contains(ErrorCode::LockNotHeld.as_str()) => {
-                Ok(Release::NotHeld)
-            }
-            Err(Failure::Final(e)) => Err(e),
+            Err(Failure::Refused(ErrorCode::LockNotHeld, _)) => Ok(Release::NotHeld),
+            Err(Failure::Refused(_, why)) => Err(LockError::Invalid(why)),
             Err(Failure::Unreachable(why)) => Err(LockError::Unavailable(why)),
         }
     }

@@ -83,6 +83,22 @@ struct Local {
     queued: AtomicUsize,
 }
 
+/// A task counted among a name's local waiters while it waits.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a AtomicUsize) -> Queued<'a> {
+        count.fetch_add(1, Ordering::SeqCst);
+        Queued(count)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// The lease the process holds for a name, between its tasks.
 #[derive(Default)]
 struct Slot {
@@ -106,6 +122,9 @@ struct Lease {
     stop: CancellationToken,
     /// End of the lease on this process's clock, moved by each renewal.
     valid_until: Mutex<Instant>,
+    /// How long before `valid_until` the lease counts as lost
+    /// ([`LockOptions::margin`]).
+    margin: Duration,
 }
 
 impl Lease {
@@ -113,8 +132,14 @@ impl Lease {
         *self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lost: signalled by the watchdog, or past the margin before the
+    /// lease's end (a watchdog that could not run signals nothing).
+    fn is_lost(&self) -> bool {
+        self.lost.is_cancelled() || Instant::now() + self.margin >= self.valid_until()
+    }
+
     fn usable(&self) -> bool {
-        !self.lost.is_cancelled() && Instant::now() < self.valid_until()
+        !self.is_lost()
     }
 }
 
@@ -147,9 +172,10 @@ impl Locks {
     pub async fn lock(&self, name: &LockName, opts: &LockOptions) -> Result<LockGuard, LockError> {
         let started = Instant::now();
         let local = self.local(name);
-        local.queued.fetch_add(1, Ordering::SeqCst);
+        let queued = Queued::enter(&local.queued);
         let turn = tokio::time::timeout(opts.wait, local.turn.clone().lock_owned()).await;
-        local.queued.fetch_sub(1, Ordering::SeqCst);
+        // Counted out also when this call is dropped while it waits.
+        drop(queued);
         let Ok(mut slot) = turn else {
             return Err(LockError::Busy { name: name.clone(), waited: started.elapsed() });
         };
@@ -161,7 +187,12 @@ impl Locks {
             }
             None => {
                 if let Some(old) = slot.held.take() {
+                    // Lost or nearly ended: stop renewing it, and give back
+                    // whatever the backend still holds of it.
                     old.stop.cancel();
+                    if let Err(e) = self.inner.backend.release(&old.name, &old.owner).await {
+                        tracing::debug!(lock = %old.name, error = %e, "releasing a lost lease");
+                    }
                 }
                 let owner = LockOwner::random(&self.inner.owner_prefix);
                 let wait = opts.wait.saturating_sub(started.elapsed());
@@ -226,6 +257,7 @@ impl Locks {
                     lost: CancellationToken::new(),
                     stop: CancellationToken::new(),
                     valid_until: Mutex::new(grant.valid_until),
+                    margin: opts.margin(),
                 });
                 tokio::spawn(watchdog(backend.clone(), lease.clone(), *opts));
                 Ok(lease)
@@ -240,7 +272,13 @@ impl Locks {
 async fn watchdog(backend: Arc<dyn LockBackend>, lease: Arc<Lease>, opts: LockOptions) {
     let period = opts.renew_period();
     let retry = (period / 4).max(Duration::from_millis(5));
-    let mut next = Instant::now() + period;
+    // Renew in time even when the grant came with less left than a period
+    // (a lease handed over while its owner was between two requests).
+    let renew_at = |lease: &Lease| {
+        let latest = lease.valid_until().checked_sub(opts.margin() + retry).unwrap_or_else(Instant::now);
+        (Instant::now() + period).min(latest)
+    };
+    let mut next = renew_at(&lease);
     loop {
         let give_up = lease.valid_until().checked_sub(opts.margin()).unwrap_or_else(Instant::now);
         let renew = async {
@@ -258,7 +296,7 @@ async fn watchdog(backend: Arc<dyn LockBackend>, lease: Arc<Lease>, opts: LockOp
             r = renew => match r {
                 Ok(Renewal::Renewed { valid_until }) => {
                     *lease.valid_until.lock().unwrap_or_else(|p| p.into_inner()) = valid_until;
-                    next = Instant::now() + period;
+                    next = renew_at(&lease);
                 }
                 Ok(Renewal::Lost) => {
                     tracing::warn!(lock = %lease.name, backend = backend.kind(), "lock lease lost: signalling its holder");
@@ -332,7 +370,7 @@ impl LockGuard {
     /// Whether the lease is lost (renewal failed or was refused): the work
     /// must stop, its writes are no longer protected.
     pub fn is_lost(&self) -> bool {
-        self.lease.lost.is_cancelled()
+        self.lease.is_lost()
     }
 
     /// Resolves when the lease is lost; select on it beside the work.
@@ -375,6 +413,7 @@ impl LockGuard {
                 if others && turn.handoffs < *max_handoffs && self.lease.usable() {
                     // The next task of this process takes the lease as it is.
                     drop(turn);
+                    reclaim_if_untaken(local.turn.clone(), self.lease.clone(), self.backend.clone());
                     return None;
                 }
                 turn.held = None;
@@ -383,6 +422,26 @@ impl LockGuard {
             }
         }
     }
+}
+
+/// After a local hand-off: if nobody took the turn after all (the waiter
+/// gave up at that moment), release the lease at the backend, so that it is
+/// not renewed for nobody. tokio's mutex hands a released turn straight to
+/// its first waiter, so `try_lock` succeeds only if there was none.
+fn reclaim_if_untaken(turn: Arc<tokio::sync::Mutex<Slot>>, lease: Arc<Lease>, backend: Arc<dyn LockBackend>) {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+    rt.spawn(async move {
+        let Ok(mut slot) = turn.try_lock_owned() else { return };
+        if !slot.held.as_ref().is_some_and(|l| Arc::ptr_eq(l, &lease)) {
+            return;
+        }
+        slot.held = None;
+        lease.stop.cancel();
+        if let Err(e) = backend.release(&lease.name, &lease.owner).await {
+            tracing::debug!(lock = %lease.name, error = %e, "releasing a lease nobody took");
+        }
+        drop(slot);
+    });
 }
 
 /// A release to perform.

@@ -75,8 +75,11 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   local holds = redis.call('HINCRBY', KEYS[2], 'holds', 1)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  -- Never shortened: another hold of this owner may count on a longer lease.
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
   local token = redis.call('HGET', KEYS[2], 'token') or '0'
   local fence = redis.call('GET', KEYS[3]) or '0'
   return {'2', token, tostring(holds), fence}
@@ -84,14 +87,18 @@ end
 return {'0', tostring(redis.call('PTTL', KEYS[1]))}
 ";
 
-/// Renew: if the owner holds the lock, both keys' lease is reset to the
-/// ttl (1), else nothing changes (0).
+/// Renew: if the owner holds the lock, both keys' lease is extended to the
+/// ttl if that is later (never shortened: a re-entrant owner's other hold
+/// may have asked for more) (1), else nothing changes (0).
 ///
 /// KEYS: lock, grant. ARGV: owner, ttl in ms.
 const RENEW_LUA: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  -- Never shortened: another hold of this owner may count on a longer lease.
+  if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    redis.call('PEXPIRE', KEYS[2], ARGV[2])
+  end
   return 1
 end
 return 0
