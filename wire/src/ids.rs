@@ -1,7 +1,6 @@
 //! Identifier newtypes with parsing constructors.
 
-use serde::{Deserialize, Serialize};
-use std::fmt;
+use serde::Serialize;
 use utoipa::ToSchema;
 
 /// Longest identifier accepted. Keeps derived XA gids (PostgreSQL: under 200
@@ -39,6 +38,49 @@ fn validate(s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// The parts every validated text newtype shares: `parse` through
+/// `$validate` (errors `$err`), `as_str`, `Display`, `FromStr`, and a
+/// `Deserialize` that parses (its error message made by `$message` from the
+/// validation error).
+macro_rules! validated_text {
+    ($name:ident, $err:ty, $validate:path, |$e:ident| $message:expr) => {
+        impl $name {
+            /// Parses and validates a value received from outside.
+            pub fn parse(s: impl Into<String>) -> Result<Self, $err> {
+                let s = s.into();
+                $validate(&s)?;
+                Ok(Self(s))
+            }
+
+            /// The value as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = $err;
+            fn from_str(s: &str) -> Result<Self, $err> {
+                Self::parse(s)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <String as serde::Deserialize>::deserialize(d)?;
+                Self::parse(s).map_err(|$e| serde::de::Error::custom($message))
+            }
+        }
+    };
+}
+pub(crate) use validated_text;
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -47,42 +89,12 @@ macro_rules! id_type {
         #[schema(value_type = String, example = "01938f7a-7c2e-7b1a-9d4e-2f0c1a2b3c4d")]
         pub struct $name(String);
 
-        impl $name {
-            /// Parses and validates an identifier received from outside.
-            pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
-                let s = s.into();
-                validate(&s)?;
-                Ok(Self(s))
-            }
+        validated_text!($name, IdError, validate, |e| e);
 
+        impl $name {
             /// A fresh time-ordered identifier (UUIDv7 text).
             pub fn generate() -> Self {
                 Self(uuid::Uuid::now_v7().to_string())
-            }
-
-            /// The identifier as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = IdError;
-            fn from_str(s: &str) -> Result<Self, IdError> {
-                Self::parse(s)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(s).map_err(serde::de::Error::custom)
             }
         }
     };

@@ -1,9 +1,9 @@
 //! Named locks (`/v1/named-locks`, extension): leases with fencing tokens,
 //! owner-checked renewal and release, re-entrancy and FIFO waiting.
 
+use crate::ids::validated_text;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use utoipa::ToSchema;
 
 /// Longest lock name or owner accepted.
@@ -62,39 +62,7 @@ macro_rules! lock_id {
         #[schema(value_type = String, pattern = "^[A-Za-z0-9_.:@-]{1,200}$", example = $example)]
         pub struct $name(String);
 
-        impl $name {
-            /// Parses and validates a value received from outside.
-            pub fn parse(s: impl Into<String>) -> Result<Self, LockNameError> {
-                let s = s.into();
-                validate(&s)?;
-                Ok(Self(s))
-            }
-
-            /// The value as text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = LockNameError;
-            fn from_str(s: &str) -> Result<Self, LockNameError> {
-                Self::parse(s)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::parse(s).map_err(|e| serde::de::Error::custom(format!("{} {e}", stringify!($name))))
-            }
-        }
+        validated_text!($name, LockNameError, validate, |e| format!("{} {e}", stringify!($name)));
     };
 }
 

@@ -128,7 +128,10 @@ impl LockService {
         if req.wait_ms == 0 {
             return match self.look(&name, &owner, req.ttl_ms, None).await? {
                 Look::Granted(g) => Ok(AcquireReply::Granted(grant(&name, &owner, g))),
-                Look::Queued { .. } => Err(LockServiceError::Held(name)),
+                Look::Busy => Err(LockServiceError::Held(name)),
+                Look::Queued { .. } => {
+                    Err(StoreError::Internal("an acquire that does not wait was queued".into()).into())
+                }
             };
         }
         let started = Instant::now();
@@ -145,6 +148,9 @@ impl LockService {
                 Look::Granted(g) => {
                     abandon.disarm();
                     return Ok(AcquireReply::Granted(grant(&name, &owner, g)));
+                }
+                Look::Busy => {
+                    return Err(StoreError::Internal("a waiting acquire was answered busy".into()).into());
                 }
                 Look::Queued { position: p, holder_left_ms } => {
                     position = p;
@@ -217,7 +223,7 @@ impl LockService {
             AcquireStep::Busy => {
                 // An acquire that no longer waits leaves its place (if it had one).
                 tx.leave_queue(owner).await?;
-                Look::Queued { position: 0, holder_left_ms: state.left_ms }
+                Look::Busy
             }
         };
         tx.commit().await?;
@@ -367,7 +373,9 @@ impl LockService {
 enum Look {
     /// The lock is the owner's.
     Granted(GrantRow),
-    /// Queued at `position` (0: not queued, the caller does not wait).
+    /// Held by another, and the caller does not wait (not queued).
+    Busy,
+    /// Queued at `position`.
     Queued {
         /// 1-based place.
         position: u32,
