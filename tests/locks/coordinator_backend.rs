@@ -128,8 +128,10 @@ async fn renewal_keeps_a_lock_past_several_ttls() {
     let (c, client) = spawn_coordinator(fast_settings(&db.url)).await;
     let locks = locks_at(&[&c.url]);
     let n = name("renew");
-    let g = locks.lock_as(&owner("a"), &n, &LockOptions::ttl(Duration::from_millis(300))).await.unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_millis(1_500);
+    // A lease long enough that a renewal delayed by a loaded machine (the
+    // whole suite runs at once on two cores) still lands in time.
+    let g = locks.lock_as(&owner("a"), &n, &LockOptions::ttl(Duration::from_millis(1_000))).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_millis(3_500);
     while tokio::time::Instant::now() < until {
         let r = crate::service::acquire(&client, &n, &owner("b"), 1000, 0).await;
         assert!(r.is_err(), "another owner got a renewed lock: {r:?}");
